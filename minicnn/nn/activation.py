@@ -1,0 +1,88 @@
+"""Element-wise activations. Each remembers the least it needs for backward."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module
+
+
+def _check(layer: str, x) -> None:
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{layer}: expected a floating-point NumPy array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+
+
+class ReLU(Module):
+    """``max(x, 0)``; the gradient passes where ``x > 0`` and is 0 elsewhere (also at 0,
+    as in PyTorch). Any shape."""
+
+    def __init__(self, inplace: bool = False):  # ``inplace`` accepted for PyTorch parity
+        super().__init__()
+        self._mask = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check("ReLU", x)
+        self._mask = x > 0
+        return np.where(self._mask, x, x.dtype.type(0))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._require_forward(self._mask)
+        return np.where(self._mask, dy, dy.dtype.type(0))
+
+
+class LeakyReLU(Module):
+    """``x`` where ``x > 0``, else ``negative_slope * x``. Any shape."""
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self._mask = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check("LeakyReLU", x)
+        self._mask = x > 0
+        return np.where(self._mask, x, x * x.dtype.type(self.negative_slope))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._require_forward(self._mask)
+        return np.where(self._mask, dy, dy * dy.dtype.type(self.negative_slope))
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    """``1 / (1 + exp(-x))``; backward uses the output: ``dy * y * (1 - y)``. Any shape."""
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check("Sigmoid", x)
+        # Two branches so exp never overflows: for x < 0 use exp(x) / (1 + exp(x)).
+        e = np.exp(-np.abs(x))
+        self._y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        return self._y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._require_forward(self._y)
+        return dy * self._y * (1 - self._y)
+
+
+class Tanh(Module):
+    """``tanh(x)``; backward ``dy * (1 - y²)``. Any shape."""
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        _check("Tanh", x)
+        self._y = np.tanh(x)
+        return self._y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._require_forward(self._y)
+        return dy * (1 - self._y * self._y)

@@ -1,0 +1,63 @@
+"""Composite blocks: the residual ``BasicBlock`` that small ResNets are built from."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .activation import ReLU
+from .conv import Conv2d
+from .module import Module, Sequential
+from .norm import BatchNorm2d
+
+
+class BasicBlock(Module):
+    """ResNet's basic residual block, with torchvision's attribute names (so state dicts move
+    between the two)::
+
+        out = relu( bn2(conv2( relu(bn1(conv1(x))) )) + shortcut(x) )
+
+    ``shortcut`` is the identity, or ``downsample = Sequential(Conv2d 1x1 stride s, BatchNorm2d)``
+    when the stride or the channel count changes.
+
+    Backward: the gradient reaching ``out`` goes through the final ReLU and then splits: one copy
+    back through the body, one through the shortcut; the two *add* at ``x``.
+
+    Shapes
+    ------
+    ``(N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride))``.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 backend: str | None = None, rng=None, dtype=np.float32):
+        super().__init__()
+        conv = dict(bias=False, backend=backend, rng=rng, dtype=dtype)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, **conv)
+        self.bn1 = BatchNorm2d(out_channels, dtype=dtype)
+        self.relu = ReLU()
+        self.conv2 = Conv2d(out_channels, out_channels, 3, stride=1, padding=1, **conv)
+        self.bn2 = BatchNorm2d(out_channels, dtype=dtype)
+        self.relu_out = ReLU()
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = Sequential(
+                Conv2d(in_channels, out_channels, 1, stride=stride, **conv),
+                BatchNorm2d(out_channels, dtype=dtype))
+        else:
+            self.downsample = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu_out(out + shortcut)
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        d_sum = self.relu_out.backward(dy)
+        d_body = self.bn2.backward(d_sum)
+        d_body = self.conv2.backward(d_body)
+        d_body = self.bn1.backward(self.relu.backward(d_body))
+        dx = self.conv1.backward(d_body, need_input_grad)
+        if self.downsample is None:
+            return dx + d_sum if need_input_grad else None
+        d_short = self.downsample.backward(d_sum, need_input_grad)
+        return dx + d_short if need_input_grad else None

@@ -1,0 +1,88 @@
+"""``Linear`` (fully connected) and ``Flatten``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import init
+from ._checks import as_dtype, check_input
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``, as ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    rng : numpy.random.Generator, int or None
+    dtype : float32 (default) or float64
+
+    Shapes
+    ------
+    input ``(N, in_features)`` -> output ``(N, out_features)``; ``weight``
+    ``(out_features, in_features)``, ``bias`` ``(out_features,)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None,
+                 dtype=np.float32):
+        super().__init__()
+        for arg, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Linear: {arg} must be a positive int, got {value!r}")
+        self.in_features, self.out_features = in_features, out_features
+        weight, bias_value = init.default_weight_and_bias(
+            (out_features, in_features), out_features if bias else None,
+            init.resolve_rng(rng), dtype)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_value) if bias else None
+        self._x = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_input("Linear", x, 2, layout="(N, in_features)")
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Linear: expected {self.in_features} input features, got "
+                             f"{x.shape[1]} (input shape {x.shape}); is the Flatten size right?")
+        self._x = x
+        y = x @ as_dtype(self.weight.data, x.dtype).T
+        if self.bias is not None:
+            y += as_dtype(self.bias.data, x.dtype)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """``dW += dyᵀ x``, ``db += Σ_n dy``, returns ``dx = dy W``."""
+        self._require_forward(self._x)
+        self.weight.grad += dy.T @ self._x
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)
+        return dy @ as_dtype(self.weight.data, dy.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Flatten(Module):
+    """Merge dimensions ``start_dim..end_dim`` into one, as ``torch.nn.Flatten``
+    (default: ``(N, C, H, W) -> (N, C*H*W)``). A view, no copy."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+        self._input_shape = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"Flatten: expected a NumPy array, got {type(x).__name__}")
+        start = self.start_dim % x.ndim
+        end = self.end_dim % x.ndim
+        self._input_shape = x.shape
+        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._require_forward(self._input_shape)
+        return dy.reshape(self._input_shape)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -1,0 +1,105 @@
+"""Batch normalisation over channels: ``BatchNorm1d`` and ``BatchNorm2d``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import as_dtype, check_input
+from .module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    """Normalise each channel with the batch's mean and variance (training) or the running
+    estimates (eval), then scale by ``weight`` (gamma) and shift by ``bias`` (beta).
+
+    Running statistics follow PyTorch: ``running = (1 - momentum) * running + momentum * batch``
+    with the *unbiased* batch variance, while the normalisation itself uses the biased one.
+    """
+
+    _ranks: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, dtype=np.float32):
+        super().__init__()
+        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
+            raise ValueError(f"{type(self).__name__}: num_features must be a positive int, "
+                             f"got {num_features!r}")
+        self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype=dtype))
+            self.bias = Parameter(np.zeros(num_features, dtype=dtype))
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self._cache = None
+
+    def _axes_and_shape(self, x):
+        """Axes to reduce over and the shape that broadcasts a per-channel vector."""
+        axes = (0,) + tuple(range(2, x.ndim))
+        return axes, (1, -1) + (1,) * (x.ndim - 2)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        name = type(self).__name__
+        check_input(name, x, self._ranks, self.num_features, self._layout)
+        axes, shape = self._axes_and_shape(x)
+        count = x.size // x.shape[1]
+        use_batch_stats = self.training or not self.track_running_stats
+        if use_batch_stats:
+            if count < 2 and self.training:
+                raise ValueError(f"{name}: training needs more than one value per channel, got "
+                                 f"input shape {x.shape}")
+            mean = x.mean(axis=axes, dtype=x.dtype)
+            var = x.var(axis=axes, dtype=x.dtype)
+            if self.training and self.track_running_stats:
+                m = self.momentum
+                self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+                self.running_var[...] = (1 - m) * self.running_var + m * var * (count / (count - 1))
+                self.num_batches_tracked[...] += 1
+        else:
+            mean = as_dtype(self.running_mean, x.dtype)
+            var = as_dtype(self.running_var, x.dtype)
+        inv_std = (1.0 / np.sqrt(var + x.dtype.type(self.eps))).astype(x.dtype, copy=False)
+        x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+        gamma = as_dtype(self.weight.data, x.dtype) if self.affine else np.ones_like(mean)
+        y = x_hat * gamma.reshape(shape)
+        if self.affine:
+            y += as_dtype(self.bias.data, x.dtype).reshape(shape)
+        self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """With batch statistics, mean and variance depend on every input, which gives
+        ``dx = inv_std / n * (n * dx̂ - Σ dx̂ - x̂ Σ(dx̂ x̂))`` with ``dx̂ = dy * gamma``;
+        with running statistics they are constants and ``dx = dy * gamma * inv_std``."""
+        self._require_forward(self._cache)
+        x_hat, inv_std, gamma, use_batch_stats, axes, shape = self._cache
+        if self.affine:
+            self.weight.grad += (dy * x_hat).sum(axis=axes)
+            self.bias.grad += dy.sum(axis=axes)
+        dx_hat = dy * gamma.reshape(shape)
+        if not use_batch_stats:
+            return dx_hat * inv_std.reshape(shape)
+        mean_dx_hat = dx_hat.mean(axis=axes, keepdims=True)
+        mean_dx_hat_x_hat = (dx_hat * x_hat).mean(axis=axes, keepdims=True)
+        return (dx_hat - mean_dx_hat - x_hat * mean_dx_hat_x_hat) * inv_std.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm for ``(N, C)`` or ``(N, C, L)`` inputs, statistics per channel ``C``."""
+
+    _ranks = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm for ``(N, C, H, W)`` images, statistics per channel over N, H and W."""
+
+    _ranks = (4,)
+    _layout = "(N, C, H, W)"

@@ -1,0 +1,231 @@
+"""Optimisers (``SGD``, ``Adam``, ``AdamW``) and learning-rate schedules, with PyTorch's update
+rules, so the same hyper-parameters mean the same thing.
+
+Each optimiser keeps ``param_groups`` (a list with one dict of hyper-parameters per group) like
+PyTorch, updates ``param.data`` in place in ``step()``, and has ``state_dict()`` /
+``load_state_dict()`` so a training run can be resumed exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .nn.module import Parameter
+
+
+class Optimizer:
+    """Base class: holds parameter groups and per-parameter state (momentum buffers...)."""
+
+    def __init__(self, params, defaults: dict):
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if isinstance(params[0], dict):
+            groups = [dict(group) for group in params]
+        else:
+            groups = [{"params": params}]
+        self.param_groups = []
+        for group in groups:
+            group["params"] = list(group["params"])
+            for p in group["params"]:
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"{type(self).__name__}: expected Parameters, got "
+                                    f"{type(p).__name__}; pass model.parameters()")
+            for key, value in defaults.items():
+                group.setdefault(key, value)
+            if group["lr"] < 0:
+                raise ValueError(f"{type(self).__name__}: learning rate must be >= 0, got "
+                                 f"{group['lr']}")
+            group.setdefault("initial_lr", group["lr"])
+            self.param_groups.append(group)
+        self.state: dict[int, dict] = {}   # keyed by the parameter's position, for saving
+
+    def _parameters(self):
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield index, group, p
+                index += 1
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the first group (handy for printing)."""
+        return self.param_groups[0]["lr"]
+
+    def zero_grad(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.zero_grad()
+
+    def step(self) -> None:
+        for index, group, p in self._parameters():
+            self._update(p, self.state.setdefault(index, {}), group)
+
+    def _update(self, p: Parameter, state: dict, group: dict) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat ``{name: array}`` (hyper-parameters and buffers), storable in ``.npz``."""
+        out = {}
+        for g, group in enumerate(self.param_groups):
+            for key, value in group.items():
+                if key != "params":
+                    out[f"group{g}.{key}"] = np.asarray(value)
+        for index, state in self.state.items():
+            for key, value in state.items():
+                out[f"state{index}.{key}"] = np.array(value, copy=True)
+        return out
+
+    def load_state_dict(self, state_dict) -> None:
+        state: dict[int, dict] = {}
+        for name, value in state_dict.items():
+            head, key = name.split(".", 1)
+            if head.startswith("group"):
+                value = np.asarray(value)
+                self.param_groups[int(head[5:])][key] = (
+                    value.item() if value.ndim == 0 else tuple(value.tolist()))
+            elif head.startswith("state"):
+                state.setdefault(int(head[5:]), {})[key] = np.array(value, copy=True)
+        self.state = state
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov and weight decay.
+
+    PyTorch's rule: ``g = grad + wd * p``; ``buf = momentum * buf + (1 - dampening) * g``
+    (``buf = g`` on the first step); ``g = g + momentum * buf`` (Nesterov) or ``g = buf``;
+    ``p -= lr * g``.
+    """
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
+
+    def _update(self, p, state, group):
+        grad = p.grad
+        if group["weight_decay"]:
+            grad = grad + group["weight_decay"] * p.data
+        momentum = group["momentum"]
+        if momentum:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = np.array(grad, copy=True)
+            else:
+                buf = state["momentum_buffer"]
+                buf *= momentum
+                buf += (1 - group["dampening"]) * grad
+            buf = state["momentum_buffer"]
+            grad = grad + momentum * buf if group["nesterov"] else buf
+        p.data -= (group["lr"] * grad).astype(p.data.dtype, copy=False)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` adds ``wd * p`` to the
+    gradient (L2 penalty), as ``torch.optim.Adam`` does."""
+
+    _decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+
+    def _update(self, p, state, group):
+        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        grad = p.grad
+        if wd and self._decoupled:
+            p.data *= p.data.dtype.type(1 - lr * wd)
+        elif wd:
+            grad = grad + wd * p.data
+        if not state:
+            state["step"] = np.array(0, dtype=np.int64)
+            state["exp_avg"] = np.zeros_like(p.data)
+            state["exp_avg_sq"] = np.zeros_like(p.data)
+        state["step"] += 1
+        step = int(state["step"])
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg *= beta1
+        exp_avg += (1 - beta1) * grad
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1 - beta2) * grad * grad
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        denom = np.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + group["eps"]
+        p.data -= ((lr / bias_correction1) * exp_avg / denom).astype(p.data.dtype, copy=False)
+
+
+class AdamW(Adam):
+    """Adam with *decoupled* weight decay (Loshchilov & Hutter): ``p *= 1 - lr * wd`` before
+    the Adam step, instead of adding ``wd * p`` to the gradient."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules: call ``scheduler.step()`` once per epoch, after ``optimizer.step()``.
+# ---------------------------------------------------------------------------------------------
+class LRScheduler:
+    """Base class: sets each group's ``lr`` from ``initial_lr`` and the epoch count."""
+
+    def __init__(self, optimizer: Optimizer):
+        self.optimizer = optimizer
+        self.last_epoch = 0
+        self._apply()
+
+    def _lr(self, initial_lr: float) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(group["initial_lr"])
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self._apply()
+
+
+class StepLR(LRScheduler):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        if step_size < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
+        self.step_size, self.gamma = step_size, gamma
+        super().__init__(optimizer)
+
+    def _lr(self, initial_lr):
+        return initial_lr * self.gamma ** (self.last_epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """Cosine decay from the initial rate to ``eta_min`` over ``T_max`` epochs:
+    ``eta_min + (lr0 - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
+        if T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be >= 1, got {T_max}")
+        self.T_max, self.eta_min = T_max, eta_min
+        super().__init__(optimizer)
+
+    def _lr(self, initial_lr):
+        progress = min(self.last_epoch, self.T_max) / self.T_max
+        return self.eta_min + (initial_lr - self.eta_min) * (1 + math.cos(math.pi * progress)) / 2
