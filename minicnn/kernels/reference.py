@@ -1,8 +1,12 @@
 """Reference kernels: explicit loops, written to be read.
 
-These are the *definition* of what every other backend must compute. Each output pixel is one
-loop iteration, so a learner can put a breakpoint inside and watch a window slide. They are
-slow (use small inputs); ``im2col`` and ``numba`` compute the same numbers quickly.
+These are the *definition* of what every other backend must compute. The loops run over the
+output positions ``(i, j)``: each iteration cuts out one window of the (padded) input, exactly
+as the sliding-window picture draws it, and multiplies it with the kernel. Inside an iteration
+the whole batch and all channels are handled at once by one small dot product
+(``np.tensordot``), which keeps the code short and makes the kernels fast enough to train a
+small network on real data (looping over the batch and channels too would read no better and
+run a hundred times slower). ``im2col`` and ``numba`` compute the same numbers much faster.
 
 Every backend module exposes the same six functions::
 
@@ -30,45 +34,52 @@ from .geometry import output_size, pad_nchw
 # --------------------------------------------------------------------------------------------
 # Convolution
 # --------------------------------------------------------------------------------------------
+def _window(array, i, j, kernel_size, stride, dilation):
+    """The receptive field of output position ``(i, j)``: rows ``i*sH, i*sH + dH, ...``
+    (``kH`` of them, dilation skips rows) and likewise columns. Shape (N, C, kH, kW)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    return array[:, :, i * sh: i * sh + dh * (kh - 1) + 1: dh,
+                 j * sw: j * sw + dw * (kw - 1) + 1: dw]
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     """Cross-correlation (what deep learning calls convolution: the kernel is not flipped).
 
     ``y[n, co, i, j] = bias[co] + sum over (ci, ki, kj) of
     weight[co, ci, ki, kj] * x_padded[n, g*C_in_g + ci, i*sH + ki*dH, j*sW + kj*dW]``
-    where ``g`` is the group that output channel ``co`` belongs to.
+    where ``g`` is the group output channel ``co`` belongs to.
     """
     n_batch, c_in, height, width = x.shape
     c_out, c_in_per_group, kh, kw = weight.shape
-    (sh, sw), (dh, dw) = stride, dilation
     top, bottom, left, right = padding
-    out_h = output_size(height, kh, sh, top, bottom, dh)
-    out_w = output_size(width, kw, sw, left, right, dw)
+    out_h = output_size(height, kh, stride[0], top, bottom, dilation[0])
+    out_w = output_size(width, kw, stride[1], left, right, dilation[1])
     c_out_per_group = c_out // groups
 
     x_padded = pad_nchw(x, padding)
     y = np.zeros((n_batch, c_out, out_h, out_w), dtype=x.dtype)
-    for n in range(n_batch):
-        for co in range(c_out):
-            group = co // c_out_per_group
-            first_in = group * c_in_per_group             # input channels this filter sees
-            for i in range(out_h):
-                for j in range(out_w):
-                    # The window under the kernel: rows i*sH, i*sH + dH, ... (dilation skips).
-                    window = x_padded[n, first_in:first_in + c_in_per_group,
-                                      i * sh: i * sh + dh * (kh - 1) + 1: dh,
-                                      j * sw: j * sw + dw * (kw - 1) + 1: dw]
-                    y[n, co, i, j] = np.sum(window * weight[co])
-            if bias is not None:
-                y[n, co] += bias[co]
+    for g in range(groups):
+        inputs = slice(g * c_in_per_group, (g + 1) * c_in_per_group)    # channels group g sees
+        outputs = slice(g * c_out_per_group, (g + 1) * c_out_per_group)  # filters of group g
+        for i in range(out_h):
+            for j in range(out_w):
+                window = _window(x_padded[:, inputs], i, j, (kh, kw), stride, dilation)
+                # Multiply the window with every filter and sum over (channel, row, column):
+                # (N, C_in_g, kH, kW) . (C_out_g, C_in_g, kH, kW) -> (N, C_out_g)
+                y[:, outputs, i, j] = np.tensordot(window, weight[outputs],
+                                                   axes=([1, 2, 3], [1, 2, 3]))
+    if bias is not None:
+        y += bias.reshape(1, c_out, 1, 1)
     return y, (x, weight, bias is not None, stride, padding, dilation, groups)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
-    """Gradients of the convolution, one output pixel at a time.
+    """Gradients of the convolution, one output position at a time.
 
-    Each ``y[n, co, i, j]`` came from one window times the kernel, so its gradient ``dy``
+    Output ``y[:, :, i, j]`` came from one window times the kernel, so its gradient ``dy``
     flows back as ``dy * kernel`` into that window of ``dx`` and ``dy * window`` into ``dW``.
-    Overlapping windows *add* into ``dx``: that is why the update is ``+=``.
+    Neighbouring windows overlap, so contributions to ``dx`` *add up*: that is why the update
+    is ``+=``.
 
     Returns
     -------
@@ -79,7 +90,6 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     x, weight, has_bias, stride, padding, dilation, groups = ctx
     n_batch, c_in, height, width = x.shape
     c_out, c_in_per_group, kh, kw = weight.shape
-    (sh, sw), (dh, dw) = stride, dilation
     top, _, left, _ = padding
     out_h, out_w = dy.shape[2:]
     c_out_per_group = c_out // groups
@@ -87,21 +97,25 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     x_padded = pad_nchw(x, padding)
     dx_padded = np.zeros_like(x_padded)
     dweight = np.zeros_like(weight)
-    for n in range(n_batch):
-        for co in range(c_out):
-            first_in = (co // c_out_per_group) * c_in_per_group
-            for i in range(out_h):
-                for j in range(out_w):
-                    rows = slice(i * sh, i * sh + dh * (kh - 1) + 1, dh)
-                    cols = slice(j * sw, j * sw + dw * (kw - 1) + 1, dw)
-                    channels = slice(first_in, first_in + c_in_per_group)
-                    grad = dy[n, co, i, j]
-                    dweight[co] += grad * x_padded[n, channels, rows, cols]
-                    if need_input_grad:
-                        dx_padded[n, channels, rows, cols] += grad * weight[co]
+    for g in range(groups):
+        inputs = slice(g * c_in_per_group, (g + 1) * c_in_per_group)
+        outputs = slice(g * c_out_per_group, (g + 1) * c_out_per_group)
+        for i in range(out_h):
+            for j in range(out_w):
+                window = _window(x_padded[:, inputs], i, j, (kh, kw), stride, dilation)
+                grad = dy[:, outputs, i, j]                                  # (N, C_out_g)
+                # dW: each filter's gradient is the window weighted by that filter's dy,
+                # summed over the batch: (N, C_out_g) . (N, C_in_g, kH, kW)
+                dweight[outputs] += np.tensordot(grad, window, axes=([0], [0]))
+                if need_input_grad:
+                    # dx: every filter sends dy * filter back onto the window it read.
+                    _window(dx_padded[:, inputs], i, j, (kh, kw), stride, dilation)[...] += (
+                        np.tensordot(grad, weight[outputs], axes=([1], [0])))
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    dx = dx_padded[:, :, top:top + height, left:left + width] if need_input_grad else None
-    return (None if dx is None else np.ascontiguousarray(dx)), dweight, dbias
+    if not need_input_grad:
+        return None, dweight, dbias
+    dx = dx_padded[:, :, top:top + height, left:left + width]
+    return np.ascontiguousarray(dx), dweight, dbias
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,32 +138,32 @@ def maxpool2d_forward(x, kernel_size, stride, padding):
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     argmax_row = np.empty(y.shape, dtype=np.int64)     # positions in the padded input
     argmax_col = np.empty(y.shape, dtype=np.int64)
-    for n in range(n_batch):
-        for c in range(channels):
-            for i in range(out_h):
-                for j in range(out_w):
-                    window = x_padded[n, c, i * sh: i * sh + kh, j * sw: j * sw + kw]
-                    ki, kj = np.unravel_index(np.argmax(window), window.shape)
-                    y[n, c, i, j] = window[ki, kj]
-                    argmax_row[n, c, i, j] = i * sh + ki
-                    argmax_col[n, c, i, j] = j * sw + kj
+    for i in range(out_h):
+        for j in range(out_w):
+            window = x_padded[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw]  # (N, C, kH, kW)
+            flat_index = window.reshape(n_batch, channels, kh * kw).argmax(axis=2)
+            ki, kj = np.divmod(flat_index, kw)         # row and column inside the window
+            argmax_row[:, :, i, j] = i * sh + ki
+            argmax_col[:, :, i, j] = j * sw + kj
+            y[:, :, i, j] = window.max(axis=(2, 3))
     return y, (x.shape, padding, argmax_row, argmax_col)
 
 
 def maxpool2d_backward(dy, ctx):
-    """Route each output gradient to the input position that won the max (``+=``: windows
-    that overlap can pick the same winner)."""
+    """Route each output gradient to the input position that won the max. Windows that
+    overlap can pick the same winner, so gradients add (``+=``)."""
     x_shape, padding, argmax_row, argmax_col = ctx
     n_batch, channels, height, width = x_shape
     top, bottom, left, right = padding
     dx_padded = np.zeros((n_batch, channels, height + top + bottom, width + left + right),
                          dtype=dy.dtype)
+    n_index, c_index = np.meshgrid(np.arange(n_batch), np.arange(channels), indexing="ij")
     out_h, out_w = dy.shape[2:]
-    for n in range(n_batch):
-        for c in range(channels):
-            for i in range(out_h):
-                for j in range(out_w):
-                    dx_padded[n, c, argmax_row[n, c, i, j], argmax_col[n, c, i, j]] += dy[n, c, i, j]
+    for i in range(out_h):
+        for j in range(out_w):
+            # One winner per (n, c) for this window, so no index repeats within this +=.
+            dx_padded[n_index, c_index, argmax_row[:, :, i, j], argmax_col[:, :, i, j]] += (
+                dy[:, :, i, j])
     return np.ascontiguousarray(dx_padded[:, :, top:top + height, left:left + width])
 
 
@@ -181,10 +195,8 @@ def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
         for j in range(out_w):
             divisor = kh * kw if count_include_pad else _window_count(
                 i, j, kernel_size, stride, padding, height, width)
-            for n in range(n_batch):
-                for c in range(channels):
-                    window = x_padded[n, c, i * sh: i * sh + kh, j * sw: j * sw + kw]
-                    y[n, c, i, j] = window.sum() / divisor
+            window = x_padded[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw]  # (N, C, kH, kW)
+            y[:, :, i, j] = window.sum(axis=(2, 3)) / divisor
     return y, (x.shape, kernel_size, stride, padding, count_include_pad)
 
 
@@ -201,8 +213,6 @@ def avgpool2d_backward(dy, ctx):
         for j in range(out_w):
             divisor = kh * kw if count_include_pad else _window_count(
                 i, j, kernel_size, stride, padding, height, width)
-            for n in range(n_batch):
-                for c in range(channels):
-                    dx_padded[n, c, i * sh: i * sh + kh, j * sw: j * sw + kw] += (
-                        dy[n, c, i, j] / divisor)
+            share = dy[:, :, i, j] / divisor                          # (N, C)
+            dx_padded[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw] += share[:, :, None, None]
     return np.ascontiguousarray(dx_padded[:, :, top:top + height, left:left + width])
