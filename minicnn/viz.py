@@ -1,0 +1,124 @@
+"""Matplotlib figures for runs and tutorials: training curves, confusion matrix, image grids,
+filters and feature maps. Each function returns the ``Figure`` and saves it when given a path.
+
+matplotlib is imported lazily and the non-interactive ``Agg`` backend is used when no display
+is available, so these work on servers and in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finish(fig, path):
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_history(history: list[dict], path=None):
+    """Loss and accuracy per epoch (training and validation)."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    if history and "val_loss" in history[0]:
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
+    if history and "val_accuracy" in history[0]:
+        ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "s-", label="validation")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _finish(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path=None, title="Confusion matrix"):
+    """Counts of (true class, predicted class); the diagonal is what the model got right."""
+    plt = _pyplot()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.6 + 0.55 * n))
+    image = ax.imshow(confusion, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class",
+           title=title)
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if confusion[i, j] > threshold else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return _finish(fig, path)
+
+
+def _show_image(ax, image: np.ndarray):
+    """Draw a (C, H, W) image, grayscale or RGB, any value range."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray")
+    else:
+        lo, hi = image.min(), image.max()
+        ax.imshow(((image - lo) / (hi - lo + 1e-12)).transpose(1, 2, 0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_image_grid(images: np.ndarray, titles: list[str], path=None, columns: int = 8,
+                    suptitle: str | None = None):
+    """A grid of (N, C, H, W) images with a title under each."""
+    plt = _pyplot()
+    count = max(len(images), 1)
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.7 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title in zip(axes.ravel(), images, titles):
+        ax.axis("on")
+        _show_image(ax, image)
+        ax.set_title(title, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _finish(fig, path)
+
+
+def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                       classes: list[str], path=None, limit: int = 32):
+    """Test images the model got wrong, titled ``predicted (true)``."""
+    wrong = np.flatnonzero(predictions != labels)[:limit]
+    titles = [f"{classes[predictions[i]]} ({classes[labels[i]]})" for i in wrong]
+    return plot_image_grid(images[wrong], titles, path,
+                           suptitle=f"Misclassified: predicted (true), first {len(wrong)}")
+
+
+def plot_filters(weight: np.ndarray, path=None, title="First-layer filters"):
+    """Each output channel's kernel; for multi-channel kernels the channels are averaged
+    (grayscale) unless there are exactly three (shown as RGB)."""
+    titles = [f"filter {i}" for i in range(len(weight))]
+    images = weight if weight.shape[1] in (1, 3) else weight.mean(axis=1, keepdims=True)
+    return plot_image_grid(images, titles, path, suptitle=title)
+
+
+def plot_feature_maps(maps: np.ndarray, path=None, title="Feature maps", limit: int = 32):
+    """Channels of one activation ``(C, H, W)`` as grayscale images."""
+    maps = np.asarray(maps)[:limit]
+    return plot_image_grid(maps[:, None], [f"channel {i}" for i in range(len(maps))], path,
+                           suptitle=title)
