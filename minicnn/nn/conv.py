@@ -101,19 +101,22 @@ class Conv2d(Module):
             raise ValueError(
                 f"Conv2d: kernel {self.kernel_size} (dilation {self.dilation}, effective "
                 f"{span}) is larger than the padded input {padded} (input {x.shape[2:]})")
-        backend = kernels.get(self.backend)
+        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
+        backend_name = self.backend or kernels.get_default_backend()
+        backend = kernels.get(backend_name)
         weight = as_dtype(self.weight.data, x.dtype)
         bias = None if self.bias is None else as_dtype(self.bias.data, x.dtype)
         y, ctx = backend.conv2d_forward(x, weight, bias, self.stride, self._pads,
                                         self.dilation, self.groups)
-        self._ctx = (backend, ctx)
+        self._ctx = (backend_name, ctx)
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Accumulate ``weight.grad`` (and ``bias.grad``); return ``dx`` (``None`` when
         ``need_input_grad`` is False, which skips the most expensive product)."""
         self._require_forward(self._ctx)
-        backend, ctx = self._ctx
+        backend_name, ctx = self._ctx
+        backend = kernels.get(backend_name)
         dx, dweight, dbias = backend.conv2d_backward(dy, ctx, need_input_grad)
         self.weight.grad += dweight
         if self.bias is not None:

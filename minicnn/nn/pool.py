@@ -40,7 +40,8 @@ class _Pool2d(Module):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._require_forward(self._ctx)
-        backend, ctx = self._ctx
+        backend_name, ctx = self._ctx
+        backend = kernels.get(backend_name)
         return getattr(backend, f"{self._kind}pool2d_backward")(dy, ctx)
 
     def extra_repr(self) -> str:
@@ -66,9 +67,11 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check(x)
-        backend = kernels.get(self.backend)
+        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
+        backend_name = self.backend or kernels.get_default_backend()
+        backend = kernels.get(backend_name)
         y, ctx = backend.maxpool2d_forward(x, self.kernel_size, self.stride, self._pads)
-        self._ctx = (backend, ctx)
+        self._ctx = (backend_name, ctx)
         return y
 
 
@@ -88,10 +91,12 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check(x)
-        backend = kernels.get(self.backend)
+        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
+        backend_name = self.backend or kernels.get_default_backend()
+        backend = kernels.get(backend_name)
         y, ctx = backend.avgpool2d_forward(x, self.kernel_size, self.stride, self._pads,
                                            self.count_include_pad)
-        self._ctx = (backend, ctx)
+        self._ctx = (backend_name, ctx)
         return y
 
 
