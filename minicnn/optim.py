@@ -218,7 +218,10 @@ class StepLR(LRScheduler):
 
 class CosineAnnealingLR(LRScheduler):
     """Cosine decay from the initial rate to ``eta_min`` over ``T_max`` epochs:
-    ``eta_min + (lr0 - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
+    ``eta_min + (lr0 - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``.
+
+    As in PyTorch, the formula keeps going after ``T_max``: the rate climbs back towards
+    ``lr0`` over the next ``T_max`` epochs (set ``T_max`` to the run's length to avoid that)."""
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
         if T_max < 1:
@@ -227,5 +230,5 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer)
 
     def _lr(self, initial_lr):
-        progress = min(self.last_epoch, self.T_max) / self.T_max
+        progress = self.last_epoch / self.T_max
         return self.eta_min + (initial_lr - self.eta_min) * (1 + math.cos(math.pi * progress)) / 2
