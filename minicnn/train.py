@@ -15,6 +15,8 @@ Exact resume works because nothing random is carried in hidden state: the weight
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -242,34 +244,35 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         first = start_batch if epoch == start_epoch else 0
         bar = _progress(len(loader), first, f"epoch {epoch + 1}/{config.epochs}", progress)
         epoch_start, images = time.perf_counter(), 0
-        batch_index = first
         try:
-            for batch_index, (x, y) in enumerate(loader.batches(start=first), start=first):
-                logits = model(x)
-                if not np.all(np.isfinite(logits)):
-                    raise TrainingError(
-                        f"the loss became non-finite at epoch {epoch + 1}, batch {batch_index}:"
-                        f" training diverged (lr={optimizer.lr:g} is probably too high); the "
-                        f"last good checkpoint is kept in {checkpoint_path}")
-                loss = loss_fn(logits, y)
-                optimizer.zero_grad()
-                model.backward(loss_fn.backward(), need_input_grad=False)
-                optimizer.step()
-                loss_sum += loss * len(y)
-                correct += float((logits.argmax(axis=1) == y).sum())
-                seen += len(y)
-                images += len(y)
-                if bar is not None:
-                    rate = images / max(time.perf_counter() - epoch_start, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                                    img_s=f"{rate:.0f}", refresh=False)
-                    bar.update(1)
-        except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
-            checkpoint(epoch, batch_index, [loss_sum, correct, seen])
-            log(f"interrupted: progress saved to {checkpoint_path}; continue with resume")
-            raise
+            with _DeferredInterrupt() as interrupt:
+                for batch_index, (x, y) in enumerate(loader.batches(start=first), start=first):
+                    logits = model(x)
+                    if not np.all(np.isfinite(logits)):
+                        raise TrainingError(
+                            f"the loss became non-finite at epoch {epoch + 1}, batch "
+                            f"{batch_index}: training diverged (lr={optimizer.lr:g} is probably "
+                            f"too high); the last good checkpoint is kept in {checkpoint_path}")
+                    loss = loss_fn(logits, y)
+                    optimizer.zero_grad()
+                    model.backward(loss_fn.backward(), need_input_grad=False)
+                    optimizer.step()
+                    loss_sum += loss * len(y)
+                    correct += float((logits.argmax(axis=1) == y).sum())
+                    seen += len(y)
+                    images += len(y)
+                    if bar is not None:
+                        rate = images / max(time.perf_counter() - epoch_start, 1e-9)
+                        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                        img_s=f"{rate:.0f}", refresh=False)
+                        bar.update(1)
+                    if interrupt.requested:
+                        # Ctrl-C arrived during this batch: the step is complete, so the state
+                        # is consistent; save it with the position of the next batch.
+                        checkpoint(epoch, batch_index + 1, [loss_sum, correct, seen])
+                        log(f"interrupted: progress saved to {checkpoint_path}; continue "
+                            "with resume")
+                        raise KeyboardInterrupt
         finally:
             if bar is not None:
                 bar.close()
@@ -298,6 +301,34 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         {"test_accuracy": test.accuracy, "test_loss": test.loss}, indent=2))
     log(f"test accuracy {test.accuracy:.4f} ({len(test_set)} images)")
     return summary
+
+
+class _DeferredInterrupt:
+    """Hold Ctrl-C (SIGINT) until the current training step is finished.
+
+    An interrupt in the middle of ``optimizer.step()`` would leave some parameters updated and
+    others not; instead the handler only sets ``requested`` and the loop stops after the step.
+    Outside the main thread signals cannot be caught, and Ctrl-C behaves as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:      # a second Ctrl-C: the user insists, stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _epoch_line(record: dict) -> str:
