@@ -44,7 +44,10 @@ def plot_history(history: list[dict], path=None):
     if history and "val_accuracy" in history[0]:
         ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "s-", label="validation")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     return _finish(fig, path)
