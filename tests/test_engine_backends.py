@@ -123,6 +123,20 @@ def test_maxpool_ties_go_to_the_first_position(backend):
                                   ref.maxpool2d_backward(dy, ctx_ref))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("padding", [(0, 0, 0, 0), (1, 1, 1, 1)], ids=["unpadded", "padded"])
+def test_maxpool_propagates_nan(backend, padding):
+    """A NaN in a window makes that output NaN (as in PyTorch) and takes the gradient; the
+    other windows are unaffected."""
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = np.nan
+    y, ctx = kernels.get(backend).maxpool2d_forward(x, (2, 2), (2, 2), padding)
+    assert np.isnan(y[0, 0, 0, 0 if padding[0] == 0 else 1])
+    assert np.isfinite(y).sum() == y.size - 1
+    dx = kernels.get(backend).maxpool2d_backward(np.ones_like(y), ctx)
+    assert dx[0, 0, 0, 1] == 1 and dx.sum() == y.size
+
+
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 @pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl_pad", "excl_pad"])
 @pytest.mark.parametrize("kernel, stride, padding, hw", POOL_KERNEL_GRID, ids=POOL_IDS)
