@@ -86,7 +86,7 @@ def _apply_runtime(args) -> None:
 
     if getattr(args, "backend", None):
         kernels.set_default_backend(args.backend)
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         from .kernels.threads import set_num_threads
