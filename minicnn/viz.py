@@ -91,7 +91,10 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path=None, columns: i
     count = max(len(images), 1)
     columns = min(columns, count)
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.7 * rows), squeeze=False)
+    # Room for the overall title: without it tight_layout squeezes short grids until the
+    # second row's titles overlap the first row's images.
+    height = 1.7 * rows + (0.5 if suptitle else 0.0)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, height), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, title in zip(axes.ravel(), images, titles):
