@@ -98,7 +98,8 @@ def separable_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int =
                   backend: str | None = None, rng=None) -> nn.Sequential:
     """A MobileNet-style net of depthwise-separable convolutions: each block is a 3x3
     depthwise conv (``groups = channels``) then a 1x1 pointwise conv, both with BN and ReLU.
-    Far fewer parameters and FLOPs than ordinary 3x3 convolutions of the same width."""
+    At the same widths that is 8-9x fewer parameters and FLOPs than ordinary 3x3 convolutions,
+    but not fewer FLOPs than the narrower MNIST CNN: its first blocks run at full resolution."""
     rng = init.resolve_rng(rng)
     layers: list[nn.Module] = _conv_bn_relu(in_channels, 32, backend, rng)
     c_in = 32

@@ -1,20 +1,19 @@
-"""Numba kernels: parallel ``@njit`` loops for the memory-bound parts, BLAS for the GEMMs.
+"""Numba kernels: parallel ``@njit`` loops where they win, NumPy and BLAS where those do.
 
 Convolution keeps the im2col + GEMM structure of :mod:`minicnn.kernels.im2col` -- the matrix
-products are what BLAS does best -- and replaces every NumPy pass that moves memory around
-(padding, unrolling, transposing, scattering back) by one parallel loop that reads and writes
-each element once:
+products are what BLAS does best -- and each pass around the GEMMs uses whichever
+implementation measured fastest on the benchmark suite (``minicnn bench``):
 
-- ``_im2col`` reads the *unpadded* input and writes zeros where a window hangs over the border,
-  so no padded copy of the input is made. It writes ``cols`` in the ``(K, N * L)`` layout
-  the GEMM wants (``K = C_in * kH * kW``, ``L = H_out * W_out``). For stride 1 (most layers)
-  ``_im2col_stride1`` pads first and copies whole window rows as slices, which is faster.
+- Unrolling (``im2col``) and the ``dy`` transpose stay NumPy strided copies: they beat every
+  Numba loop we wrote for them (1.3-3x), even with two Numba threads against one.
 - ``_gemm_to_nchw`` turns the GEMM's ``(C_out, N * L)`` result into NCHW and adds the bias in
-  the same pass.
-- ``_nchw_to_gemm`` does the reverse for ``dy`` and sums the bias gradient on the way.
+  the same pass (one pass instead of NumPy's two).
 - ``_col2im`` adds the columns back onto the input. It is parallel over (sample, channel)
   planes and each thread *gathers* into its own plane, so no two threads ever write the same
-  pixel: no write races, no atomics, deterministic sums.
+  pixel: no write races, no atomics, deterministic sums. It is up to 2x faster than NumPy's
+  col2im.
+- Depthwise convolutions (``groups == channels``) skip im2col: their per-channel GEMMs are far
+  too thin for BLAS, so direct loops do the work.
 
 Pooling is one direct pass per (sample, channel) plane, in parallel; max pooling stores the
 winning input position so backward is a single scatter into the thread's own plane.
@@ -30,6 +29,7 @@ from numba import njit, prange
 
 from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
 from .geometry import output_size, pad_nchw
+from .im2col import im2col
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 
@@ -37,60 +37,6 @@ _JIT = dict(cache=True, nogil=True, fastmath=False)
 # --------------------------------------------------------------------------------------------
 # Convolution: data movement kernels
 # --------------------------------------------------------------------------------------------
-@njit(parallel=True, **_JIT)
-def _im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w):
-    """``cols[(c*kH + i)*kW + j, (n*H_out + oh)*W_out + ow] = x[n, c, oh*sH + i*dH - top,
-    ow*sW + j*dW - left]`` (zero outside the input). Shape (C*kH*kW, N*H_out*W_out)."""
-    n_batch, channels, height, width = x.shape
-    spatial = out_h * out_w
-    cols = np.empty((channels * kh * kw, n_batch * spatial), dtype=x.dtype)
-    rows = channels * kh * kw
-    for task in prange(rows * n_batch):
-        row = task // n_batch
-        n = task % n_batch
-        c = row // (kh * kw)
-        i = (row // kw) % kh
-        j = row % kw
-        base = n * spatial
-        for oh in range(out_h):
-            h = oh * sh + i * dh - top
-            out = base + oh * out_w
-            if h < 0 or h >= height:
-                for ow in range(out_w):
-                    cols[row, out + ow] = 0
-                continue
-            for ow in range(out_w):
-                w = ow * sw + j * dw - left
-                if 0 <= w < width:
-                    cols[row, out + ow] = x[n, c, h, w]
-                else:
-                    cols[row, out + ow] = 0
-    return cols
-
-
-@njit(parallel=True, **_JIT)
-def _im2col_stride1(x_padded, kh, kw, dh, dw, out_h, out_w):
-    """:func:`_im2col` for stride 1 on an already padded input: every row of a window is then
-    a contiguous run of the input, copied as one slice (no bounds checks, no per-pixel index
-    arithmetic). Padding the input first costs one pass over it, much smaller than ``cols``;
-    the whole unroll measured 1.7x faster than the general kernel (64x32x14x14, 3x3)."""
-    n_batch, channels = x_padded.shape[0], x_padded.shape[1]
-    spatial = out_h * out_w
-    rows = channels * kh * kw
-    cols = np.empty((rows, n_batch * spatial), dtype=x_padded.dtype)
-    for task in prange(rows * n_batch):
-        row = task // n_batch
-        n = task % n_batch
-        c = row // (kh * kw)
-        i = (row // kw) % kh
-        j = row % kw
-        base = n * spatial
-        for oh in range(out_h):
-            cols[row, base + oh * out_w:base + (oh + 1) * out_w] = (
-                x_padded[n, c, oh + i * dh, j * dw:j * dw + out_w])
-    return cols
-
-
 @njit(parallel=True, **_JIT)
 def _col2im(cols, n_batch, channels, height, width, kh, kw, sh, sw, top, left, dh, dw,
             out_h, out_w):
@@ -134,26 +80,103 @@ def _gemm_to_nchw(y_matrix, bias, has_bias, n_batch, out_h, out_w):
     return y
 
 
+# --------------------------------------------------------------------------------------------
+# Depthwise convolution (groups == C_in == C_out): a direct loop beats im2col + GEMM, whose
+# per-channel products are (1 x kH*kW) @ (kH*kW x N*L) -- far too thin for BLAS.
+# --------------------------------------------------------------------------------------------
 @njit(parallel=True, **_JIT)
-def _nchw_to_gemm(dy):
-    """``(N, C_out, H_out, W_out)`` -> ``(C_out, N*L)`` and the bias gradient ``Σ dy`` per
-    channel (accumulated in float64 for accuracy, returned in ``dy``'s dtype)."""
-    n_batch, c_out, out_h, out_w = dy.shape
-    spatial = out_h * out_w
-    dy_matrix = np.empty((c_out, n_batch * spatial), dtype=dy.dtype)
-    dbias = np.zeros(c_out, dtype=dy.dtype)
-    for co in prange(c_out):
-        total = 0.0
+def _depthwise_forward(x_padded, weight, bias, has_bias, sh, sw, dh, dw, out_h, out_w):
+    """``y[n, c] = bias[c] + sum_ij weight[c, 0, i, j] * x_padded[n, c, shifted window]``.
+    One task per (n, c) plane; the inner loop runs along a row, contiguous for stride 1."""
+    n_batch, channels = x_padded.shape[0], x_padded.shape[1]
+    kh, kw = weight.shape[2], weight.shape[3]
+    y = np.empty((n_batch, channels, out_h, out_w), dtype=x_padded.dtype)
+    for task in prange(n_batch * channels):
+        n = task // channels
+        c = task % channels
+        plane = x_padded[n, c]
+        out = y[n, c]
+        start = bias[c] if has_bias else 0.0
+        for oh in range(out_h):
+            for ow in range(out_w):
+                out[oh, ow] = start
+        for i in range(kh):
+            for j in range(kw):
+                tap = weight[c, 0, i, j]
+                for oh in range(out_h):
+                    src = plane[oh * sh + i * dh]
+                    row = out[oh]
+                    if sw == 1:                   # contiguous: lets LLVM vectorise the loop
+                        for ow in range(out_w):
+                            row[ow] += tap * src[ow + j * dw]
+                    else:
+                        for ow in range(out_w):
+                            row[ow] += tap * src[ow * sw + j * dw]
+    return y
+
+
+# Reassociation lets LLVM vectorise the long sums (it changes rounding, not NaN/inf handling).
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _depthwise_weight_grad(x_padded, dy, kh, kw, sh, sw, dh, dw):
+    """``dW[c, 0, i, j] = sum over n, oh, ow of dy * x_padded`` and ``db[c] = sum dy``.
+    One task per channel: each writes only its own filter, so no races."""
+    n_batch, channels, out_h, out_w = dy.shape
+    dweight = np.zeros((channels, 1, kh, kw), dtype=dy.dtype)
+    dbias = np.zeros(channels, dtype=dy.dtype)
+    for c in prange(channels):
+        total_bias = 0.0
         for n in range(n_batch):
-            plane = dy[n, co]
-            out = n * spatial
-            for h in range(out_h):
-                for w in range(out_w):
-                    value = plane[h, w]
-                    dy_matrix[co, out + h * out_w + w] = value
-                    total += value
-        dbias[co] = total
-    return dy_matrix, dbias
+            plane = x_padded[n, c]
+            grad = dy[n, c]
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    total_bias += grad[oh, ow]
+            for i in range(kh):
+                for j in range(kw):
+                    total = 0.0
+                    for oh in range(out_h):
+                        src = plane[oh * sh + i * dh]
+                        row = grad[oh]
+                        if sw == 1:
+                            for ow in range(out_w):
+                                total += row[ow] * src[ow + j * dw]
+                        else:
+                            for ow in range(out_w):
+                                total += row[ow] * src[ow * sw + j * dw]
+                    dweight[c, 0, i, j] += total
+        dbias[c] = total_bias
+    return dweight, dbias
+
+
+@njit(parallel=True, **_JIT)
+def _depthwise_input_grad(dy, weight, padded_h, padded_w, sh, sw, dh, dw):
+    """Gradient w.r.t. the padded input: each output sends ``dy * tap`` back to the pixel the
+    tap read. One task per (n, c) plane, so the ``+=`` of overlapping windows is race-free."""
+    n_batch, channels, out_h, out_w = dy.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    dx = np.zeros((n_batch, channels, padded_h, padded_w), dtype=dy.dtype)
+    for task in prange(n_batch * channels):
+        n = task // channels
+        c = task % channels
+        grad = dy[n, c]
+        plane = dx[n, c]
+        for i in range(kh):
+            for j in range(kw):
+                tap = weight[c, 0, i, j]
+                for oh in range(out_h):
+                    dest = plane[oh * sh + i * dh]
+                    row = grad[oh]
+                    if sw == 1:
+                        for ow in range(out_w):
+                            dest[ow + j * dw] += tap * row[ow]
+                    else:
+                        for ow in range(out_w):
+                            dest[ow * sw + j * dw] += tap * row[ow]
+    return dx
+
+
+def _is_depthwise(weight, groups, c_in):
+    return groups > 1 and groups == c_in and weight.shape[0] == c_in and weight.shape[1] == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,30 +193,40 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     (sh, sw), (dh, dw), (top, bottom, left, right) = stride, dilation, padding
     out_h = output_size(height, kh, sh, top, bottom, dh)
     out_w = output_size(width, kw, sw, left, right, dw)
-    if sh == sw == 1:
-        cols = _im2col_stride1(pad_nchw(x, padding), kh, kw, dh, dw, out_h, out_w)
-    else:
-        cols = _im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w)
+    has_bias = bias is not None
+    bias_arg = bias.astype(x.dtype, copy=False) if has_bias else np.zeros(1, dtype=x.dtype)
+    if _is_depthwise(weight, groups, x.shape[1]):
+        x_padded = pad_nchw(x, padding)
+        weight = np.ascontiguousarray(weight)
+        y = _depthwise_forward(x_padded, weight, bias_arg, has_bias, sh, sw, dh, dw, out_h,
+                               out_w)
+        return y, ("depthwise", x.shape, weight, has_bias, x_padded, stride, padding, dilation)
+    # NumPy's strided copy unrolls faster than every Numba loop we tried (measured 1.3-3x on
+    # the benchmark suite's shapes, even against two Numba threads), so we reuse it.
+    cols, _ = im2col(x, (kh, kw), stride, padding, dilation)
     w_matrix = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1)
     if groups == 1:
         y_matrix = w_matrix[0] @ cols                                  # (C_out, N*L)
     else:
         y_matrix = np.matmul(w_matrix, cols.reshape(groups, -1, cols.shape[1]))
         y_matrix = y_matrix.reshape(c_out, -1)
-    has_bias = bias is not None
-    bias_arg = bias.astype(x.dtype, copy=False) if has_bias else np.zeros(1, dtype=x.dtype)
     y = _gemm_to_nchw(y_matrix, bias_arg, has_bias, n_batch, out_h, out_w)
-    return y, (x.shape, weight, has_bias, cols, stride, padding, dilation, groups)
+    return y, ("gemm", x.shape, weight, has_bias, cols, stride, padding, dilation, groups)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
-    """``dW = dY @ colsᵀ``, ``db = Σ dY``, ``dx = col2im(Wᵀ @ dY)`` per group."""
-    x_shape, weight, has_bias, cols, stride, padding, dilation, groups = ctx
+    """``dW = dY @ colsᵀ``, ``db = Σ dY``, ``dx = col2im(Wᵀ @ dY)`` per group (depthwise
+    layers: the direct loops above)."""
+    if ctx[0] == "depthwise":
+        return _depthwise_backward(np.ascontiguousarray(dy), ctx, need_input_grad)
+    _, x_shape, weight, has_bias, cols, stride, padding, dilation, groups = ctx
     n_batch, c_in, height, width = x_shape
     c_out, _, kh, kw = weight.shape
     (sh, sw), (dh, dw), (top, _, left, _) = stride, dilation, padding
     out_h, out_w = dy.shape[2], dy.shape[3]
-    dy_matrix, dbias = _nchw_to_gemm(np.ascontiguousarray(dy))
+    # (N, C_out, Ho, Wo) -> (C_out, N*Ho*Wo): NumPy's transposing copy beat a Numba loop.
+    dy_matrix = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(c_out, -1)
+    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     w_matrix = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1)
     if groups == 1:
         dweight = (dy_matrix @ cols.T).reshape(weight.shape)
@@ -211,6 +244,19 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
             dcols = dcols.reshape(-1, dcols.shape[2])
         dx = _col2im(np.ascontiguousarray(dcols), n_batch, c_in, height, width, kh, kw,
                      sh, sw, top, left, dh, dw, out_h, out_w)
+    return dx, dweight, dbias
+
+
+def _depthwise_backward(dy, ctx, need_input_grad):
+    _, x_shape, weight, has_bias, x_padded, (sh, sw), (top, _, left, _), (dh, dw) = ctx
+    height, width = x_shape[2], x_shape[3]
+    dweight, dbias = _depthwise_weight_grad(x_padded, dy, weight.shape[2], weight.shape[3],
+                                            sh, sw, dh, dw)
+    dx = None
+    if need_input_grad:
+        dx_padded = _depthwise_input_grad(dy, weight, x_padded.shape[2], x_padded.shape[3],
+                                          sh, sw, dh, dw)
+        dx = np.ascontiguousarray(dx_padded[:, :, top:top + height, left:left + width])
     return dx, dweight, (dbias if has_bias else None)
 
 
