@@ -1,0 +1,226 @@
+# %% [markdown]
+# # 03 · im2col: convolution as one matrix product
+#
+# The sliding-window loop of tutorial 02 is easy to read but slow: Python visits every output
+# pixel. **im2col** ("image to columns") rearranges the input so that the whole convolution
+# becomes *one* matrix multiplication, which a BLAS library runs at close to the CPU's peak.
+# You will:
+#
+# - draw the unrolled matrix for a small input and see where each number comes from;
+# - compute a convolution as `W_matrix @ cols` and check it against minicnn's `Conv2d`;
+# - see why **col2im**, the way back, must *add* (`+=`) and check that it is the adjoint;
+# - time the explicit loops against im2col.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from minicnn import nn
+from minicnn.kernels import threads
+from minicnn.kernels.im2col import col2im, im2col
+from tutorial_tools import FAST, check, show
+
+rng = np.random.default_rng(0)
+cores = threads.get_num_threads()["numba"]
+
+# %% [markdown]
+# ## The unrolled matrix
+#
+# Take a 4×4 image holding the numbers 0..15 and a 3×3 kernel (stride 1, no padding). There
+# are 2×2 window positions. im2col copies each 3×3 window into one **column** of 9 numbers.
+# The arguments are pairs `(along H, along W)`; padding is `(top, bottom, left, right)`.
+
+# %%
+x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)            # N=1, C=1, 4x4
+cols, (out_h, out_w) = im2col(x, kernel_size=(3, 3), stride=(1, 1), padding=(0, 0, 0, 0),
+                              dilation=(1, 1))
+print("cols:", cols.shape, " output positions:", (out_h, out_w))
+print(cols.astype(int))
+assert cols.shape == (9, 4)
+for column, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+    assert np.array_equal(cols[:, column], x[0, 0, i:i + 3, j:j + 3].ravel())
+
+# %%
+colours = ["tab:red", "tab:blue", "tab:green", "tab:purple"]
+fig, (ax_x, ax_c) = plt.subplots(1, 2, figsize=(10, 4.6), width_ratios=[1, 1.1])
+ax_x.imshow(x[0, 0], cmap="Greys", vmin=0, vmax=40)
+for (r, c), value in np.ndenumerate(x[0, 0]):
+    ax_x.text(c, r, f"{value:g}", ha="center", va="center", fontsize=12)
+for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+    inset = 0.08 * (k + 1)
+    ax_x.add_patch(plt.Rectangle((j - 0.5 + inset, i - 0.5 + inset), 3 - 2 * inset,
+                                 3 - 2 * inset, fill=False, ec=colours[k], lw=2.5))
+ax_x.set(title="input 4x4 and its four 3x3 windows", xlabel="column", ylabel="row",
+         xticks=range(4), yticks=range(4))
+ax_c.imshow(cols, cmap="Greys", vmin=0, vmax=40, aspect="auto")
+for (r, c), value in np.ndenumerate(cols):
+    ax_c.text(c, r, f"{value:g}", ha="center", va="center", fontsize=11, color=colours[c])
+ax_c.set(title="cols = im2col(x): one column per window", xlabel="column = window (i, j)",
+         ylabel="row = kernel tap (a, b)", xticks=range(4), yticks=range(9))
+ax_c.set_xticklabels(["(0,0)", "(0,1)", "(1,0)", "(1,1)"])
+ax_c.set_yticklabels([f"({a},{b})" for a in range(3) for b in range(3)])
+show(fig, "im2col_matrix")
+
+# %% [markdown]
+# With `C` channels and a batch of `N` images the layout is
+#
+# - `cols` has shape `(C·kH·kW, N·H_out·W_out)`;
+# - row `(c·kH + a)·kW + b` holds tap `(a, b)` of channel `c`: the same order as
+#   `weight.reshape(C_out, -1)` flattens a filter;
+# - column `(n·H_out + i)·W_out + j` is output pixel `(i, j)` of image `n`.
+#
+# ## The convolution is one GEMM
+#
+# Each filter, flattened, is a row of length `C·kH·kW`; each window is a column of the same
+# length. Their dot product is exactly the window sum of tutorial 02. So with
+# `W_matrix = weight.reshape(C_out, -1)`:
+#
+# $$Y = W_{matrix}\; \text{cols} \quad\text{shape } (C_{out},\; N \cdot H_{out} \cdot W_{out})$$
+#
+# and a reshape and transpose turn `Y` back into NCHW.
+
+# %%
+n, c_in, c_out, size = 2, 3, 4, 6
+x = rng.standard_normal((n, c_in, size, size)).astype(np.float32)
+conv = nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, backend="reference", rng=0)
+
+cols, (out_h, out_w) = im2col(x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+w_matrix = conv.weight.data.reshape(c_out, -1)                       # (4, 27)
+y_matrix = w_matrix @ cols                                           # (4, 2*6*6)
+y = y_matrix.reshape(c_out, n, out_h, out_w).transpose(1, 0, 2, 3) + conv.bias.data[:, None, None]
+print(f"W_matrix {w_matrix.shape} @ cols {cols.shape} = {y_matrix.shape} -> NCHW {y.shape}")
+assert np.allclose(y, conv(x), atol=1e-5)
+
+# %% [markdown]
+# The price is memory: every pixel is copied into up to kH·kW columns.
+
+# %%
+print(f"input {x.nbytes} bytes, cols {cols.nbytes} bytes ({cols.nbytes / x.nbytes:.1f}x)")
+assert cols.size == 9 * n * c_in * out_h * out_w
+
+# %% [markdown]
+# ## col2im, the way back, must add
+#
+# Backward needs the opposite move: the gradient arrives per *column* (`dcols = W_matrixᵀ dY`)
+# and must be put back on the *pixels*. A pixel that was copied into several columns
+# influenced the loss through every copy, so by the chain rule its gradient is the **sum** of
+# the gradients of its copies. col2im therefore *adds* each column onto its window.
+#
+# Two small loops make the point: one adds (`+=`), one overwrites (`=`). Each loops over the
+# columns of a single-image, single-channel, stride-1 input.
+
+# %%
+def col2im_loop(cols, size, k, add):
+    out = np.zeros((size, size), dtype=cols.dtype)
+    positions = size - k + 1
+    for column in range(cols.shape[1]):
+        i, j = divmod(column, positions)
+        if add:
+            out[i:i + k, j:j + k] += cols[:, column].reshape(k, k)
+        else:
+            out[i:i + k, j:j + k] = cols[:, column].reshape(k, k)
+    return out
+
+
+x = rng.standard_normal((1, 1, 6, 6))                                # float64 for exactness
+geometry = ((3, 3), (1, 1), (0, 0, 0, 0), (1, 1))
+cols, _ = im2col(x, *geometry)
+g = rng.standard_normal(cols.shape)                                  # any "gradient" columns
+library = col2im(g, x.shape, *geometry)
+assert np.allclose(col2im_loop(g, 6, 3, add=True), library[0, 0])
+
+# %% [markdown]
+# The test that col2im is right is the **adjoint** (transpose) identity: for any `x` and any
+# columns `g`, $\langle \text{im2col}(x), g\rangle = \langle x, \text{col2im}(g)\rangle$.
+# (im2col is a linear map, a big 0/1 matrix `M`; col2im must be `Mᵀ`.) The adding version
+# passes; the overwriting one does not.
+
+# %%
+lhs = np.sum(cols * g)
+rhs_add = np.sum(x[0, 0] * col2im_loop(g, 6, 3, add=True))
+rhs_overwrite = np.sum(x[0, 0] * col2im_loop(g, 6, 3, add=False))
+print(f"<im2col(x), g> = {lhs:.6f}   <x, col2im(g)> = {np.sum(x * library):.6f}")
+print(f"with += : {rhs_add:.6f}    with = : {rhs_overwrite:.6f}")
+assert np.isclose(lhs, np.sum(x * library)) and np.isclose(lhs, rhs_add)
+assert not np.isclose(lhs, rhs_overwrite)
+
+# %% [markdown]
+# `col2im(im2col(x))` is therefore *not* `x`: each pixel comes back multiplied by the number
+# of windows that cover it. Feeding a picture of ones through both shows those counts.
+
+# %%
+ones = np.ones((1, 1, 6, 6))
+fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+for ax, (stride, pad) in zip(axes, [(1, 0), (2, 1)]):
+    geometry = ((3, 3), (stride, stride), (pad,) * 4, (1, 1))
+    copies = im2col(ones, *geometry)[0]                 # a 1 for every copy of a real pixel
+    coverage = col2im(copies, ones.shape, *geometry)[0, 0]
+    assert coverage.sum() == copies.sum()             # every copy lands back on its pixel
+    image = ax.imshow(coverage, cmap="viridis", vmin=0, vmax=9)
+    for (r, c), value in np.ndenumerate(coverage):
+        ax.text(c, r, f"{value:g}", ha="center", va="center", fontsize=11,
+                color="black" if value > 6 else "white")
+    ax.set(title=f"3x3 windows, stride {stride}, padding {pad}", xlabel="column", ylabel="row")
+fig.colorbar(image, ax=axes, label="windows covering the pixel")
+fig.suptitle("col2im(im2col(ones)): how many copies of each pixel")
+show(fig, "col2im_coverage")
+
+# %% [markdown]
+# ## How much faster?
+#
+# Same layer, same numbers, three backends: the explicit loops (`reference`), im2col + one
+# GEMM (`im2col`) and minicnn's compiled kernels (`numba`, the default). All three run on one
+# thread here, and we keep the fastest of several runs after a warm-up call (Numba compiles or
+# loads its kernels then).
+# Exact times depend on the machine and on what else it is doing. The reference loop is not
+# as slow as it could be: it visits each output pixel in Python but handles the whole batch and
+# all channels there with one small `tensordot`; the pure scalar loop of tutorial 02 would be
+# hundreds of times slower still. On one thread `numba` and `im2col` are close: both spend
+# most of their time in the same kind of GEMM, and numba's lead comes from running its
+# loops in parallel (tutorial 09 races the backends on all cores).
+
+# %%
+batch = 8 if FAST else 32
+x = rng.standard_normal((batch, 16, 28, 28)).astype(np.float32)
+layers = {backend: nn.Conv2d(16, 32, 3, padding=1, backend=backend, rng=0)
+          for backend in ("reference", "im2col", "numba")}
+threads.set_num_threads(1)          # compare algorithms, not thread pools (see tutorial 09)
+runs = {backend: [] for backend in layers}
+for layer in layers.values():
+    layer(x)                                                           # warm-up
+for _ in range(5 if FAST else 10):
+    for backend, layer in layers.items():                              # take turns, so a busy
+        start = time.perf_counter()                                    # moment hits all three
+        layer(x)
+        runs[backend].append(time.perf_counter() - start)
+threads.set_num_threads(cores)
+timings = {backend: min(times) for backend, times in runs.items()}
+for backend, seconds in timings.items():
+    print(f"{backend:>9}: {seconds * 1e3:7.2f} ms")
+assert timings["im2col"] < timings["reference"]
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.barh(list(timings), [t * 1e3 for t in timings.values()],
+        color=["grey", "tab:blue", "tab:green"])
+ax.set(xlabel="forward time (ms), fastest of several runs",
+       title=f"Conv2d(16, 32, 3, padding=1) on a ({batch}, 16, 28, 28) batch, one thread")
+for index, t in enumerate(timings.values()):
+    ax.text(t * 1e3, index, f"  {t * 1e3:.1f} ms ({timings['reference'] / t:.1f}x faster "
+            "than reference)" if t < timings["reference"] else f"  {t * 1e3:.1f} ms", va="center")
+ax.set_xlim(right=max(timings.values()) * 1e3 * 1.6)
+show(fig, "backend_timing")
+
+# %% [markdown]
+# ## Exercise
+#
+# A batch of 2 RGB images of 8×8 goes through a 3×3 convolution with stride 2 and padding 1.
+# What shape does `cols` have? (Rows: channels × taps. Columns: images × output pixels.)
+
+# %%
+# Your answer here (the worked answer is filled in; try changing it)
+cols_shape = (3 * 3 * 3, 2 * 4 * 4)
+
+actual = im2col(np.zeros((2, 3, 8, 8), np.float32), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1))[0]
+check("shape of cols", cols_shape, actual.shape)
