@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   minicnn evaluate runs/fashion                   accuracy, per-class table, confusion matrix
   minicnn predict runs/fashion shoe.png bag.jpg   top-3 classes per image
   minicnn datasets                                what it knows, where it looks, what it found
+  minicnn bench --suite conv --plot conv.png      time layers and models against PyTorch
 """
 
 
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="known data sets and where they were found")
     datasets.add_argument("--data-dir")
+
+    from .bench.cli import DESCRIPTION as BENCH_DESCRIPTION, EXAMPLES as BENCH_EXAMPLES
+    from .bench.cli import add_arguments as add_bench_arguments
+    bench = sub.add_parser("bench", help="time layers and models against PyTorch",
+                           description=BENCH_DESCRIPTION, epilog=BENCH_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(bench)
     return parser
 
 
@@ -206,8 +214,18 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchError
+    from .bench.cli import run_from_args
+
+    try:
+        return run_from_args(args)
+    except BenchError as error:
+        raise UserError(str(error)) from error
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "datasets": cmd_datasets}
+            "datasets": cmd_datasets, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,16 @@
+"""Run minicnn's benchmark harness from a script: the same options as ``minicnn bench``.
+
+    python benchmarks/run.py --suite conv --backends reference,im2col,numba,torch \\
+        --json conv.json --markdown conv.md --plot conv.png
+
+See benchmarks/README.md for the suites and what every column means.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from minicnn.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], prog="benchmarks/run.py"))

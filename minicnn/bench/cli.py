@@ -1,0 +1,289 @@
+"""The benchmark's command line (``minicnn bench`` and ``python benchmarks/run.py``) and the
+function that runs a whole suite and collects one result dictionary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+
+from .agreement import BenchError
+from .suites import SUITES, get_suite
+
+ALL_BACKENDS = ("reference", "im2col", "numba", "torch")
+DEFAULT_BACKENDS = ("im2col", "numba", "torch")
+SCHEMA = "minicnn-bench/1"
+
+DESCRIPTION = """\
+Time minicnn's layers (every kernel backend, forward and backward) and whole
+training steps against PyTorch on this machine, after checking that all backends
+agree; report GFLOP/s, the fraction of the measured GEMM peak and the ratio to
+PyTorch. See benchmarks/README.md for every column."""
+
+EXAMPLES = """examples:
+  minicnn bench                                       the standard suite, a table here
+  minicnn bench --suite conv --backends reference,im2col,numba,torch --json out.json --plot out.png
+  minicnn bench --suite models --threads 1 --batch-size 32
+  python benchmarks/run.py --suite pool --repeats 50 --markdown pool.md
+"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _backend_list(text: str) -> tuple[str, ...]:
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty name in {text!r}; expected e.g. im2col,numba")
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend(s) {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(ALL_BACKENDS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the benchmark's options to ``parser`` (shared by both entry points)."""
+    suites = "; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items())
+    parser.add_argument("--suite", default="standard", choices=list(SUITES),
+                        help=f"what to run (default standard). {suites}")
+    parser.add_argument("--backends", type=_backend_list, default=None, metavar="LIST",
+                        help="comma-separated, from " + ", ".join(ALL_BACKENDS) +
+                             f" (default {','.join(DEFAULT_BACKENDS)}; reference is slow, so "
+                             "opt-in and limited by --reference-max-gflop); torch adds a "
+                             "channels-last torch-cl column for pooling")
+    parser.add_argument("--repeats", type=_positive_int, metavar="N", default=20,
+                        help="timed repeats per measurement (default 20)")
+    parser.add_argument("--warmup", type=_non_negative_int, metavar="N", default=3,
+                        help="untimed runs before the repeats (default 3)")
+    parser.add_argument("--batch-size", type=_positive_int, metavar="N", default=None,
+                        help="override every case's batch size (default: 64 for layers, "
+                             "64 and 128 for models, 8 in the tiny suite)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N", default=2,
+                        help="threads for Numba, NumPy's BLAS and PyTorch (default 2)")
+    compile_group = parser.add_mutually_exclusive_group()
+    compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
+                               help="also measure Numba's cold and warm start "
+                                    "(default: on for the standard suite only)")
+    compile_group.add_argument("--no-compile", dest="compile", action="store_false",
+                               help="skip the Numba compile measurement")
+    parser.add_argument("--reference-max-gflop", type=_positive_float, default=0.5,
+                        metavar="GFLOP",
+                        help="the reference backend skips layers (and models with a layer) "
+                             "needing more forward GFLOP than this (default 0.5); it is timed "
+                             "with at most 3 repeats and 1 warm-up")
+    parser.add_argument("--no-interleave", dest="interleave", action="store_false",
+                        help="models: run each competitor's repeats back to back instead of "
+                             "in turns (to check whether taking turns changes the numbers)")
+    parser.add_argument("--json", metavar="FILE", help="write every result and the machine "
+                                                      "record as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="write the Markdown report")
+    parser.add_argument("--plot", metavar="FILE", help="write a PNG chart")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines on stderr and no table on stdout")
+    return parser
+
+
+def build_parser(prog: str = "minicnn bench") -> argparse.ArgumentParser:
+    """A stand-alone parser (``python benchmarks/run.py``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_arguments(parser)
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+# ------------------------------------------------------------------------------------------------
+def _prepare_torch(backends, explicit: bool, notes: list[str]) -> tuple[str, ...]:
+    """Import PyTorch now (before the thread count is set) if it is wanted."""
+    if "torch" not in backends:
+        return tuple(backends)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if explicit:
+            raise BenchError("--backends includes torch but PyTorch is not installed "
+                             "(pip install -e '.[torch]'), or leave torch out") from None
+        notes.append("PyTorch is not installed: no torch column and no ratio to PyTorch")
+        return tuple(b for b in backends if b != "torch")
+    return tuple(backends)
+
+
+def run(args: argparse.Namespace, log=None) -> dict:
+    """Run the suite described by parsed ``args`` and return the result dictionary.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From a parser built with :func:`add_arguments`.
+    log : callable or None
+        Receives progress lines.
+
+    Raises
+    ------
+    BenchError
+        If backends disagree (:class:`~.agreement.AgreementError`) or PyTorch is asked for
+        but missing.
+    """
+    from ..kernels.threads import set_num_threads
+    from . import machine
+    from .compile import measure_compile
+    from . import layers as layer_bench
+    from . import models as model_bench
+
+    say = log or (lambda line: None)
+    started = time.time()
+    load_start = machine.load_average()
+    notes: list[str] = []
+    suite = get_suite(args.suite).with_batch(args.batch_size)
+    backends = _prepare_torch(args.backends or DEFAULT_BACKENDS, args.backends is not None,
+                              notes)
+    set_num_threads(args.threads)  # after importing torch, so that its pool is set too
+    if "reference" in backends:
+        notes.append(f"reference backend: layers needing more than {args.reference_max_gflop:g} "
+                     "forward GFLOP are skipped; at most 3 repeats and 1 warm-up elsewhere")
+
+    say(f"minicnn bench: suite {suite.name}, backends {','.join(backends)}, "
+        f"{args.threads} thread(s), {args.repeats} repeats after {args.warmup} warm-up")
+    peak_repeats = max(3, min(7, args.repeats))
+    peak_start = machine.measure_gemm_peak(repeats=peak_repeats, warmup=1)
+    say(f"GEMM peak (NumPy float32 {peak_start['size']}^3): {peak_start['gflops']:.1f} GFLOP/s")
+
+    layer_records, model_records, skipped = [], [], []
+    for case in suite.layers:
+        records, missed = layer_bench.bench_layer(case, backends, args.repeats, args.warmup,
+                                                  args.reference_max_gflop, log=say)
+        layer_records += records
+        skipped += missed
+    layer_bench.attach_ratios(layer_records)
+    for case in suite.models:
+        records, missed = model_bench.bench_model(case, backends, args.repeats, args.warmup,
+                                                  args.reference_max_gflop,
+                                                  interleave=args.interleave, log=say)
+        model_records += records
+        skipped += missed
+
+    compiled = None
+    do_compile = suite.compile_default if args.compile is None else args.compile
+    if do_compile:
+        say("Numba compile cost: two fresh processes (cold, then warm cache) ...")
+        compiled = measure_compile(args.threads)
+        say(f"  cold first call {compiled['cold']['first_call_s']:.2f} s, warm first call "
+            f"{compiled['warm']['first_call_s']:.2f} s")
+
+    peak_end = machine.measure_gemm_peak(repeats=peak_repeats, warmup=1, with_torch=False)
+    peak = machine.combine_peaks(peak_start, peak_end)
+    layer_bench.attach_fractions(layer_records, peak["gflops"])
+    model_bench.attach_fractions(model_records, peak["gflops"])
+    if peak["drift"] > 0.2:
+        notes.append(f"the GEMM rate changed by {peak['drift']:.0%} during the run "
+                     f"({peak['start_gflops']:.0f} -> {peak['end_gflops']:.0f} GFLOP/s): the "
+                     "load on the machine changed, so results from early and late in the run "
+                     "are not comparable")
+    description = machine.describe_machine()
+    busy = machine.busy_warning(load_start, description.get("usable_cores"))
+    if busy:
+        notes.append(busy)
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
+                   .isoformat(timespec="seconds"),
+        "duration_s": time.time() - started,
+        "command": " ".join(sys.argv),
+        "config": {"suite": suite.name, "backends": list(backends), "repeats": args.repeats,
+                   "warmup": args.warmup, "batch_size": args.batch_size,
+                   "threads": args.threads, "reference_max_gflop": args.reference_max_gflop,
+                   "dtype": "float32", "layout": "NCHW", "compile": bool(do_compile),
+                   "interleave": args.interleave},
+        "machine": description,
+        "load_average": {"start": load_start, "end": machine.load_average()},
+        "versions": machine.describe_versions(),
+        "blas": machine.describe_blas(),
+        "threads": machine.describe_threads(args.threads),
+        "gemm_peak": peak,
+        "layers": layer_records,
+        "models": model_records,
+        "compile": compiled,
+        "skipped": skipped,
+        "notes": notes,
+    }
+
+
+def write_outputs(results: dict, args: argparse.Namespace) -> str:
+    """Write the files asked for by ``args``; return the Markdown report."""
+    from . import report
+
+    text = report.markdown(results)
+    if args.json:
+        report.write_json(results, args.json)
+    if args.markdown:
+        report.write_markdown(results, args.markdown)
+    if args.plot:
+        report.write_plot(results, args.plot)
+    return text
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run, write the outputs, print the table (unless ``--quiet``); exit status 0."""
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    results = run(args, log=log)
+    text = write_outputs(results, args)
+    if not args.quiet:
+        print(text)
+        for flag, path in (("JSON", args.json), ("Markdown", args.markdown),
+                           ("chart", args.plot)):
+            if path:
+                print(f"{flag}: {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "minicnn bench") -> int:
+    """Entry point of ``python benchmarks/run.py``: parse ``argv`` and run.
+
+    Returns the exit status: 0 success, 1 a benchmark error (printed as one line), 2 bad
+    arguments (from argparse), 130 interrupted.
+    """
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return run_from_args(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (BenchError, OSError, ValueError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
