@@ -21,6 +21,7 @@ import os
 import time
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from minicnn import kernels, models, nn
@@ -257,6 +258,10 @@ bars = ax.bar(list(speedups), values - 1, bottom=1,
 ax.bar_label(bars, labels=[f"{v:.2g}x" for v in values])
 ax.set_yscale("log")
 ax.set_ylim(min(values.min(), 1) / 2, max(values.max(), 1) * 2)
+low, high = ax.get_ylim()
+ax.set_yticks([2.0 ** k for k in range(-6, 12) if low <= 2.0 ** k <= high])   # 0.5x, 1x, 2x...
+ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 ax.axhline(1, color="black", lw=0.8)
 ax.set(title="Speed-ups measured on this machine (ratio of medians; below 1 = slower)",
        ylabel="speed-up (x, log scale)")
