@@ -296,7 +296,6 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
     save(model, out / "model.npz")
     summary = {"history": history, "test_accuracy": test.accuracy, "test_loss": test.loss,
                "seconds": time.perf_counter() - started}
-    (out / "history.json").write_text(json.dumps(history, indent=2))
     (out / "result.json").write_text(json.dumps(
         {"test_accuracy": test.accuracy, "test_loss": test.loss}, indent=2))
     log(f"test accuracy {test.accuracy:.4f} ({len(test_set)} images)")
