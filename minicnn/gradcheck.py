@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import init
 from .nn.loss import _Loss
 from .nn.module import Module
 
@@ -52,8 +53,12 @@ def _relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 
 
 def _generators(module: Module) -> list[np.random.Generator]:
-    """Every Generator a module draws from (Dropout masks), to replay the same draws."""
-    found = []
+    """Every Generator a module draws from (Dropout masks), to replay the same draws.
+
+    minicnn's default generator is always included: layers built without ``rng`` draw from
+    it at run time. Replaying it leaves it where one forward pass would have.
+    """
+    found = [init.default_rng()]
     for sub in module.modules():
         for value in vars(sub).values():
             if isinstance(value, np.random.Generator) and not any(value is g for g in found):

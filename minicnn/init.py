@@ -4,6 +4,11 @@ Every function takes an explicit ``numpy.random.Generator``; :func:`default_rng`
 minicnn's own generator when a layer is built without one, and :func:`manual_seed` reseeds it
 (like ``torch.manual_seed``), so ``manual_seed(0)`` followed by building a model always gives
 the same weights. NumPy's global random state is never used.
+
+As with ``torch.manual_seed``, reseeding affects every *later* draw: weights already drawn stay,
+and a layer that draws at run time (``Dropout`` built without ``rng``) takes its next masks from
+the reseeded stream even if it was built before ``manual_seed`` ran. The generator is reseeded
+in place, so whoever holds :func:`default_rng`'s object follows the new seed too.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ _generator = np.random.default_rng()
 
 
 def manual_seed(seed: int) -> np.random.Generator:
-    """Reseed the generator layers use when they are not given one; returns it."""
-    global _generator
-    _generator = np.random.default_rng(seed)
+    """Reseed the generator layers use when they are not given one; returns it.
+
+    The same ``Generator`` object is reseeded in place (not replaced), so references taken
+    before the call see the new stream.
+    """
+    _generator.bit_generator.state = np.random.default_rng(seed).bit_generator.state
     return _generator
 
 

@@ -35,12 +35,21 @@ class Optimizer:
                                     f"{type(p).__name__}; pass model.parameters()")
             for key, value in defaults.items():
                 group.setdefault(key, value)
-            if group["lr"] < 0:
-                raise ValueError(f"{type(self).__name__}: learning rate must be >= 0, got "
-                                 f"{group['lr']}")
+            self._check_hyperparameters(group)
             group.setdefault("initial_lr", group["lr"])
             self.param_groups.append(group)
         self.state: dict[int, dict] = {}   # keyed by the parameter's position, for saving
+
+    #: Per-parameter state each optimiser keeps: name -> shape (``"param"``: the parameter's).
+    _state_shapes: dict[str, object] = {}
+
+    def _check_hyperparameters(self, group: dict) -> None:
+        """Refuse values PyTorch refuses, with PyTorch's wording (prefixed by our name)."""
+        if not group["lr"] >= 0:
+            raise ValueError(f"{type(self).__name__}: Invalid learning rate: {group['lr']}")
+        if not group.get("weight_decay", 0.0) >= 0:
+            raise ValueError(f"{type(self).__name__}: Invalid weight_decay value: "
+                             f"{group['weight_decay']}")
 
     def _parameters(self):
         index = 0
@@ -60,8 +69,11 @@ class Optimizer:
                 p.zero_grad()
 
     def step(self) -> None:
+        """Update every parameter that has a gradient (``p.grad is None`` is skipped, as in
+        PyTorch, and gets no optimiser state)."""
         for index, group, p in self._parameters():
-            self._update(p, self.state.setdefault(index, {}), group)
+            if p.grad is not None:
+                self._update(p, self.state.setdefault(index, {}), group)
 
     def _update(self, p: Parameter, state: dict, group: dict) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -79,15 +91,58 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state_dict) -> None:
+        """Restore what :meth:`state_dict` saved. All or nothing: every name, index, shape and
+        hyper-parameter is checked before anything changes.
+
+        Raises
+        ------
+        ValueError
+            Naming the entry that is malformed, refers to a group or parameter this optimiser
+            does not have, has the wrong shape, is not numeric, or holds a hyper-parameter
+            value the optimiser refuses.
+        """
+        name_of = type(self).__name__
+        params = [p for _, _, p in self._parameters()]
+        groups = [dict(group) for group in self.param_groups]
         state: dict[int, dict] = {}
+
+        def fail(entry: str, why: str):
+            raise ValueError(f"{name_of}.load_state_dict failed, optimiser left unchanged: "
+                             f"{entry}: {why}")
+
         for name, value in state_dict.items():
-            head, key = name.split(".", 1)
-            if head.startswith("group"):
-                value = np.asarray(value)
-                self.param_groups[int(head[5:])][key] = (
-                    value.item() if value.ndim == 0 else tuple(value.tolist()))
-            elif head.startswith("state"):
-                state.setdefault(int(head[5:]), {})[key] = np.array(value, copy=True)
+            head, _, key = str(name).partition(".")
+            kind, number = head[:5], head[5:]
+            if kind not in ("group", "state") or not number.isdigit() or not key:
+                fail(name, "expected 'group<i>.<hyper-parameter>' or 'state<i>.<buffer>'")
+            index = int(number)
+            value = np.asarray(value)
+            if value.dtype.kind not in "biuf":
+                fail(name, f"expected numbers, got dtype {value.dtype}")
+            if kind == "group":
+                if index >= len(groups):
+                    fail(name, f"this optimiser has {len(groups)} parameter group(s)")
+                if key == "params" or key not in groups[index]:
+                    fail(name, f"{name_of} has no hyper-parameter {key!r}")
+                groups[index][key] = value.item() if value.ndim == 0 else tuple(value.tolist())
+            else:
+                if index >= len(params):
+                    fail(name, f"this optimiser has {len(params)} parameter(s)")
+                if key not in self._state_shapes:
+                    fail(name, f"{name_of} keeps no state {key!r} (expected one of "
+                               f"{sorted(self._state_shapes)})")
+                shape = self._state_shapes[key]
+                shape = params[index].shape if shape == "param" else shape
+                if value.shape != shape:
+                    fail(name, f"expected shape {shape}, got {value.shape}")
+                state.setdefault(index, {})[key] = np.array(value, copy=True)
+        for g, group in enumerate(groups):
+            try:
+                self._check_hyperparameters(group)
+            except (ValueError, TypeError) as exc:
+                fail(f"group{g}", str(exc))
+        for group, loaded in zip(self.param_groups, groups):
+            group.update(loaded)
         self.state = state
 
 
@@ -99,12 +154,19 @@ class SGD(Optimizer):
     ``p -= lr * g``.
     """
 
+    _state_shapes = {"momentum_buffer": "param"}
+
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
+
+    def _check_hyperparameters(self, group: dict) -> None:
+        super()._check_hyperparameters(group)
+        if not group["momentum"] >= 0:
+            raise ValueError(f"SGD: Invalid momentum value: {group['momentum']}")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("SGD: Nesterov momentum requires a momentum and zero dampening")
 
     def _update(self, p, state, group):
         grad = p.grad
@@ -128,11 +190,24 @@ class Adam(Optimizer):
     gradient (L2 penalty), as ``torch.optim.Adam`` does."""
 
     _decoupled = False
+    _state_shapes = {"step": (), "exp_avg": "param", "exp_avg_sq": "param"}
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay))
+
+    def _check_hyperparameters(self, group: dict) -> None:
+        super()._check_hyperparameters(group)
+        name = type(self).__name__
+        if not group["eps"] >= 0:
+            raise ValueError(f"{name}: Invalid epsilon value: {group['eps']}")
+        betas = group["betas"]
+        if len(betas) != 2:
+            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"{name}: Invalid beta parameter at index {i}: {beta}")
 
     def _update(self, p, state, group):
         beta1, beta2 = group["betas"]

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_array
 from .module import Module
-
-
-def _check(layer: str, x) -> None:
-    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{layer}: expected a floating-point NumPy array, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
 
 
 class ReLU(Module):
@@ -22,15 +17,15 @@ class ReLU(Module):
         self._mask = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check("ReLU", x)
+        x = check_array("ReLU", x)
         self._mask = x > 0
         # ``maximum`` and a multiply by the boolean mask, not ``np.where``: on these machines
         # ``np.where(mask, x, 0)`` measured ~10x slower (5.8 ms against 0.6 ms for
         # 64x32x28x28). ``maximum`` also keeps NaN as NaN, as PyTorch does.
-        return np.maximum(x, x.dtype.type(0))
+        return self._output(np.maximum(x, x.dtype.type(0)))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._mask)
+        dy = self._check_dy(dy, self._mask)
         return np.multiply(dy, self._mask, dtype=dy.dtype)
 
 
@@ -43,12 +38,12 @@ class LeakyReLU(Module):
         self._mask = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check("LeakyReLU", x)
+        x = check_array("LeakyReLU", x)
         self._mask = x > 0
-        return np.where(self._mask, x, x * x.dtype.type(self.negative_slope))
+        return self._output(np.where(self._mask, x, x * x.dtype.type(self.negative_slope)))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._mask)
+        dy = self._check_dy(dy, self._mask)
         return np.where(self._mask, dy, dy * dy.dtype.type(self.negative_slope))
 
     def extra_repr(self) -> str:
@@ -63,14 +58,14 @@ class Sigmoid(Module):
         self._y = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check("Sigmoid", x)
+        x = check_array("Sigmoid", x)
         # Two branches so exp never overflows: for x < 0 use exp(x) / (1 + exp(x)).
         e = np.exp(-np.abs(x))
         self._y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-        return self._y
+        return self._output(self._y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._y)
+        dy = self._check_dy(dy, self._y)
         return dy * self._y * (1 - self._y)
 
 
@@ -82,10 +77,10 @@ class Tanh(Module):
         self._y = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check("Tanh", x)
+        x = check_array("Tanh", x)
         self._y = np.tanh(x)
-        return self._y
+        return self._output(self._y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._y)
+        dy = self._check_dy(dy, self._y)
         return dy * (1 - self._y * self._y)

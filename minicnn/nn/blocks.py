@@ -49,9 +49,10 @@ class BasicBlock(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu_out(out + shortcut)
+        return self._output(self.relu_out(out + shortcut))
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dy = self._check_dy(dy)
         d_sum = self.relu_out.backward(dy)
         d_body = self.bn2.backward(d_sum)
         d_body = self.conv2.backward(d_body)

@@ -93,7 +93,7 @@ class Conv2d(Module):
                 output_size(w, self.kernel_size[1], self.stride[1], left, right, self.dilation[1]))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_input("Conv2d", x, 4, self.in_channels)
+        x = check_input("Conv2d", x, 4, self.in_channels)
         top, bottom, left, right = self._pads
         padded = (x.shape[2] + top + bottom, x.shape[3] + left + right)
         span = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
@@ -109,18 +109,18 @@ class Conv2d(Module):
         y, ctx = backend.conv2d_forward(x, weight, bias, self.stride, self._pads,
                                         self.dilation, self.groups)
         self._ctx = (backend_name, ctx)
-        return y
+        return self._output(y)
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Accumulate ``weight.grad`` (and ``bias.grad``); return ``dx`` (``None`` when
         ``need_input_grad`` is False, which skips the most expensive product)."""
-        self._require_forward(self._ctx)
+        dy = self._check_dy(dy, self._ctx)
         backend_name, ctx = self._ctx
         backend = kernels.get(backend_name)
         dx, dweight, dbias = backend.conv2d_backward(dy, ctx, need_input_grad)
-        self.weight.grad += dweight
+        self.weight.accumulate_grad(dweight)
         if self.bias is not None:
-            self.bias.grad += dbias
+            self.bias.accumulate_grad(dbias)
         return dx
 
     def extra_repr(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import init
+from ._checks import check_array
 from .module import Module
 
 
@@ -16,7 +17,10 @@ class Dropout(Module):
     ----------
     p : float in [0, 1)
     rng : numpy.random.Generator, int or None
-        Draws the masks; a seeded generator makes training repeatable.
+        Draws the masks; a seeded generator makes training repeatable. ``None`` (default)
+        draws from minicnn's default generator *at each forward*, so
+        :func:`minicnn.manual_seed` governs the masks even of a layer built before it was
+        called (as ``torch.manual_seed`` does for ``torch.nn.Dropout``).
 
     Shapes: any, output as input.
     """
@@ -26,19 +30,22 @@ class Dropout(Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self.rng = init.resolve_rng(rng)
+        # None stays None: resolving it now would freeze today's default generator in the layer.
+        self.rng = None if rng is None else init.resolve_rng(rng)
         self._scale_mask = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array("Dropout", x)
         if not self.training or self.p == 0.0:
             self._scale_mask = np.ones((), dtype=x.dtype)
-            return x
-        keep = self.rng.random(x.shape) >= self.p
+            return self._output(x)
+        rng = init.default_rng() if self.rng is None else self.rng
+        keep = rng.random(x.shape) >= self.p
         self._scale_mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        return x * self._scale_mask
+        return self._output(x * self._scale_mask)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._scale_mask)
+        dy = self._check_dy(dy, self._scale_mask)
         return dy * self._scale_mask
 
     def extra_repr(self) -> str:

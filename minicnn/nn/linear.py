@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import init
-from ._checks import as_dtype, check_input
+from ._checks import as_dtype, check_array, check_input
 from .module import Module, Parameter
 
 
@@ -40,7 +40,7 @@ class Linear(Module):
         self._x = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_input("Linear", x, 2, layout="(N, in_features)")
+        x = check_input("Linear", x, 2, layout="(N, in_features)")
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear: expected {self.in_features} input features, got "
                              f"{x.shape[1]} (input shape {x.shape}); is the Flatten size right?")
@@ -48,14 +48,14 @@ class Linear(Module):
         y = x @ as_dtype(self.weight.data, x.dtype).T
         if self.bias is not None:
             y += as_dtype(self.bias.data, x.dtype)
-        return y
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """``dW += dyᵀ x``, ``db += Σ_n dy``, returns ``dx = dy W``."""
-        self._require_forward(self._x)
-        self.weight.grad += dy.T @ self._x
+        dy = self._check_dy(dy, self._x)
+        self.weight.accumulate_grad(dy.T @ self._x)
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+            self.bias.accumulate_grad(dy.sum(axis=0))
         return dy @ as_dtype(self.weight.data, dy.dtype)
 
     def extra_repr(self) -> str:
@@ -73,15 +73,16 @@ class Flatten(Module):
         self._input_shape = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"Flatten: expected a NumPy array, got {type(x).__name__}")
+        x = check_array("Flatten", x)
         start = self.start_dim % x.ndim
         end = self.end_dim % x.ndim
         self._input_shape = x.shape
-        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        # The merged size is spelled out, not -1: reshape cannot infer it for an empty batch.
+        merged = int(np.prod(x.shape[start:end + 1]))
+        return self._output(x.reshape(x.shape[:start] + (merged,) + x.shape[end + 1:]))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._input_shape)
+        dy = self._check_dy(dy, self._input_shape)
         return dy.reshape(self._input_shape)
 
     def extra_repr(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_array
 from .module import Module
 
 
@@ -48,8 +49,7 @@ class CrossEntropyLoss(_Loss):
         if not isinstance(logits, np.ndarray) or logits.ndim != 2:
             raise ValueError(f"{name}: expected logits of shape (N, C), got "
                              f"{getattr(logits, 'shape', type(logits).__name__)}")
-        if not np.issubdtype(logits.dtype, np.floating):
-            raise TypeError(f"{name}: expected floating-point logits, got dtype {logits.dtype}")
+        logits = check_array(name, logits, "(N, C)")
         targets = np.asarray(targets)
         n, classes = logits.shape
         if targets.shape != (n,):
@@ -70,13 +70,15 @@ class CrossEntropyLoss(_Loss):
             eps = self.label_smoothing
             target_dist = target_dist * (1 - eps) + eps / classes
         self._cache = (np.exp(log_probs), target_dist)
+        if n == 0:
+            return float("nan")  # the mean over no samples, as PyTorch (without a warning)
         return float(-(target_dist * log_probs).sum() / n)
 
     def backward(self) -> np.ndarray:
         """``d loss / d logits = (softmax - target) / N``, shape ``(N, C)``."""
         self._require_forward(self._cache)
         probs, target_dist = self._cache
-        return ((probs - target_dist) / probs.shape[0]).astype(probs.dtype, copy=False)
+        return ((probs - target_dist) / max(probs.shape[0], 1)).astype(probs.dtype, copy=False)
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
@@ -94,18 +96,17 @@ class MSELoss(_Loss):
 
     def forward(self, prediction: np.ndarray, target) -> float:
         name = "MSELoss"
-        if not isinstance(prediction, np.ndarray) or not np.issubdtype(prediction.dtype,
-                                                                       np.floating):
-            raise TypeError(f"{name}: expected a floating-point prediction array, got "
-                            f"{getattr(prediction, 'dtype', type(prediction).__name__)}")
+        prediction = check_array(name, prediction)
         target = np.asarray(target)
         if target.shape != prediction.shape:
             raise ValueError(f"{name}: prediction {prediction.shape} and target "
                              f"{target.shape} must have the same shape")
         self._check_finite(name, prediction)
         self._diff = prediction - target.astype(prediction.dtype, copy=False)
+        if self._diff.size == 0:
+            return float("nan")  # the mean of nothing, as PyTorch (without a warning)
         return float(np.mean(self._diff * self._diff))
 
     def backward(self) -> np.ndarray:
         self._require_forward(self._diff)
-        return (2 * self._diff / self._diff.size).astype(self._diff.dtype, copy=False)
+        return (2 * self._diff / max(self._diff.size, 1)).astype(self._diff.dtype, copy=False)

@@ -43,10 +43,12 @@ class _BatchNorm(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         name = type(self).__name__
-        check_input(name, x, self._ranks, self.num_features, self._layout)
+        x = check_input(name, x, self._ranks, self.num_features, self._layout)
         axes, shape = self._axes_and_shape(x)
         count = x.size // x.shape[1]
         use_batch_stats = self.training or not self.track_running_stats
+        if x.shape[0] == 0:
+            return self._empty_batch(x, use_batch_stats, axes, shape)
         if use_batch_stats:
             if count < 2 and self.training:
                 raise ValueError(f"{name}: training needs more than one value per channel, got "
@@ -68,19 +70,29 @@ class _BatchNorm(Module):
         if self.affine:
             y += as_dtype(self.bias.data, x.dtype).reshape(shape)
         self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape)
-        return y
+        return self._output(y)
+
+    def _empty_batch(self, x, use_batch_stats, axes, shape) -> np.ndarray:
+        """A batch of 0 samples, as PyTorch: an empty output, running statistics unchanged
+        (there is nothing to average), ``num_batches_tracked`` still counts the call."""
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked[...] += 1
+        ones = np.ones(self.num_features, dtype=x.dtype)
+        gamma = as_dtype(self.weight.data, x.dtype) if self.affine else ones
+        self._cache = (x.copy(), ones, gamma, use_batch_stats, axes, shape)
+        return self._output(x.copy())
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """With batch statistics, mean and variance depend on every input, which gives
         ``dx = inv_std / n * (n * dx̂ - Σ dx̂ - x̂ Σ(dx̂ x̂))`` with ``dx̂ = dy * gamma``;
         with running statistics they are constants and ``dx = dy * gamma * inv_std``."""
-        self._require_forward(self._cache)
+        dy = self._check_dy(dy, self._cache)
         x_hat, inv_std, gamma, use_batch_stats, axes, shape = self._cache
         if self.affine:
-            self.weight.grad += (dy * x_hat).sum(axis=axes)
-            self.bias.grad += dy.sum(axis=axes)
+            self.weight.accumulate_grad((dy * x_hat).sum(axis=axes))
+            self.bias.accumulate_grad(dy.sum(axis=axes))
         dx_hat = dy * gamma.reshape(shape)
-        if not use_batch_stats:
+        if not use_batch_stats or dy.size == 0:
             return dx_hat * inv_std.reshape(shape)
         mean_dx_hat = dx_hat.mean(axis=axes, keepdims=True)
         mean_dx_hat_x_hat = (dx_hat * x_hat).mean(axis=axes, keepdims=True)

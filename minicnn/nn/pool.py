@@ -30,16 +30,17 @@ class _Pool2d(Module):
         self.backend = backend
         self._ctx = None
 
-    def _check(self, x):
+    def _check(self, x) -> np.ndarray:
         name = type(self).__name__
-        check_input(name, x, 4)
+        x = check_input(name, x, 4)
         for axis, size in ((0, x.shape[2]), (1, x.shape[3])):
             if size + 2 * self.padding[axis] < self.kernel_size[axis]:
                 raise ValueError(f"{name}: kernel {self.kernel_size} is larger than the padded "
                                  f"input {tuple(s + 2 * p for s, p in zip(x.shape[2:], self.padding))}")
+        return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._ctx)
+        dy = self._check_dy(dy, self._ctx)
         backend_name, ctx = self._ctx
         backend = kernels.get(backend_name)
         return getattr(backend, f"{self._kind}pool2d_backward")(dy, ctx)
@@ -66,13 +67,13 @@ class MaxPool2d(_Pool2d):
     _kind = "max"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check(x)
+        x = self._check(x)
         # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
         backend_name = self.backend or kernels.get_default_backend()
         backend = kernels.get(backend_name)
         y, ctx = backend.maxpool2d_forward(x, self.kernel_size, self.stride, self._pads)
         self._ctx = (backend_name, ctx)
-        return y
+        return self._output(y)
 
 
 class AvgPool2d(_Pool2d):
@@ -90,14 +91,14 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad = bool(count_include_pad)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check(x)
+        x = self._check(x)
         # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
         backend_name = self.backend or kernels.get_default_backend()
         backend = kernels.get(backend_name)
         y, ctx = backend.avgpool2d_forward(x, self.kernel_size, self.stride, self._pads,
                                            self.count_include_pad)
         self._ctx = (backend_name, ctx)
-        return y
+        return self._output(y)
 
 
 class AdaptiveAvgPool2d(Module):
@@ -121,20 +122,20 @@ class AdaptiveAvgPool2d(Module):
         return [(i * size // out, math.ceil((i + 1) * size / out)) for i in range(out)]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_input("AdaptiveAvgPool2d", x, 4)
+        x = check_input("AdaptiveAvgPool2d", x, 4)
         n, c, h, w = x.shape
         out_h, out_w = self.output_size
         self._input_shape = x.shape
         if (out_h, out_w) == (1, 1):
-            return x.mean(axis=(2, 3), keepdims=True, dtype=x.dtype)
+            return self._output(x.mean(axis=(2, 3), keepdims=True, dtype=x.dtype))
         y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
         for i, (r0, r1) in enumerate(self._bounds(h, out_h)):
             for j, (c0, c1) in enumerate(self._bounds(w, out_w)):
                 y[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3), dtype=x.dtype)
-        return y
+        return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        self._require_forward(self._input_shape)
+        dy = self._check_dy(dy, self._input_shape)
         n, c, h, w = self._input_shape
         out_h, out_w = self.output_size
         if (out_h, out_w) == (1, 1):
