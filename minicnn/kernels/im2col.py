@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .geometry import output_size, pad_nchw, window_view
+from .reference import pool_argmax
 
 
 def im2col(x, kernel_size, stride, padding, dilation):
@@ -82,8 +83,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     n_batch = x.shape[0]
     c_out, _, kh, kw = weight.shape
     cols, (out_h, out_w) = im2col(x, (kh, kw), stride, padding, dilation)
-    cols = cols.reshape(groups, -1, cols.shape[1])                     # (G, K, N*L)
-    w_matrix = weight.reshape(groups, c_out // groups, -1)              # (G, C_out_g, K)
+    # Sizes spelled out, not -1: NumPy cannot infer a -1 next to a 0 (an empty batch).
+    k = cols.shape[0] // groups
+    cols = cols.reshape(groups, k, cols.shape[1])                       # (G, K, N*L)
+    w_matrix = weight.reshape(groups, c_out // groups, k)               # (G, C_out_g, K)
     y = np.matmul(w_matrix, cols)                                        # (G, C_out_g, N*L)
     y = y.reshape(c_out, n_batch, out_h, out_w).transpose(1, 0, 2, 3)
     y = np.ascontiguousarray(y)
@@ -97,15 +100,16 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     x_shape, weight, has_bias, cols, stride, padding, dilation, groups = ctx
     c_out, _, kh, kw = weight.shape
     # (N, C_out, Ho, Wo) -> (G, C_out_g, N*Ho*Wo), the layout the forward GEMM produced.
-    dy_matrix = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(groups, c_out // groups, -1)
+    dy_matrix = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(
+        groups, c_out // groups, cols.shape[2])
     dweight = np.matmul(dy_matrix, cols.transpose(0, 2, 1)).reshape(weight.shape)
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     dx = None
     if need_input_grad:
-        w_matrix = weight.reshape(groups, c_out // groups, -1)
+        w_matrix = weight.reshape(groups, c_out // groups, cols.shape[1])
         dcols = np.matmul(w_matrix.transpose(0, 2, 1), dy_matrix)        # (G, K, N*L)
-        dx = col2im(dcols.reshape(-1, dcols.shape[2]), x_shape, (kh, kw), stride, padding,
-                    dilation)
+        dx = col2im(dcols.reshape(groups * cols.shape[1], dcols.shape[2]), x_shape, (kh, kw),
+                    stride, padding, dilation)
         dx = np.ascontiguousarray(dx)
     return dx, dweight, dbias
 
@@ -140,9 +144,12 @@ def _scatter_windows(per_offset, x_shape, kernel_size, stride, padding, dtype):
 
 
 def maxpool2d_forward(x, kernel_size, stride, padding):
-    """Max over each window; remembers the winning offset (first one on ties)."""
+    """Max over each window; remembers the winning offset (the tie rule of
+    :func:`minicnn.kernels.reference.pool_argmax`: padding never wins)."""
     windows = _pool_windows(x, kernel_size, stride, padding, -np.inf)
-    argmax = windows.argmax(axis=-1)
+    real = _pool_windows(np.ones((1, 1) + x.shape[2:], dtype=bool), kernel_size, stride,
+                         padding, False)
+    argmax = pool_argmax(windows, real)
     y = np.take_along_axis(windows, argmax[..., None], axis=-1)[..., 0]
     return np.ascontiguousarray(y), (x.shape, kernel_size, stride, padding, argmax)
 

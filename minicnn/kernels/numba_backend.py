@@ -266,7 +266,9 @@ def _depthwise_backward(dy, ctx, need_input_grad):
 @njit(parallel=True, **_JIT)
 def _maxpool_forward(x, kh, kw, sh, sw, top, left, out_h, out_w):
     """Max over each window (padding never wins) and the flat index ``h * W + w`` of the
-    winner in its input plane; ties go to the first position in row-major order."""
+    winner in its input plane; ties go to the first position in row-major order, a window of
+    ``-inf`` picks its first real cell, and a NaN wins (the last one), as in PyTorch and
+    :func:`minicnn.kernels.reference.pool_argmax`."""
     n_batch, channels, height, width = x.shape
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n_batch, channels, out_h, out_w), dtype=np.int32)
@@ -311,20 +313,17 @@ def _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w):
         plane = x[n, c]
         for oh in range(out_h):
             for ow in range(out_w):
+                # Start from the window's first cell, so an all ``-inf`` window picks it.
                 best = plane[oh * sh, ow * sw]
                 best_index = oh * sh * width + ow * sw
-                if best == best:                       # a NaN wins and sticks, as in PyTorch
-                    for i in range(kh):
-                        h = oh * sh + i
-                        for j in range(kw):
-                            value = plane[h, ow * sw + j]
-                            if value > best or value != value:
-                                best = value
-                                best_index = h * width + ow * sw + j
-                                if value != value:
-                                    break
-                        if best != best:
-                            break
+                for i in range(kh):
+                    h = oh * sh + i
+                    for j in range(kw):
+                        value = plane[h, ow * sw + j]
+                        # Same rule as the padded kernel: a later NaN replaces, as in PyTorch.
+                        if value > best or value != value:
+                            best = value
+                            best_index = h * width + ow * sw + j
                 y[n, c, oh, ow] = best
                 argmax[n, c, oh, ow] = best_index
     return y, argmax

@@ -121,12 +121,28 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
 # --------------------------------------------------------------------------------------------
 # Max pooling
 # --------------------------------------------------------------------------------------------
+def pool_argmax(windows, real):
+    """Index of each window's winner along the last axis, the rule every backend follows.
+
+    ``windows`` has the window's cells on its last axis (row-major), padding filled with
+    ``-inf``; ``real`` (broadcastable to ``windows``) is False on padding cells. As in
+    PyTorch's CPU kernel, the winner is the *first* largest real cell -- so in a window of
+    ``-inf`` values the first real cell wins, never the padding -- unless the window holds a
+    NaN: then the *last* NaN wins (a NaN replaces the running maximum and nothing beats it).
+    """
+    nan = np.isnan(windows)
+    largest = np.where(nan, -np.inf, windows).max(axis=-1, keepdims=True)
+    first_largest = ((windows == largest) & real).argmax(axis=-1)
+    last_nan = windows.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
+    return np.where(nan.any(axis=-1), last_nan, first_largest)
+
+
 def maxpool2d_forward(x, kernel_size, stride, padding):
-    """Largest value in each window; padding counts as ``-inf`` so it is never chosen.
+    """Largest value in each window; padding counts as ``-inf`` but never wins.
 
     Remembers *where* each maximum was (the "argmax"), because backward sends the whole
     gradient of an output to that one input position. Ties go to the first position in
-    row-major order, as in PyTorch.
+    row-major order, as in PyTorch (see :func:`pool_argmax` for ``-inf`` and NaN).
     """
     n_batch, channels, height, width = x.shape
     (kh, kw), (sh, sw) = kernel_size, stride
@@ -135,17 +151,19 @@ def maxpool2d_forward(x, kernel_size, stride, padding):
     out_w = output_size(width, kw, sw, left, right)
 
     x_padded = pad_nchw(x, padding, value=-np.inf)
+    real = pad_nchw(np.ones((1, 1, height, width), dtype=bool), padding, value=False)
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     argmax_row = np.empty(y.shape, dtype=np.int64)     # positions in the padded input
     argmax_col = np.empty(y.shape, dtype=np.int64)
     for i in range(out_h):
         for j in range(out_w):
-            window = x_padded[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw]  # (N, C, kH, kW)
-            flat_index = window.reshape(n_batch, channels, kh * kw).argmax(axis=2)
+            rows, cols = slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw)
+            window = x_padded[:, :, rows, cols].reshape(n_batch, channels, kh * kw)
+            flat_index = pool_argmax(window, real[:, :, rows, cols].reshape(1, 1, kh * kw))
             ki, kj = np.divmod(flat_index, kw)         # row and column inside the window
             argmax_row[:, :, i, j] = i * sh + ki
             argmax_col[:, :, i, j] = j * sw + kj
-            y[:, :, i, j] = window.max(axis=(2, 3))
+            y[:, :, i, j] = np.take_along_axis(window, flat_index[..., None], axis=2)[..., 0]
     return y, (x.shape, padding, argmax_row, argmax_col)
 
 
