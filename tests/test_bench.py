@@ -8,6 +8,7 @@ harness measures, records and reports what benchmarks/README.md says it does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,11 +51,21 @@ def test_json_has_every_documented_field(tiny_run):
                 "load_average", "layers", "models", "skipped", "notes"):
         assert key in results, key
     machine = results["machine"]
-    assert machine["logical_cores"] >= 1 and "cpu_model" in machine
-    assert set(machine["cpu_flags"]) >= {"avx2", "avx512f", "fma"} or machine["cpu_flags"] == {}
+    assert machine["logical_cores"] == os.cpu_count() and "cpu_model" in machine
+    # The flags against /proc/cpuinfo read here, not against the harness's own list of flag
+    # names (a set of the record's keys compared with that list was true whatever it held).
+    flags = _cpuinfo_flags()
+    if flags is None:
+        assert machine["cpu_flags"] == {}
+    else:
+        assert {"fma", "avx2", "avx512f"} <= set(machine["cpu_flags"])
+        for flag, present in machine["cpu_flags"].items():
+            assert present is (flag in flags), (flag, present)
     assert set(results["versions"]) >= {"python", "numpy", "numba", "torch", "minicnn"}
+    assert results["versions"]["numpy"] == np.__version__
     assert results["versions"]["torch"] is not None
     assert set(results["blas"]) >= {"config", "corename", "openblas_coretype_env"}
+    assert results["blas"]["openblas_coretype_env"] == os.environ.get("OPENBLAS_CORETYPE")
     threads = results["threads"]
     assert threads["requested"] == 2 and threads["numba_threading_layer"] is not None
     assert set(threads) >= {"numba", "blas", "torch"}
@@ -62,36 +73,79 @@ def test_json_has_every_documented_field(tiny_run):
     assert peak["gflops"] == max(peak["start_gflops"], peak["end_gflops"]) > 0
 
     layers = results["layers"]
-    suite = get_suite("tiny")
-    assert {r["name"] for r in layers} == {c.name for c in suite.layers}
+    # The tiny suite's cases, written out here (not read back from the suite the harness ran).
+    assert {r["name"] for r in layers} == {"conv/tiny.conv", "conv/tiny.grouped-s2",
+                                          "maxpool/tiny.pool", "avgpool/tiny.pool",
+                                          "linear/tiny.fc"}
+    torch_rows = {r["name"]: r for r in layers if r["backend"] == "torch"}
     for record in layers:
         assert LAYER_FIELDS <= set(record), record["name"]
         for direction in ("forward", "backward"):
-            assert STATS_FIELDS <= set(record[direction])
-            assert record[direction]["repeats"] == 2
-            assert record[direction]["median_ms"] > 0
-        assert record["gflops"]["total"] > 0
-        assert record["ratio_to_torch"] is not None
+            _check_stats(record[direction], repeats=2)
+        # Derived figures recomputed from the recorded medians and FLOP counts.
+        total_s = (record["forward"]["median_ms"] + record["backward"]["median_ms"]) / 1e3
+        assert record["total_ms"] == pytest.approx(total_s * 1e3)
+        flops = record["flops"]["forward"] + record["flops"]["backward"]
+        assert record["gflops"]["total"] == pytest.approx(flops / total_s / 1e9)
+        torch_row = torch_rows[record["name"]]
+        assert record["ratio_to_torch"]["total"] == pytest.approx(
+            record["total_ms"] / torch_row["total_ms"])
+        assert record["ratio_to_torch"]["forward"] == pytest.approx(
+            record["forward"]["median_ms"] / torch_row["forward"]["median_ms"])
         if record["kind"] in ("conv", "linear"):
-            assert 0 < record["fraction_of_peak"]["total"]
+            assert record["fraction_of_peak"]["total"] == pytest.approx(
+                record["gflops"]["total"] / peak["gflops"])
         else:
             assert record["fraction_of_peak"] is None   # memory-bound: GB/s instead
+    # conv 2->4, 3x3, padding 1, 8x8, batch 8: 2*N*Cout*H*W*Cin*k*k forward, twice that back.
+    conv = next(r for r in layers if r["name"] == "conv/tiny.conv")
+    assert conv["flops"] == {"forward": 2 * 8 * 4 * 8 * 8 * 2 * 9,
+                             "backward": 4 * 8 * 4 * 8 * 8 * 2 * 9}
     conv_backends = [r["backend"] for r in layers if r["name"] == "conv/tiny.conv"]
     assert conv_backends == ["im2col", "numba", "torch"]
     pool_backends = [r["backend"] for r in layers if r["name"] == "maxpool/tiny.pool"]
     assert pool_backends == ["im2col", "numba", "torch", "torch-cl"]
     assert [r["backend"] for r in layers if r["kind"] == "linear"] == ["numpy", "torch"]
-    torch_row = next(r for r in layers if r["backend"] == "torch")
-    assert torch_row["ratio_to_torch"]["total"] == pytest.approx(1.0)
 
     models = results["models"]
     assert {(r["mode"], r["backend"]) for r in models} == {
         (mode, b) for mode in ("train", "inference") for b in ("im2col", "numba", "torch")}
+    torch_steps = {r["mode"]: r["step"]["median_ms"] for r in models if r["backend"] == "torch"}
     for record in models:
         assert MODEL_FIELDS <= set(record)
-        assert record["batch"] == 8 and record["images_per_s"] > 0
-        assert STATS_FIELDS <= set(record["step"])
-        assert record["ratio_to_torch"] > 0
+        _check_stats(record["step"], repeats=2)
+        step_s = record["step"]["median_ms"] / 1e3
+        assert record["batch"] == 8
+        assert record["images_per_s"] == pytest.approx(8 / step_s)
+        assert record["gflops"] == pytest.approx(record["flops"] / step_s / 1e9)
+        assert record["ratio_to_torch"] == pytest.approx(
+            record["step"]["median_ms"] / torch_steps[record["mode"]])
+
+
+def _cpuinfo_flags():
+    """The CPU flags of the first processor in /proc/cpuinfo, or None off Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
+def _check_stats(stats, repeats):
+    """A timing record agrees with its own samples (NumPy's percentiles as the oracle)."""
+    assert STATS_FIELDS <= set(stats)
+    samples = np.array(stats["samples_ms"])
+    assert stats["repeats"] == repeats == len(samples) and (samples > 0).all()
+    q25, median, q75 = np.percentile(samples, [25, 50, 75])
+    assert stats["median_ms"] == pytest.approx(median)
+    assert stats["q25_ms"] == pytest.approx(q25) and stats["q75_ms"] == pytest.approx(q75)
+    assert stats["iqr_ms"] == pytest.approx(q75 - q25)
+    assert stats["min_ms"] == pytest.approx(samples.min())
+    assert stats["max_ms"] == pytest.approx(samples.max())
 
 
 @pytest.mark.torch
