@@ -152,3 +152,53 @@ def test_real_fashion_mnist_files():
     assert labels.shape == (60000,) and set(np.unique(labels)) == set(range(10))
     assert labels[:5].tolist() == [9, 0, 0, 3, 0]
     assert images.shape == (10000, 28, 28)
+
+
+def _idx_header(code: int, dims) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + np.asarray(dims, dtype=">u4").tobytes()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+@pytest.mark.parametrize("dims, code", [
+    ((1000, 28, 28), 0x08),            # more items than the file holds
+    ((2**31, 2**31), 0x08),            # absurd: 4 EiB
+    ((2**32 - 1,) * 4, 0x0E),          # absurder, float64: the product overflows int64
+], ids=["more_items", "huge", "overflowing"])
+def test_header_larger_than_the_file_is_a_data_error_not_an_allocation(
+        tmp_path, monkeypatch, dims, code, compress):
+    """The size the header declares is checked against the bytes present before anything of
+    that size is allocated: a DataError naming the file and both byte counts."""
+    payload = bytes(range(256)) * 4                      # 1024 bytes of data
+    content = _idx_header(code, dims) + payload
+    path = tmp_path / "lying.idx"
+    path.write_bytes(gzip.compress(content, mtime=0) if compress else content)
+
+    def no_huge_arrays(shape, *args, **kwargs):
+        raise AssertionError(f"np.empty{shape} called: allocation before the size check")
+
+    monkeypatch.setattr(np, "empty", no_huge_arrays)
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    message = str(info.value)
+    expected = int(np.prod(dims, dtype=object)) * (8 if code == 0x0E else 1)
+    assert "lying.idx" in message
+    assert str(expected) in message and "1024" in message
+
+
+def test_a_gzip_file_with_a_lying_header_reads_only_what_exists(tmp_path, monkeypatch):
+    """gzip gives no size up front: the reader must read in bounded chunks, never ask the
+    stream for the declared size in one call."""
+    content = _idx_header(0x08, (2**31, 2**31)) + b"\x01" * 10
+    path = tmp_path / "lying.gz"
+    path.write_bytes(gzip.compress(content, mtime=0))
+    asked = []
+    real_read = gzip.GzipFile.read
+
+    def recording_read(self, size=-1):
+        asked.append(size)
+        return real_read(self, size)
+
+    monkeypatch.setattr(gzip.GzipFile, "read", recording_read)
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+    assert max(asked) <= 1 << 20

@@ -92,3 +92,15 @@ def test_sixteen_bit_png(tmp_path):
     arr = np.full((5, 5), 65535, np.uint16)
     Image.fromarray(arr).save(tmp_path / "deep.png")
     assert load_image(tmp_path / "deep.png", None).max() == 255
+
+
+def test_an_empty_class_folder_is_refused_by_name(folder):
+    (folder / "bird").mkdir()                        # no images at all
+    (folder / "fish").mkdir()
+    (folder / "fish" / "readme.txt").write_text("only a non-image")
+    with pytest.raises(DataError) as info:
+        ImageFolder(folder)
+    message = str(info.value)
+    assert "found no valid file for the classes bird, fish" in message
+    assert "cat" not in message.split("classes")[1].split("(")[0]   # full classes not listed
+    assert ".png" in message                         # says which extensions count

@@ -9,6 +9,7 @@ bytes (``1f 8b``), whatever the file is called.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -54,6 +55,17 @@ def _read_exact(stream, path: Path, n: int, what: str) -> bytes:
     if len(data) != n:
         raise DataError(f"{path}: file is truncated: expected {n} bytes of {what}, "
                         f"found only {len(data)}")
+    return data
+
+
+def _read_at_most(stream, limit: int) -> bytearray:
+    """Up to ``limit`` bytes of ``stream``; memory grows with what is actually read."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = stream.read(min(_CHUNK, limit - len(data)))
+        if not chunk:
+            break
+        data += chunk
     return data
 
 
@@ -131,9 +143,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         dtype, shape = _parse_header(stream, path)
         header_bytes = 4 + 4 * len(shape)
-        out = np.empty(shape, dtype=dtype)
-        expected = out.nbytes
-        if not compressed:
+        # Python ints: the product of absurd header dimensions must not overflow.
+        expected = math.prod(shape) * dtype.itemsize
+        if compressed:
+            # The decompressed size is unknown until read: read at most what the header
+            # declares, in chunks, so a lying header never causes a huge allocation.
+            data = _read_at_most(stream, expected)
+        else:
             actual = os.fstat(raw.fileno()).st_size - header_bytes
             if actual != expected:
                 raise DataError(
@@ -141,16 +157,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                     f"{dtype.name} needs {expected} bytes after the {header_bytes}-byte "
                     f"header, the file has {actual}"
                     + (" (truncated)" if actual < expected else " (extra trailing bytes)"))
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        got = 0
-        while got < expected:
-            n = stream.readinto(view[got:got + _CHUNK])
-            if not n:
-                break
-            got += n
-        if got != expected:
+            data = _read_at_most(stream, expected)  # size checked: allocation is safe
+        if len(data) != expected:
             raise DataError(f"{path}: file is truncated: shape {shape} of {dtype.name} needs "
-                            f"{expected} bytes of data, found only {got}")
+                            f"{expected} bytes of data, found only {len(data)}")
         if stream.read(1):  # also makes gzip check its CRC and length trailer
             raise DataError(f"{path}: payload size does not match the header: more than the "
                             f"{expected} bytes that shape {shape} of {dtype.name} needs")
@@ -159,6 +169,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     finally:
         stream.close()
         raw.close()
+    out = np.frombuffer(data, dtype=dtype).reshape(shape)
     if dtype.itemsize > 1:
         out = out.astype(dtype.newbyteorder("="))
     return out

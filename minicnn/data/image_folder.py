@@ -97,6 +97,12 @@ def list_image_folder(root: str | os.PathLike,
 
     Classes are the sorted names of ``root``'s sub-folders (hidden ones skipped); files
     are those with an image extension (case-insensitive), sorted, searched recursively.
+
+    Raises
+    ------
+    DataError
+        When ``root`` is missing, has no class folders, or a class folder holds no image
+        ("found no valid file for the classes ...", as torchvision says).
     """
     root = Path(root)
     if not root.is_dir():
@@ -107,15 +113,23 @@ def list_image_folder(root: str | os.PathLike,
         raise DataError(f"{root}: no class sub-folders found (expected one sub-folder of "
                         f"images per class, e.g. {root}/cat/1.png, {root}/dog/2.jpg)")
     exts = tuple(e.lower() for e in extensions)
-    samples = []
+    samples, empty = [], []
     for label, cls in enumerate(classes):
         files = sorted(p for p in (root / cls).rglob("*")
                        if p.is_file() and p.suffix.lower() in exts
                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
         samples.extend((p, label) for p in files)
+        if not files:
+            empty.append(cls)
     if not samples:
         raise DataError(f"{root}: no image files ({', '.join(exts)}) in the class folders "
                         f"{', '.join(classes)}")
+    if empty:
+        # A class without images would be a label the model can never see: refuse it, as
+        # torchvision's ImageFolder does, rather than train with a silently missing class.
+        raise DataError(f"{root}: found no valid file for the classes {', '.join(empty)} "
+                        f"(supported extensions: {', '.join(exts)}); add images or remove "
+                        "the empty folders")
     return classes, samples
 
 
@@ -150,7 +164,8 @@ class ImageFolder(Dataset):
     Raises
     ------
     DataError
-        When ``root`` has no class folders or images, or naming an image that cannot be read.
+        When ``root`` has no class folders, a class folder has no images, or naming an
+        image that cannot be read.
     """
 
     def __init__(self, root: str | os.PathLike, image_size=(28, 28), channels: int = 1,
