@@ -1,43 +1,164 @@
 """The ``minicnn`` command line (also ``python -m minicnn``).
 
-Exit codes: 0 success, 2 usage error (argparse), 1 failure with a one-line reason, 130 after
-Ctrl-C (progress saved).
+Exit codes: 0 success; 2 usage error, refused at parse time with one line (a value out of
+range, an unknown choice, an ``--out`` that is a file); 1 failure with a one-line reason;
+130 after Ctrl-C (progress saved); 141 when the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 EXAMPLES = """examples:
   minicnn train                                   LeNet-5 on MNIST
   minicnn train --dataset fashion-mnist --model mnist-cnn --epochs 5 --out runs/fashion
+  minicnn train --out runs/fashion --resume --epochs 8    continue, or extend to 8 epochs
   minicnn evaluate runs/fashion                   accuracy, per-class table, confusion matrix
   minicnn predict runs/fashion shoe.png bag.jpg   top-3 classes per image
   minicnn datasets                                what it knows, where it looks, what it found
   minicnn bench --suite conv --plot conv.png      time layers and models against PyTorch
 """
 
+# Training defaults, applied when neither the command line nor a resumed run's config sets
+# them (the options default to None so that a resumed run can tell what was typed).
+TRAIN_DEFAULTS = dict(dataset="mnist", model="lenet5", epochs=5, batch_size=64,
+                      optimizer="sgd", momentum=0.9, nesterov=False, schedule="cosine",
+                      step_size=2, gamma=0.1, seed=0)
+QUICK = dict(epochs=1, limit=5000, test_limit=1000, val_size=500)
+LR_DEFAULT = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+WEIGHT_DECAY_DEFAULT = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
+
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (the usage text is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types: nonsense is refused while parsing, with exit code 2
+# ---------------------------------------------------------------------------------------------
+def _whole_number(minimum: int):
+    """An argparse ``type`` accepting whole numbers ``>= minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+_positive_int = _whole_number(1)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):     # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
+
+
+def _thread_count(text: str) -> int:
+    """At least 1; more than the machine has is capped, with a warning (not an error: a
+    command written for a bigger machine should still run)."""
+    value = _positive_int(text)
+    cores = _available_cores()
+    if value > cores:
+        print(f"minicnn: warning: --threads {value} is more than the {cores} core(s) here; "
+              f"using {cores}", file=sys.stderr)
+        return cores
+    return value
+
+
+def _run_folder(text: str) -> str:
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a run folder")
+    return text
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("reference", "im2col", "numba"),
                         help="kernel backend for conv and pooling (default: the fastest)")
-    parser.add_argument("--threads", type=int, help="threads for the Numba kernels and BLAS")
+    parser.add_argument("--threads", type=_thread_count, metavar="N",
+                        help="threads for the Numba kernels and BLAS (at most the cores here)")
     parser.add_argument("--data-dir", help="where to look for data sets first "
                                            "(else $MINICNN_DATA_DIR, the cache, /usr/share/datasets)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     from .data import dataset_names
     from .models import MODELS
 
-    parser = argparse.ArgumentParser(
+    d = TRAIN_DEFAULTS
+    train.add_argument("--dataset", choices=dataset_names(), help=f"default {d['dataset']}")
+    train.add_argument("--model", choices=list(MODELS), help=f"default {d['model']}")
+    train.add_argument("--epochs", type=_positive_int, metavar="N",
+                       help=f"passes over the training set (default {d['epochs']}; "
+                            f"{QUICK['epochs']} with --quick); with --resume: extend the run "
+                            "to N epochs in all")
+    train.add_argument("--batch-size", type=_positive_int, metavar="N",
+                       help=f"default {d['batch_size']}")
+    train.add_argument("--lr", type=_non_negative_float,
+                       help="learning rate (default 0.05 for sgd, 0.001 for adam/adamw)")
+    train.add_argument("--optimizer", choices=("sgd", "adam", "adamw"),
+                       help=f"default {d['optimizer']}")
+    train.add_argument("--momentum", type=_non_negative_float,
+                       help=f"SGD momentum (default {d['momentum']})")
+    train.add_argument("--nesterov", action="store_true", default=None,
+                       help="SGD: Nesterov momentum (default off)")
+    train.add_argument("--weight-decay", type=_non_negative_float,
+                       help="L2 penalty for sgd/adam, decoupled decay for adamw (default 0, "
+                            "and 0.01 for adamw; 0 always means none)")
+    train.add_argument("--schedule", choices=("cosine", "step", "none"),
+                       help=f"learning-rate schedule per epoch (default {d['schedule']}: "
+                            "cosine from --lr to 0 over the run)")
+    train.add_argument("--step-size", type=_positive_int, metavar="N",
+                       help=f"step schedule: multiply the learning rate by --gamma every N "
+                            f"epochs (default {d['step_size']})")
+    train.add_argument("--gamma", type=_non_negative_float,
+                       help=f"step schedule: the factor (default {d['gamma']})")
+    train.add_argument("--seed", type=int, help=f"default {d['seed']}")
+    train.add_argument("--limit", type=_positive_int, metavar="N",
+                       help="use only this many training images")
+    train.add_argument("--quick", action="store_true",
+                       help=f"a fast look: {QUICK['limit']:,} training and "
+                            f"{QUICK['test_limit']:,} test images, {QUICK['epochs']} epoch, "
+                            "in runs/<dataset>-<model>-quick")
+    train.add_argument("--out", type=_run_folder, default=None,
+                       help="run folder (default runs/<dataset>-<model>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint, with its "
+                            "stored settings")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
         prog="minicnn", description="Train, evaluate and use CNNs written from scratch.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
@@ -46,35 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model; writes a run folder",
                            description="Train a CNN and write a run folder (model, config, "
                                        "history, figures).")
-    train.add_argument("--dataset", default="mnist", choices=dataset_names())
-    train.add_argument("--model", default="lenet5", choices=list(MODELS))
-    train.add_argument("--epochs", type=int, default=None,
-                       help="passes over the training set (default 5; 1 with --quick)")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=None,
-                       help="learning rate (default 0.05 for sgd, 0.001 for adam/adamw)")
-    train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
-    train.add_argument("--schedule", default="cosine", choices=("cosine", "step", "none"))
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--limit", type=int, help="use only this many training images")
-    train.add_argument("--quick", action="store_true",
-                       help="a fast look: 5,000 training and 1,000 test images, 1 epoch")
-    train.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<model>)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _common(train)
+    _add_train_arguments(train)
 
     evaluate = sub.add_parser("evaluate", help="test accuracy, per-class table, figures")
     evaluate.add_argument("run", help="a run folder written by `minicnn train`")
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
     _common(evaluate)
 
-    predict = sub.add_parser("predict", help="top-3 classes for image files")
+    predict = sub.add_parser("predict", help="top classes for image files",
+                             description="Classify image files (or every image in a folder) "
+                                         "with a trained run; needs no data set.")
     predict.add_argument("run", help="a run folder written by `minicnn train`")
-    predict.add_argument("images", nargs="+", help="PNG or JPEG files")
-    predict.add_argument("--top", type=int, default=3)
+    predict.add_argument("images", nargs="+", help="PNG, JPEG, BMP or GIF files, or folders")
+    predict.add_argument("--top", type=_positive_int, default=3, metavar="K",
+                         help="how many classes to show per image (default 3)")
+    predict.add_argument("--json", action="store_true",
+                         help='print JSON: [{"image", "top": [{"label", "probability"}]}]')
+    predict.add_argument("--no-preprocess", action="store_true",
+                         help="only resize and convert: no inverting, cropping or centring")
     _common(predict)
 
     datasets = sub.add_parser("datasets", help="known data sets and where they were found")
@@ -95,35 +205,82 @@ def _apply_runtime(args) -> None:
     if getattr(args, "backend", None):
         kernels.set_default_backend(args.backend)
     if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
         from .kernels.threads import set_num_threads
         set_num_threads(args.threads)
 
 
-def cmd_train(args) -> int:
-    from .train import TrainConfig, evaluate, fit, load_run
-    from .data import default_transform, load_dataset
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+def _config_from_args(args):
+    """The TrainConfig of a new run: the command line over the defaults."""
+    from .train import TrainConfig
 
-    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 5)
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
-    config = TrainConfig(dataset=args.dataset, model=args.model, epochs=epochs,
-                         batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
-                         schedule=args.schedule, weight_decay=args.weight_decay, seed=args.seed,
-                         backend=args.backend, data_dir=args.data_dir,
-                         limit=5000 if args.quick and args.limit is None else args.limit,
-                         test_limit=1000 if args.quick else None,
-                         val_size=500 if args.quick else 5000)
-    out = Path(args.out or f"runs/{args.dataset}-{args.model}")
-    if not args.resume and (out / "checkpoint.npz").exists():
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose "
-                        "another --out")
-    result = fit(config, out, resume=args.resume, progress=not args.no_progress)
-    config, model, _ = load_run(out)
-    test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir,
-                            limit=config.test_limit, seed=config.seed)
-    evaluation = evaluate(model, test_set, transform=default_transform(test_set))
-    _write_figures(out, result["history"], evaluation, test_set)
+    values = {key: getattr(args, key) if getattr(args, key) is not None else default
+              for key, default in TRAIN_DEFAULTS.items()}
+    if args.quick:
+        values.update(epochs=args.epochs or QUICK["epochs"], limit=args.limit or QUICK["limit"],
+                      test_limit=QUICK["test_limit"], val_size=QUICK["val_size"])
+    else:
+        values.update(limit=args.limit)
+    optimizer = values["optimizer"]
+    values["lr"] = args.lr if args.lr is not None else LR_DEFAULT[optimizer]
+    values["weight_decay"] = (args.weight_decay if args.weight_decay is not None
+                              else WEIGHT_DECAY_DEFAULT[optimizer])
+    return TrainConfig(**values, backend=args.backend, data_dir=args.data_dir)
+
+
+def _default_out(args) -> Path:
+    dataset = args.dataset or TRAIN_DEFAULTS["dataset"]
+    model = args.model or TRAIN_DEFAULTS["model"]
+    return Path("runs") / f"{dataset}-{model}{'-quick' if args.quick else ''}"
+
+
+# Settings a resumed run takes from its config.json, whatever the command line says.
+RESUME_KEEPS = ("dataset", "model", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+                "weight_decay", "schedule", "step_size", "gamma", "seed", "limit")
+
+
+def _report_resume(args, stored) -> None:
+    """Say what a resumed run keeps from its config and which typed values it ignores."""
+    def option(key, value):
+        flag = "--" + key.replace("_", "-")
+        return flag if value is True else f"{flag} {value}"
+
+    ignored = [f"{option(key, getattr(args, key))} (keeps {getattr(stored, key)})"
+               for key in RESUME_KEEPS
+               if getattr(args, key) is not None and getattr(args, key) != getattr(stored, key)]
+    if args.quick:
+        ignored.append("--quick")
+    if args.backend and stored.backend and args.backend != stored.backend:
+        ignored.append(f"--backend {args.backend} (keeps {stored.backend})")
+    kept = ", ".join(f"{key}={getattr(stored, key)}" for key in RESUME_KEEPS)
+    extend = (f"; training to {args.epochs} epochs in all" if args.epochs
+              else f"; {stored.epochs} epochs")
+    print(f"resuming with the stored settings: {kept}{extend}")
+    if ignored:
+        print("ignored on resume: " + ", ".join(ignored))
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, fit
+
+    out = Path(args.out) if args.out else _default_out(args)
+    if args.resume:
+        if not (out / "config.json").exists():
+            raise UserError(f"nothing to resume: {out} is not a run folder (no config.json)")
+        stored = TrainConfig.from_json((out / "config.json").read_text())
+        _report_resume(args, stored)
+        config = stored
+    else:
+        if (out / "config.json").exists() or (out / "checkpoint.npz").exists():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or "
+                            "choose another --out")
+        config = _config_from_args(args)
+    result = fit(config, out, resume=args.resume, progress=not args.no_progress,
+                 epochs=args.epochs if args.resume else None,
+                 data_dir=args.data_dir if args.resume else None)
+    _write_figures(out, result["history"], result["evaluation"], result["test_set"])
     print(f"run folder: {out}  (test accuracy {result['test_accuracy']:.2%}, "
           f"{result['seconds']:.0f} s)")
     return 0
@@ -141,22 +298,27 @@ def _write_figures(out: Path, history, evaluation, test_set) -> None:
     plt.close("all")
 
 
+# ---------------------------------------------------------------------------------------------
+# evaluate, predict, datasets, bench
+# ---------------------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
     import json
 
     from .data import default_transform, load_dataset
     from .train import evaluate, load_run
 
-    config, model, _ = load_run(args.run)
+    config, model, meta = load_run(args.run, data_dir=args.data_dir)
     test_set = load_dataset(config.dataset, "test", data_dir=args.data_dir or config.data_dir,
                             limit=config.test_limit, seed=config.seed)
+    # Normalise with the run's own training statistics, whatever copy of the data is used.
+    test_set.mean, test_set.std = meta.mean, meta.std
     evaluation = evaluate(model, test_set, batch_size=args.batch_size,
                           transform=default_transform(test_set))
     print(f"{config.model} on {config.dataset} test set ({len(test_set)} images): "
           f"accuracy {evaluation.accuracy:.2%}, loss {evaluation.loss:.4f}")
-    width = max(len(c) for c in test_set.classes)
+    width = max(len(c) for c in meta.classes)
     print(f"{'class':<{width}}  accuracy  images")
-    for name, acc, total in zip(test_set.classes, evaluation.per_class_accuracy(),
+    for name, acc, total in zip(meta.classes, evaluation.per_class_accuracy(),
                                 evaluation.confusion.sum(axis=1)):
         print(f"{name:<{width}}  {acc:8.2%}  {total:6d}")
     run = Path(args.run)
@@ -173,8 +335,8 @@ def cmd_predict(args) -> int:
     from .data import DataError, load_image
     from .train import load_run
 
-    config, model, meta = load_run(args.run)
-    channels, height, width = meta.images.shape[1:]
+    config, model, meta = load_run(args.run, data_dir=args.data_dir)
+    channels, height, width = meta.input_shape
     mean = np.asarray(meta.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(meta.std, dtype=np.float32).reshape(1, -1, 1, 1)
     model.eval()
@@ -228,6 +390,19 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "datasets": cmd_datasets, "bench": cmd_bench}
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of our output has gone (``minicnn ... | head``): stop without a traceback.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush cannot fail again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141      # 128 + SIGPIPE, what a tool killed by the broken pipe reports
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -240,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("minicnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except (UserError, DataError, TrainingError, FileNotFoundError, ValueError) as error:
         print(f"minicnn: error: {error}", file=sys.stderr)
         return 1

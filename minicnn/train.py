@@ -3,10 +3,19 @@
 A run lives in one folder::
 
     config.json       what was asked for (enough to rebuild the model)
-    checkpoint.npz    model, optimiser and progress; written atomically after every epoch
-                      (and on Ctrl-C), so ``resume=True`` continues exactly where it stopped
+    meta.json         what inference needs without the data set: input shape (C, H, W),
+                      normalisation mean and std, class names, model and data-set names
+    checkpoint.npz    model, optimiser and progress; written after every epoch (and on
+                      Ctrl-C), so ``resume=True`` continues exactly where it stopped
     model.npz         the trained model's state dict
     history.json      per-epoch loss, accuracy, validation accuracy, learning rate, images/s
+    result.json       test accuracy and loss
+
+Every file is written atomically (:func:`minicnn.serialize.atomic_write`), so a kill at any
+moment leaves each file either as it was or complete. The checkpoint is the source of truth:
+resuming rewrites ``history.json`` from it and removes temporary files a kill left behind.
+The folder is created only once the data set is loaded and the model built, so a run that is
+refused (unknown model, missing data, a training set smaller than one batch) leaves nothing.
 
 Exact resume works because nothing random is carried in hidden state: the weights come from
 ``rng=seed``, and epoch ``e`` shuffles (and augments) with ``default_rng((seed, e))``.
@@ -14,8 +23,10 @@ Exact resume works because nothing random is carried in hidden state: the weight
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
+import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from . import kernels, models, nn, optim
-from .data import DataLoader, default_transform, load_dataset
-from .serialize import load, save
+from .data import DataError, DataLoader, default_transform, load_dataset
+from .serialize import load, remove_stale_temporaries, save, write_json, write_text
 
 
 class TrainingError(RuntimeError):
@@ -34,7 +45,12 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. Saved as ``config.json`` in the run folder."""
+    """Everything that defines a run. Saved as ``config.json`` in the run folder.
+
+    Every policy is explicit: SGD uses Nesterov momentum only when ``nesterov`` is set, the
+    optimiser gets exactly ``weight_decay`` (0 means none, for AdamW too), and the step
+    schedule multiplies the learning rate by ``gamma`` every ``step_size`` epochs.
+    """
 
     dataset: str = "mnist"
     model: str = "lenet5"
@@ -42,9 +58,12 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.05
     optimizer: str = "sgd"            # sgd | adam | adamw
-    momentum: float = 0.9
+    momentum: float = 0.9             # SGD only
+    nesterov: bool = False            # SGD only; needs momentum > 0
     weight_decay: float = 0.0
     schedule: str = "cosine"          # cosine | step | none
+    step_size: int = 2                # step schedule: epochs between learning-rate drops
+    gamma: float = 0.1                # step schedule: factor applied at each drop
     seed: int = 0
     backend: str | None = None        # kernel backend; None = the fastest available
     augment: bool | None = None       # None: crop+flip for 3-channel data sets only
@@ -58,9 +77,72 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
+        """Read a config; one written before a field existed gets the policy it ran with."""
         values = json.loads(text)
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        # Older versions used Nesterov whenever SGD had momentum, and dropped the step
+        # schedule's learning rate every epochs // 3 epochs: keep resumed runs as they were.
+        if "nesterov" not in values:
+            values["nesterov"] = (values.get("optimizer", cls.optimizer) == "sgd"
+                                  and values.get("momentum", cls.momentum) > 0)
+        if "step_size" not in values:
+            values["step_size"] = max(int(values.get("epochs", cls.epochs)) // 3, 1)
+        return cls(**values)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        for name in ("epochs", "batch_size", "step_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay", "gamma"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ValueError("nesterov needs the sgd optimizer with momentum > 0")
+        if self.model not in models.MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of "
+                             f"{', '.join(models.MODELS)}")
+
+
+@dataclass
+class RunMeta:
+    """What inference needs from a run, without its data set. Saved as ``meta.json``.
+
+    Attributes
+    ----------
+    input_shape : (C, H, W)
+    mean, std : list of float, one per channel, in [0, 1] pixel units
+    classes : list of str
+    model, dataset : str
+        The names the run was trained with.
+    """
+
+    input_shape: tuple[int, int, int]
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+    model: str
+    dataset: str
+
+    @classmethod
+    def from_dataset(cls, config: TrainConfig, dataset) -> "RunMeta":
+        return cls(input_shape=tuple(int(d) for d in dataset.images.shape[1:]),
+                   mean=[float(v) for v in np.atleast_1d(dataset.mean)],
+                   std=[float(v) for v in np.atleast_1d(dataset.std)],
+                   classes=[str(c) for c in dataset.classes], model=config.model,
+                   dataset=config.dataset)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunMeta":
+        values = dict(values)
+        values.pop("format", None)
+        values["input_shape"] = tuple(int(d) for d in values["input_shape"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {"format": 1, **asdict(self), "input_shape": list(self.input_shape)}
 
 
 @dataclass
@@ -69,31 +151,35 @@ class History:
 
 
 def make_optimizer(config: TrainConfig, parameters) -> optim.Optimizer:
+    """The optimiser ``config`` asks for, with exactly its settings (no hidden defaults)."""
     name = config.optimizer.lower()
     if name == "sgd":
         return optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                         weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+                         weight_decay=config.weight_decay, nesterov=config.nesterov)
     if name == "adam":
         return optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if name == "adamw":
-        return optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay or 1e-2)
+        return optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
 
 
 def make_schedule(config: TrainConfig, optimizer: optim.Optimizer):
+    """The per-epoch learning-rate schedule: cosine to 0 over ``config.epochs``, a drop by
+    ``config.gamma`` every ``config.step_size`` epochs, or none."""
     if config.schedule == "cosine":
         return optim.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
     if config.schedule == "step":
-        return optim.StepLR(optimizer, step_size=max(config.epochs // 3, 1), gamma=0.1)
+        return optim.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     if config.schedule in ("none", None):
         return None
     raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine, step or none")
 
 
-def build_model(config: TrainConfig, dataset) -> nn.Module:
-    """The model ``config`` names, shaped for ``dataset``'s images and classes."""
-    channels, height, _ = dataset.images.shape[1:]
-    return models.build(config.model, in_channels=channels, num_classes=len(dataset.classes),
+def build_model(config: TrainConfig, source) -> nn.Module:
+    """The model ``config`` names, shaped for ``source``: a :class:`RunMeta` or a data set."""
+    meta = source if isinstance(source, RunMeta) else RunMeta.from_dataset(config, source)
+    channels, height, _ = meta.input_shape
+    return models.build(config.model, in_channels=channels, num_classes=len(meta.classes),
                         image_size=height, backend=config.backend, rng=config.seed)
 
 
@@ -175,65 +261,173 @@ def _restore(state, model, optimizer, schedule):
             json.loads(str(state["progress.history"])))
 
 
-def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = True,
-        log=print) -> dict:
-    """Train ``config.model`` on ``config.dataset``; write the run folder ``out_dir``.
-
-    Parameters
-    ----------
-    config : TrainConfig
-    out_dir : path of the run folder (created)
-    resume : continue from ``out_dir/checkpoint.npz`` (the config is read from the folder)
-    progress : show a tqdm progress bar
-    log : where one-line epoch summaries go (``None`` for silence)
-
-    Returns
-    -------
-    dict with ``history`` (list of per-epoch dicts), ``test_accuracy`` and ``seconds``.
-
-    Raises
-    ------
-    TrainingError
-        When the loss becomes NaN/inf (the last good checkpoint is kept) or there is nothing
-        to resume.
-    """
-    out = Path(out_dir)
-    checkpoint_path = out / "checkpoint.npz"
-    if resume:
-        if not checkpoint_path.exists():
-            raise TrainingError(f"nothing to resume: {checkpoint_path} does not exist")
-        config = TrainConfig.from_json((out / "config.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    if config.backend is not None:
-        kernels.get(config.backend)
-    log = log or (lambda *_: None)
-
+def _load_data(config: TrainConfig):
+    """Training (full and split), validation and test sets; refuses a run with no full batch."""
     train_full = load_dataset(config.dataset, "train", data_dir=config.data_dir,
                               limit=config.limit, seed=config.seed)
     test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir,
                             limit=config.test_limit, seed=config.seed)
     train_set, val_set = split_validation(train_full, min(config.val_size, len(train_full) // 5),
                                           config.seed)
+    if len(train_set) < config.batch_size:
+        # The loader drops the last incomplete batch (every step sees a full batch), so such a
+        # run would train on nothing and report 0 %.
+        held = len(train_full) - len(train_set)
+        raise TrainingError(
+            f"the training set has {len(train_set)} images ({len(train_full)} loaded, {held} "
+            f"held out for validation), fewer than one batch of {config.batch_size}: lower "
+            "the batch size or use more images")
+    return train_full, train_set, val_set, test_set
+
+
+def _read_config(out: Path) -> TrainConfig:
+    path = out / "config.json"
+    if not path.exists():
+        raise TrainingError(f"nothing to resume: {out} has no config.json (not a run folder)")
+    return TrainConfig.from_json(path.read_text())
+
+
+def _reconcile_history(out: Path, history: list, log) -> None:
+    """Make ``history.json`` say what the checkpoint says (a kill may have come between the
+    two writes, or after an older history was written)."""
+    path = out / "history.json"
+    try:
+        on_disk = json.loads(path.read_text()) if path.exists() else None
+    except ValueError:
+        on_disk = None
+    if on_disk != history:
+        if on_disk is not None or history:
+            had = "unreadable" if on_disk is None and path.exists() else \
+                f"{len(on_disk or [])} epoch(s)"
+            log(f"history.json repaired from the checkpoint ({had} -> {len(history)} epoch(s))")
+        write_json(path, history)
+
+
+class _CompileTimer:
+    """Notice Numba's one-off kernel compile by timing the first training steps.
+
+    The first step of a process compiles (or loads from Numba's on-disk cache) every kernel it
+    touches; when it takes noticeably longer than the steps after it, the difference is
+    compile time, worth saying once so that a slow start is not mistaken for a slow engine.
+    """
+
+    STEPS = 4           # the first step and three to compare it with
+    THRESHOLD_S = 1.0   # a warm cache loads in well under this
+
+    def __init__(self, enabled: bool):
+        self.times: list[float] = [] if enabled else None
+
+    def record(self, seconds: float) -> str | None:
+        """Add one step's duration; returns the message once, when there is one to give."""
+        if self.times is None:
+            return None
+        self.times.append(seconds)
+        if len(self.times) < self.STEPS:
+            return None
+        first, typical = self.times[0], statistics.median(self.times[1:])
+        self.times = None
+        extra = first - typical
+        if extra > self.THRESHOLD_S and first > 3 * typical:
+            return f"compiled kernels in {extra:.1f} s (cached for later runs)"
+        return None
+
+
+_compile_timer_used = False   # one report per process: later runs in it have warm kernels
+
+
+def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = True,
+        log=print, epochs: int | None = None, data_dir=None) -> dict:
+    """Train ``config.model`` on ``config.dataset``; write the run folder ``out_dir``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Ignored when resuming: the run folder's ``config.json`` is used.
+    out_dir : path of the run folder (created once the data are loaded and the model built)
+    resume : continue from ``out_dir/checkpoint.npz``; a folder with a config but no
+        checkpoint yet (killed during the first epoch) starts from the beginning
+    progress : show a tqdm progress bar
+    log : where one-line messages go (``None`` for silence)
+    epochs : int, optional
+        Only with ``resume``: train up to this many epochs in all (extends a finished run;
+        the stored config is updated). The cosine schedule is stretched to the new length
+        from where it stands, so an extended run differs from one planned that long.
+    data_dir : path, optional
+        Only with ``resume``: where to look for the data set now (e.g. after the folder or
+        the data moved); stored in the config.
+
+    Returns
+    -------
+    dict with ``history`` (list of per-epoch dicts), ``test_accuracy``, ``test_loss``,
+    ``seconds``, ``evaluation`` (:class:`Evaluation` on the test split) and ``test_set``.
+
+    Raises
+    ------
+    TrainingError
+        When the loss becomes NaN/inf (the last good checkpoint is kept), there is nothing to
+        resume, or the training set holds fewer images than one batch.
+    ValueError
+        For a setting that cannot work (see :meth:`TrainConfig.check`).
+    """
+    out = Path(out_dir)
+    log = log or (lambda *_: None)
+    checkpoint_path = out / "checkpoint.npz"
+    state = None
+    if resume:
+        config = _read_config(out)
+        state = load(checkpoint_path) if checkpoint_path.exists() else None
+        done = int(state["progress.epoch"]) if state is not None else 0
+        if epochs is not None and epochs != config.epochs:
+            if epochs < done:
+                raise TrainingError(f"{out} has already trained {done} epochs; cannot shorten "
+                                    f"it to {epochs}")
+            config = dataclasses.replace(config, epochs=epochs)
+        if data_dir:
+            config = dataclasses.replace(config, data_dir=data_dir)
+    elif epochs is not None or data_dir is not None:
+        raise ValueError("fit: epochs= and data_dir= are for resume=True; set them in config")
+    if config.data_dir:
+        # An absolute path keeps working from any folder the run is used from later.
+        config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser()
+                                                          .resolve()))
+    config.check()
+    if config.backend is not None:
+        kernels.get(config.backend)
+
+    train_full, train_set, val_set, test_set = _load_data(config)
     augment = config.augment if config.augment is not None else train_set.images.shape[1] == 3
     train_transform = default_transform(train_full, augment=augment)
     eval_transform = default_transform(train_full, augment=False)
-
-    model = build_model(config, train_full)
+    meta = RunMeta.from_dataset(config, train_full)
+    model = build_model(config, meta)
     optimizer = make_optimizer(config, model.parameters())
     schedule = make_schedule(config, optimizer)
     loss_fn = nn.CrossEntropyLoss()
+
+    # Everything that can refuse the run has run: only now does the folder appear.
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(out):
+        log(f"removed {stale.name}, left by an interrupted write")
     start_epoch, start_batch, partial, history = 0, 0, [0.0, 0.0, 0.0], []
-    if resume:
-        start_epoch, start_batch, partial, history = _restore(
-            load(checkpoint_path), model, optimizer, schedule)
+    if state is not None:
+        start_epoch, start_batch, partial, history = _restore(state, model, optimizer, schedule)
         log(f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}")
-    else:
-        (out / "config.json").write_text(config.to_json())
+        _reconcile_history(out, history, log)
+    elif resume:
+        log(f"{out} has no checkpoint yet: starting it from the beginning")
+    if not resume or epochs is not None or data_dir:
+        write_text(out / "config.json", config.to_json() + "\n")
+    write_json(out / "meta.json", meta.to_dict())
 
     def checkpoint(epoch, batch, partial_sums):
         save(_checkpoint_state(model, optimizer, schedule, epoch, batch, partial_sums, history),
              checkpoint_path)
 
+    global _compile_timer_used
+    compile_timer = _CompileTimer(
+        enabled=not _compile_timer_used
+        and (config.backend or kernels.get_default_backend()) == "numba")
+    _compile_timer_used = True
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
@@ -247,6 +441,7 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         try:
             with _DeferredInterrupt() as interrupt:
                 for batch_index, (x, y) in enumerate(loader.batches(start=first), start=first):
+                    step_start = time.perf_counter()
                     logits = model(x)
                     if not np.all(np.isfinite(logits)):
                         raise TrainingError(
@@ -257,6 +452,9 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
                     optimizer.zero_grad()
                     model.backward(loss_fn.backward(), need_input_grad=False)
                     optimizer.step()
+                    message = compile_timer.record(time.perf_counter() - step_start)
+                    if message:
+                        _log_beside(bar, log, message)
                     loss_sum += loss * len(y)
                     correct += float((logits.argmax(axis=1) == y).sum())
                     seen += len(y)
@@ -287,19 +485,27 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         history.append(record)
         if schedule is not None:
             schedule.step()
+        # Checkpoint first: history.json is derived from it and repaired on resume.
         checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
-        (out / "history.json").write_text(json.dumps(history, indent=2))
+        write_json(out / "history.json", history)
         log(_epoch_line(record))
         start_batch = 0
 
     test = evaluate(model, test_set, transform=eval_transform)
     save(model, out / "model.npz")
-    summary = {"history": history, "test_accuracy": test.accuracy, "test_loss": test.loss,
-               "seconds": time.perf_counter() - started}
-    (out / "result.json").write_text(json.dumps(
-        {"test_accuracy": test.accuracy, "test_loss": test.loss}, indent=2))
+    write_json(out / "result.json", {"test_accuracy": test.accuracy, "test_loss": test.loss})
     log(f"test accuracy {test.accuracy:.4f} ({len(test_set)} images)")
-    return summary
+    return {"history": history, "test_accuracy": test.accuracy, "test_loss": test.loss,
+            "seconds": time.perf_counter() - started, "evaluation": test, "test_set": test_set}
+
+
+def _log_beside(bar, log, message: str) -> None:
+    """``log(message)`` without tearing a progress bar that is on screen."""
+    if bar is None:
+        log(message)
+        return
+    with type(bar).external_write_mode():
+        log(message)
 
 
 class _DeferredInterrupt:
@@ -347,8 +553,19 @@ def _progress(total: int, initial: int, description: str, enabled: bool):
                 dynamic_ncols=True)
 
 
-def load_run(out_dir):
-    """The config, model (trained weights loaded) and test split of a finished run."""
+def load_run(out_dir, data_dir=None):
+    """The config, model (trained weights loaded) and :class:`RunMeta` of a finished run.
+
+    Needs no data set: the input shape, normalisation and class names come from the run's
+    ``meta.json``. A run folder written before ``meta.json`` existed falls back to reading
+    them from the training data set (searched in ``data_dir``, the stored ``data_dir`` and
+    the usual places).
+
+    Raises
+    ------
+    TrainingError
+        When ``out_dir`` is not a finished run folder, or an old one whose data set is gone.
+    """
     out = Path(out_dir)
     config_path, model_path = out / "config.json", out / "model.npz"
     if not config_path.exists():
@@ -357,8 +574,23 @@ def load_run(out_dir):
         raise TrainingError(f"{out} has no trained model ({model_path.name}); train first or "
                             "resume the run")
     config = TrainConfig.from_json(config_path.read_text())
-    train_meta = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=1,
-                              seed=config.seed)
-    model = build_model(config, train_meta)
+    meta = _read_meta(out, config, data_dir)
+    model = build_model(config, meta)
     load(model_path, model)
-    return config, model, train_meta
+    return config, model, meta
+
+
+def _read_meta(out: Path, config: TrainConfig, data_dir) -> RunMeta:
+    path = out / "meta.json"
+    if path.exists():
+        return RunMeta.from_dict(json.loads(path.read_text()))
+    try:
+        train = load_dataset(config.dataset, "train", data_dir=data_dir or config.data_dir,
+                             limit=1, seed=config.seed, download=False)
+    except DataError as error:
+        raise TrainingError(
+            f"{out} was written before run folders stored meta.json, so the input shape and "
+            f"class names must come from its training data set, which is not available: "
+            f"{str(error).splitlines()[0]} (pass --data-dir, or resume the run once to add "
+            "meta.json)") from error
+    return RunMeta.from_dataset(config, train)

@@ -26,8 +26,11 @@ def _pyplot():
 def _finish(fig, path):
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        from .serialize import atomic_write
+
+        # Atomic like every file minicnn writes: a killed run never leaves half a PNG.
+        kind = Path(path).suffix.lstrip(".").lower() or "png"
+        atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, format=kind))
     return fig
 
 

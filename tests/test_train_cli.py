@@ -161,10 +161,12 @@ def test_cli_user_errors_are_one_line_with_exit_code_1(tmp_path, capsys):
     bad.write_bytes(b"not a png")
     assert main(["predict", str(run), str(bad)]) == 1
     assert "bad.png" in capsys.readouterr().err
-    # zero threads is refused before any work starts
-    assert main(["train", "--dataset", "synthetic", "--threads", "0",
-                 "--out", str(tmp_path / "never")]) == 1
-    assert "--threads must be at least 1" in capsys.readouterr().err
+    # zero threads is refused while parsing, before any work starts
+    with pytest.raises(SystemExit) as excinfo:
+        main(["train", "--dataset", "synthetic", "--threads", "0",
+              "--out", str(tmp_path / "never")])
+    assert excinfo.value.code == 2
+    assert "--threads: must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
 
