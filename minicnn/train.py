@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import statistics
 import threading
@@ -387,9 +388,10 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
     elif epochs is not None or data_dir is not None:
         raise ValueError("fit: epochs= and data_dir= are for resume=True; set them in config")
     if config.data_dir:
-        # An absolute path keeps working from any folder the run is used from later.
-        config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser()
-                                                          .resolve()))
+        # An absolute path keeps working from any folder the run is used from later (not
+        # resolved: a symbolic link the user named stays the link).
+        config = dataclasses.replace(
+            config, data_dir=os.path.abspath(Path(config.data_dir).expanduser()))
     config.check()
     if config.backend is not None:
         kernels.get(config.backend)
