@@ -411,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _apply_runtime(args)
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()      # a closed pipe shows here, not in the interpreter's exit
+        return code
     except KeyboardInterrupt:
         print("minicnn: interrupted", file=sys.stderr)
         return 130
