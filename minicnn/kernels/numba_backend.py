@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import onepool
 from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
 from .geometry import output_size, pad_nchw
 from .im2col import im2col
@@ -183,10 +184,15 @@ def _is_depthwise(weight, groups, c_in):
 # Convolution: the contract
 # --------------------------------------------------------------------------------------------
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
-    """``y = W (C_out_g, K_g) @ cols (K_g, N*L)`` per group, with Numba doing the unrolling.
+    """Convolution forward. Ungrouped float32/float64 layers run as one parallel loop over the
+    batch (:mod:`minicnn.kernels.onepool`); depthwise layers use the direct loops above; other
+    grouped layers ``y = W (C_out_g, K_g) @ cols (K_g, N*L)`` per group, with NumPy unrolling.
 
     Parameters and returns as in :func:`minicnn.kernels.reference.conv2d_forward`.
     """
+    if onepool.supports(x.dtype, weight, groups):
+        y, ctx = onepool.conv2d_forward(x, weight, bias, stride, padding, dilation)
+        return y, ("onepool", ctx)
     x = np.ascontiguousarray(x)
     n_batch, _, height, width = x.shape
     c_out, _, kh, kw = weight.shape
@@ -217,6 +223,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
 def conv2d_backward(dy, ctx, need_input_grad=True):
     """``dW = dY @ colsᵀ``, ``db = Σ dY``, ``dx = col2im(Wᵀ @ dY)`` per group (depthwise
     layers: the direct loops above)."""
+    if ctx[0] == "onepool":
+        return onepool.conv2d_backward(dy, ctx[1], need_input_grad)
     if ctx[0] == "depthwise":
         return _depthwise_backward(np.ascontiguousarray(dy), ctx, need_input_grad)
     _, x_shape, weight, has_bias, cols, stride, padding, dilation, groups = ctx

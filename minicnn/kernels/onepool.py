@@ -1,0 +1,398 @@
+"""One-pool convolution: a whole layer is one parallel loop over the batch.
+
+The relay design (Numba unrolls, OpenBLAS multiplies with its own threads, Numba folds back)
+hands work between two thread pools several times per layer, and OpenBLAS's workers keep
+spinning after each GEMM, so the next Numba loop finds no free core. Here each of Numba's
+threads takes a contiguous chunk of samples and does *everything* for them -- pad, unroll,
+multiply with a single-threaded GEMM called from compiled code (:mod:`minicnn.kernels.blas`),
+add the bias -- so there is one pool and one wake-up per layer. Backward is the same loop: each
+thread accumulates its own partial weight gradient (no write is shared, so no locks and a
+deterministic sum for a given thread count) and scatters its own samples' input gradient;
+the partials are added at the end.
+
+Two ways to feed the GEMM, both for stride 1 and both on the *padded-width grid*: the output
+position ``(oh, ow)`` is numbered ``q = oh * Wp + ow`` where ``Wp`` is the padded input width, so
+the input pixel that tap ``(i, j)`` reads for output ``q`` is ``xpad[c].flat[q + i*dh*Wp + j*dw]``.
+Every tap is then a *contiguous shift* of the padded plane:
+
+- **shift** (many input channels): no unrolled matrix at all. For each tap the ``(C_in, L)``
+  matrix of shifted planes *is* a strided view of ``xpad`` (row stride ``Hp*Wp``), and
+  ``Y += W_tap @ X_tap`` is one GEMM over it; ``kH*kW`` GEMMs with ``K = C_in`` per sample.
+- **unroll** (few input channels, where ``K = C_in`` would starve the GEMM): copy the taps into
+  a ``(C_in*kH*kW, L)`` matrix, one contiguous row copy per tap, then one GEMM.
+
+The ``Wp - W_out`` columns at the end of each grid row are garbage (windows that wrap around
+the row); the output pass skips them, and backward zeroes them in ``dy`` so they add nothing.
+Strided convolutions unroll onto the ordinary ``(H_out, W_out)`` grid. Depthwise and grouped
+convolutions, and dtypes without an in-kernel GEMM, stay with :mod:`minicnn.kernels.numba_backend`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from . import blas
+from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
+from .geometry import output_size
+
+_JIT = dict(cache=True, nogil=True)
+
+#: The shift path needs enough input channels to make ``K = C_in`` worth a GEMM call; below
+#: this the unroll path (``K = C_in * kH * kW``) wins (measured on the MNIST CNN's layers).
+SHIFT_MIN_CHANNELS = 4
+
+#: Samples per GEMM on the shift path: enough to make the GEMMs long, few enough that a
+#: thread's buffers stay in its L2 cache.
+SHIFT_GROUP = 8
+
+
+# --------------------------------------------------------------------------------------------
+# The GEMM, chosen by dtype at compile time
+# --------------------------------------------------------------------------------------------
+def _gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):  # pragma: no cover
+    """``c = op(a) @ op(b) + beta * c`` (row-major CBLAS). Compiled code only; see overload."""
+    raise NotImplementedError("_gemm is only callable from compiled code")
+
+
+# Module globals, not closure variables: a closure over an external function makes Numba
+# refuse to cache the kernels that call it.
+_SGEMM, _DGEMM = blas.sgemm, blas.dgemm
+
+
+@overload(_gemm, jit_options=dict(nogil=True))
+def _gemm_overload(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    if a.dtype == types.float32:
+        def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+            _SGEMM(blas.ROW_MAJOR, trans_a, trans_b, m, n, k, np.float32(1.0), a.ctypes, lda,
+                   b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
+        return impl
+    if a.dtype == types.float64:
+        def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+            _DGEMM(blas.ROW_MAJOR, trans_a, trans_b, m, n, k, np.float64(1.0), a.ctypes, lda,
+                   b.ctypes, ldb, np.float64(beta), c.ctypes, ldc)
+        return impl
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Data movement, each called by one thread on its own buffers. A thread's padded inputs live in
+# a ``(C_in, m, Hp, Wp)`` buffer: slot ``s`` holds one sample, so for a fixed channel the ``m``
+# padded planes follow each other and one GEMM can run over all of them (see _forward_shift).
+# --------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _pad_into(x, n, top, left, xbuf, slot):
+    """Copy sample ``n`` of ``x`` (N, C, H, W) into slot ``slot`` of ``xbuf`` (C, m, Hp, Wp),
+    inside the zero border the caller allocated."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(channels):
+        for h in range(height):
+            xbuf[c, slot, top + h, left:left + width] = x[n, c, h]
+
+
+@njit(**_JIT)
+def _crop_from(dxbuf, slot, top, left, dx, n):
+    """``dx[n] = `` the unpadded middle of slot ``slot`` of ``dxbuf`` (C, m, Hp, Wp)."""
+    channels, height, width = dx.shape[1], dx.shape[2], dx.shape[3]
+    for c in range(channels):
+        for h in range(height):
+            dx[n, c, h] = dxbuf[c, slot, top + h, left:left + width]
+
+
+@njit(**_JIT)
+def _write_output(grid, start, bias, has_bias, pitch, y, n):
+    """``y[n, co, oh, ow] = grid[co, start + oh*pitch + ow] + bias[co]``: the output pass,
+    which drops the garbage columns of the padded-width grid."""
+    out_h, out_w = y.shape[2], y.shape[3]
+    for co in range(y.shape[1]):
+        b = bias[co] if has_bias else grid.dtype.type(0)
+        for oh in range(out_h):
+            src = grid[co, start + oh * pitch:start + oh * pitch + out_w]
+            dest = y[n, co, oh]
+            for ow in range(out_w):
+                dest[ow] = src[ow] + b
+
+
+@njit(**_JIT)
+def _read_grad(dy, n, grid, start, pitch, dbias):
+    """``grid[co, start + oh*pitch + ow] = dy[n, co, oh, ow]`` and ``dbias[co] += sum dy[n, co]``
+    in the same pass. Only valid positions are written: the caller allocated ``grid`` zeroed,
+    and nothing else ever writes its garbage columns, so they stay zero."""
+    c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
+    for co in range(c_out):
+        total = dy.dtype.type(0)
+        for oh in range(out_h):
+            src = dy[n, co, oh]
+            dest = grid[co, start + oh * pitch:start + oh * pitch + out_w]
+            for ow in range(out_w):
+                dest[ow] = src[ow]
+                total += src[ow]
+        dbias[co] += total
+
+
+@njit(**_JIT)
+def _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
+    """``cols[(c, i, j), oh*pitch + ow] = xbuf[c, 0, oh*sh + i*dh, ow*sw + j*dw]``.
+
+    With stride 1 and ``pitch == Wp`` each row is one contiguous copy of the padded plane."""
+    channels, padded_h, padded_w = xbuf.shape[0], xbuf.shape[2], xbuf.shape[3]
+    length = (out_h - 1) * pitch + out_w
+    flat = xbuf.reshape(xbuf.size)
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                if sh == 1 and sw == 1 and pitch == padded_w:
+                    start = c * padded_h * padded_w + i * dh * padded_w + j * dw
+                    row[:length] = flat[start:start + length]
+                else:
+                    for oh in range(out_h):
+                        src = xbuf[c, 0, oh * sh + i * dh]
+                        base = oh * pitch
+                        for ow in range(out_w):
+                            row[base + ow] = src[ow * sw + j * dw]
+
+
+@njit(**_JIT)
+def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf):
+    """Adjoint of :func:`_unroll`: add every column entry back onto the pixel it came from
+    (``dxbuf`` is this thread's own, so the ``+=`` of overlapping windows is race-free)."""
+    channels, padded_h, padded_w = dxbuf.shape[0], dxbuf.shape[2], dxbuf.shape[3]
+    length = (out_h - 1) * pitch + out_w
+    flat = dxbuf.reshape(dxbuf.size)
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                row = dcols[(c * kh + i) * kw + j]
+                if sh == 1 and sw == 1 and pitch == padded_w:
+                    start = c * padded_h * padded_w + i * dh * padded_w + j * dw
+                    for q in range(length):
+                        flat[start + q] += row[q]
+                else:
+                    for oh in range(out_h):
+                        dest = dxbuf[c, 0, oh * sh + i * dh]
+                        base = oh * pitch
+                        for ow in range(out_w):
+                            dest[ow * sw + j * dw] += row[base + ow]
+
+
+# --------------------------------------------------------------------------------------------
+# The parallel loops: thread t takes samples [t*N/T, (t+1)*N/T)
+# --------------------------------------------------------------------------------------------
+@njit(parallel=True, **_JIT)
+def _forward_shift(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h, padded_w,
+                   y, group, n_threads):
+    """Stride 1, ``group`` samples per GEMM: for a group of ``g`` samples the tap's input is
+    the strided ``(C_in, (g-1)*Hp*Wp + L)`` view of the buffer, so ``kH*kW`` GEMMs
+    ``Y += W_tap @ X_tap`` cover the whole group (the gaps between samples' grids come out as
+    garbage columns that are never read)."""
+    n_batch, channels = x.shape[0], x.shape[1]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    plane = padded_h * padded_w
+    length = (out_h - 1) * padded_w + out_w
+    for t in prange(n_threads):
+        xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
+        grid = np.empty((c_out, group * plane), dtype=x.dtype)
+        flat = xbuf.reshape(xbuf.size)
+        first, last = t * n_batch // n_threads, (t + 1) * n_batch // n_threads
+        for n0 in range(first, last, group):
+            count = min(group, last - n0)
+            for slot in range(count):
+                _pad_into(x, n0 + slot, top, left, xbuf, slot)
+            span = (count - 1) * plane + length
+            for tap in range(kh * kw):
+                offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+                _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, span, channels, w_taps[tap],
+                      channels, flat[offset:], group * plane, 0.0 if tap == 0 else 1.0, grid,
+                      group * plane)
+            for slot in range(count):
+                _write_output(grid, slot * plane, bias, has_bias, padded_w, y, n0 + slot)
+
+
+@njit(parallel=True, **_JIT)
+def _backward_shift(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
+                    need_input_grad, group, n_threads):
+    """Backward of :func:`_forward_shift`, the same groups: ``dW_tap += dY @ X_tapᵀ``,
+    ``dX_tap += W_tapᵀ @ dY``. Returns per-thread partial sums (T, kH*kW, C_out, C_in) and
+    (T, C_out)."""
+    n_batch, channels = x.shape[0], x.shape[1]
+    c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
+    plane = padded_h * padded_w
+    length = (out_h - 1) * padded_w + out_w
+    dw_partial = np.zeros((n_threads, kh * kw, c_out, channels), dtype=x.dtype)
+    db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
+    for t in prange(n_threads):
+        xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
+        dxbuf = np.empty((channels if need_input_grad else 0, group, padded_h, padded_w),
+                         dtype=x.dtype)
+        grid = np.zeros((c_out, group * plane), dtype=x.dtype)
+        flat = xbuf.reshape(xbuf.size)
+        dflat = dxbuf.reshape(dxbuf.size)
+        first, last = t * n_batch // n_threads, (t + 1) * n_batch // n_threads
+        for n0 in range(first, last, group):
+            count = min(group, last - n0)
+            for slot in range(count):
+                _pad_into(x, n0 + slot, top, left, xbuf, slot)
+                _read_grad(dy, n0 + slot, grid, slot * plane, padded_w, db_partial[t])
+            span = (count - 1) * plane + length
+            for tap in range(kh * kw):
+                offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+                # dW_tap (C_out, C_in) += dY (C_out, span) @ X_tapᵀ (span, C_in)
+                _gemm(blas.NO_TRANS, blas.TRANS, c_out, channels, span, grid, group * plane,
+                      flat[offset:], group * plane, 1.0, dw_partial[t, tap], channels)
+            if need_input_grad:
+                dxbuf[:] = 0
+                for tap in range(kh * kw):
+                    offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+                    # dX_tap (C_in, span) += W_tapᵀ (C_in, C_out) @ dY (C_out, span)
+                    _gemm(blas.TRANS, blas.NO_TRANS, channels, span, c_out, w_taps[tap],
+                          channels, grid, group * plane, 1.0, dflat[offset:], group * plane)
+                for slot in range(count):
+                    _crop_from(dxbuf, slot, top, left, dx, n0 + slot)
+    return dw_partial, db_partial
+
+
+@njit(parallel=True, **_JIT)
+def _forward_unroll(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw, padded_h,
+                    padded_w, y, n_threads):
+    """One sample at a time: unroll its windows into ``cols`` (K, L), ``Y = W @ cols``."""
+    n_batch, channels = x.shape[0], x.shape[1]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    pitch = padded_w if sh == 1 and sw == 1 else out_w
+    length = (out_h - 1) * pitch + out_w
+    k = w_matrix.shape[1]
+    for t in prange(n_threads):
+        xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
+        cols = np.empty((k, length), dtype=x.dtype)
+        grid = np.empty((c_out, length), dtype=x.dtype)
+        for n in range(t * n_batch // n_threads, (t + 1) * n_batch // n_threads):
+            _pad_into(x, n, top, left, xbuf, 0)
+            _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
+            _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, length, k, w_matrix, k, cols, length,
+                  0.0, grid, length)
+            _write_output(grid, 0, bias, has_bias, pitch, y, n)
+
+
+@njit(parallel=True, **_JIT)
+def _backward_unroll(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h, padded_w,
+                     dx, need_input_grad, n_threads):
+    """Backward of :func:`_forward_unroll`: ``dW += dY @ colsᵀ``; ``dx = fold(Wᵀ @ dY)``.
+    Returns per-thread partial sums (T, C_out, K) and (T, C_out)."""
+    n_batch, channels = x.shape[0], x.shape[1]
+    c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
+    pitch = padded_w if sh == 1 and sw == 1 else out_w
+    length = (out_h - 1) * pitch + out_w
+    k = w_matrix.shape[1]
+    dw_partial = np.zeros((n_threads, c_out, k), dtype=x.dtype)
+    db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
+    for t in prange(n_threads):
+        xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
+        dxbuf = np.empty((channels if need_input_grad else 0, 1, padded_h, padded_w),
+                         dtype=x.dtype)
+        cols = np.empty((k, length), dtype=x.dtype)
+        dcols = np.empty((k if need_input_grad else 0, length), dtype=x.dtype)
+        grid = np.zeros((c_out, length), dtype=x.dtype)
+        for n in range(t * n_batch // n_threads, (t + 1) * n_batch // n_threads):
+            _pad_into(x, n, top, left, xbuf, 0)
+            _read_grad(dy, n, grid, 0, pitch, db_partial[t])
+            _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
+            # dW (C_out, K) += dY (C_out, L) @ colsᵀ (L, K)
+            _gemm(blas.NO_TRANS, blas.TRANS, c_out, k, length, grid, length, cols, length, 1.0,
+                  dw_partial[t], k)
+            if need_input_grad:
+                # dcols (K, L) = Wᵀ (K, C_out) @ dY (C_out, L), then fold back onto the input.
+                _gemm(blas.TRANS, blas.NO_TRANS, k, length, c_out, w_matrix, k, grid, length,
+                      0.0, dcols, length)
+                dxbuf[:] = 0
+                _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf)
+                _crop_from(dxbuf, 0, top, left, dx, n)
+    return dw_partial, db_partial
+
+
+# --------------------------------------------------------------------------------------------
+# The contract (as in :mod:`minicnn.kernels.reference`)
+# --------------------------------------------------------------------------------------------
+def supports(x_dtype, weight, groups) -> bool:
+    """Whether these kernels handle the layer: an in-kernel GEMM for the dtype, no groups."""
+    return groups == 1 and blas.dtype_supported(x_dtype) and weight.dtype == x_dtype
+
+
+def _n_threads(x) -> int:
+    """Chunks to split the batch into: one per Numba thread, at least one sample each.
+    (Asked here, not inside the kernels: ``numba.get_num_threads()`` in compiled code makes
+    Numba refuse to cache them.)"""
+    return max(1, min(numba.get_num_threads(), x.shape[0]))
+
+
+def _geometry(x_shape, weight_shape, stride, padding, dilation):
+    (sh, sw), (dh, dw), (top, bottom, left, right) = stride, dilation, padding
+    height, width = x_shape[2], x_shape[3]
+    kh, kw = weight_shape[2], weight_shape[3]
+    out_h = output_size(height, kh, sh, top, bottom, dh)
+    out_w = output_size(width, kw, sw, left, right, dw)
+    # Rows/columns of padding that no window reaches (a stride that does not divide evenly)
+    # are never read, so the padded buffers stop at the last one read.
+    padded_h = (out_h - 1) * sh + (kh - 1) * dh + 1
+    padded_w = (out_w - 1) * sw + (kw - 1) * dw + 1
+    padded_h = max(padded_h, top + height)
+    padded_w = max(padded_w, left + width)
+    return kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, out_h, out_w
+
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
+    """Convolution forward (see :func:`minicnn.kernels.reference.conv2d_forward`).
+
+    Only for layers :func:`supports` accepts; ``ctx`` keeps the input itself (backward pads
+    and unrolls it again, which costs less than keeping an unrolled copy)."""
+    x = np.ascontiguousarray(x)
+    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation)
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, out_h, out_w = geometry
+    c_out, c_in = weight.shape[0], weight.shape[1]
+    shift = sh == 1 and sw == 1 and c_in >= SHIFT_MIN_CHANNELS
+    if shift:   # tap-major (kH*kW, C_out, C_in): each tap's weights are one matrix
+        w_ready = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, c_in)
+    else:
+        w_ready = np.ascontiguousarray(weight).reshape(c_out, -1)
+    has_bias = bias is not None
+    bias_arg = np.ascontiguousarray(bias) if has_bias else np.zeros(1, dtype=x.dtype)
+    y = np.empty((x.shape[0], c_out, out_h, out_w), dtype=x.dtype)
+    with _threads.blas_single_threaded():
+        if shift:
+            _forward_shift(x, w_ready, bias_arg, has_bias, kh, kw, top, left, dh, dw, padded_h,
+                           padded_w, y, SHIFT_GROUP, _n_threads(x))
+        else:
+            _forward_unroll(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left, dh, dw,
+                            padded_h, padded_w, y, _n_threads(x))
+    return y, (x, weight.shape, w_ready, has_bias, geometry, shift)
+
+
+def conv2d_backward(dy, ctx, need_input_grad=True):
+    """Convolution backward: ``(dx or None, dweight, dbias or None)``."""
+    x, weight_shape, w_ready, has_bias, geometry, shift = ctx
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, _, _ = geometry
+    dy = np.ascontiguousarray(dy)
+    need_input_grad = bool(need_input_grad)
+    dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
+    n_threads = _n_threads(x)
+    with _threads.blas_single_threaded():
+        if shift:
+            dw_partial, db_partial = _backward_shift(
+                x, dy, w_ready, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
+                need_input_grad, SHIFT_GROUP, n_threads)
+        else:
+            dw_partial, db_partial = _backward_unroll(
+                x, dy, w_ready, kh, kw, sh, sw, top, left, dh, dw, padded_h, padded_w, dx,
+                need_input_grad, n_threads)
+    # Add the threads' partial sums in a fixed order: the same result for a given thread count.
+    dweight, dbias = dw_partial[0], db_partial[0]
+    for t in range(1, n_threads):
+        dweight = dweight + dw_partial[t]
+        dbias = dbias + db_partial[t]
+    c_out, c_in = weight_shape[0], weight_shape[1]
+    if shift:   # tap-major (kH, kW, C_out, C_in) -> (C_out, C_in, kH, kW)
+        dweight = np.ascontiguousarray(dweight.reshape(kh, kw, c_out, c_in).transpose(2, 3, 0, 1))
+    else:
+        dweight = dweight.reshape(weight_shape)
+    return (dx if need_input_grad else None), dweight, (dbias if has_bias else None)

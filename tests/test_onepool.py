@@ -1,0 +1,168 @@
+"""The one-pool convolution kernels (:mod:`minicnn.kernels.onepool`): PyTorch parity on the
+shapes their paths special-case, float64 gradient checks, determinism, and the fallback.
+
+The shift path (stride 1, ``C_in >= SHIFT_MIN_CHANNELS``) runs ``SHIFT_GROUP`` samples per GEMM
+and each thread takes a contiguous chunk of the batch, so the grid covers batch 1, a batch
+smaller than the thread count, chunks that split into full and partial groups, and both paths
+on each side of the channel threshold.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import nn
+from minicnn.kernels import blas, numba_backend, onepool, threads
+from torch_oracle import GRADCHECK_TOL, assert_close, to_numpy, to_torch
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.skipif(not blas.AVAILABLE,
+                                reason="NumPy's BLAS exports no in-kernel GEMM here")
+
+#: (batch, C_in, C_out, kernel, stride, padding (top, bottom, left, right), dilation, bias, HxW)
+GRID = [
+    (1, 8, 5, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (7, 6)),      # batch 1, shift
+    (19, 8, 6, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (6, 6)),     # 9 + 10: full+partial groups
+    (37, 4, 3, (3, 2), (1, 1), (0, 2, 1, 0), (2, 1), False, (8, 7)),  # asymmetric, dilated
+    (5, 16, 7, 5, (1, 1), (2, 2, 2, 2), (1, 1), True, (9, 9)),     # LeNet-like 5x5
+    (3, 3, 6, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (10, 9)),     # unroll: C_in below the bar
+    (17, 1, 4, 5, (1, 1), (2, 2, 2, 2), (1, 1), True, (12, 12)),   # unroll, one input channel
+    (11, 6, 4, 3, (2, 2), (1, 1, 1, 1), (1, 1), True, (9, 8)),     # strided: unroll grid
+    (4, 5, 3, (2, 3), (3, 2), (0, 1, 2, 0), (1, 2), True, (11, 10)),  # strided, odd everything
+    (6, 9, 2, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 5)),     # 1x1
+]
+
+
+def grid_id(case):
+    n, cin, cout, k, s, p, d, b, hw = case
+    return f"n{n}_c{cin}-{cout}_k{k}_s{s[0]}{s[1]}_p{''.join(map(str, p))}_d{d[0]}{d[1]}_{hw}"
+
+
+def torch_conv(x, w, b, stride, pads, dilation, dy):
+    top, bottom, left, right = pads
+    tx, tw = to_torch(x, True), to_torch(w, True)
+    tb = to_torch(b, True) if b is not None else None
+    padded = torch.nn.functional.pad(tx, (left, right, top, bottom))
+    ty = torch.nn.functional.conv2d(padded, tw, tb, stride=stride, dilation=dilation)
+    ty.backward(to_torch(dy))
+    return (to_numpy(ty), to_numpy(tx.grad), to_numpy(tw.grad),
+            None if tb is None else to_numpy(tb.grad))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", GRID, ids=grid_id)
+def test_matches_torch(case, dtype, n_threads, rng):
+    n, cin, cout, k, stride, pads, dilation, has_bias, (h, w) = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, cin, h, w)).astype(dtype)
+    weight = rng.standard_normal((cout, cin, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(cout).astype(dtype) if has_bias else None
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        y, ctx = onepool.conv2d_forward(x, weight, bias, stride, pads, dilation)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx, dweight, dbias = onepool.conv2d_backward(dy, ctx, need_input_grad=True)
+        no_dx, dweight_again, _ = onepool.conv2d_backward(dy, ctx, need_input_grad=False)
+    finally:
+        numba.set_num_threads(previous)
+    expected = torch_conv(x, weight, bias, stride, pads, dilation, dy)
+    assert y.dtype == dx.dtype == dweight.dtype == dtype
+    assert_close(y, expected[0], "y", dtype)
+    assert_close(dx, expected[1], "dx", dtype)
+    assert_close(dweight, expected[2], "dweight", dtype)
+    if has_bias:
+        assert_close(dbias, expected[3], "dbias", dtype)
+    else:
+        assert dbias is None
+    assert no_dx is None
+    np.testing.assert_array_equal(dweight_again, dweight)
+
+
+def test_the_grid_reaches_both_paths():
+    """The parity grid must exercise the shift path and the unroll path (and the thresholds
+    that choose between them), or it proves only one of them."""
+    paths = set()
+    for n, cin, cout, k, stride, pads, dilation, _, (h, w) in GRID:
+        kh, kw = (k, k) if isinstance(k, int) else k
+        x = np.zeros((n, cin, h, w), np.float32)
+        _, ctx = onepool.conv2d_forward(x, np.zeros((cout, cin, kh, kw), np.float32), None,
+                                        stride, pads, dilation)
+        paths.add(ctx[-1])
+        chunk = -(-n // 2)
+        if ctx[-1] and chunk > onepool.SHIFT_GROUP:
+            paths.add("partial group")
+    assert paths == {True, False, "partial group"}
+
+
+@pytest.mark.parametrize("cin, stride", [(8, 1), (2, 1), (3, 2)], ids=["shift", "unroll",
+                                                                       "strided"])
+def test_gradcheck_float64(cin, stride, rng):
+    layer = nn.Conv2d(cin, 3, 3, stride=stride, padding=1, backend="numba", rng=0,
+                      dtype=np.float64)
+    x = rng.standard_normal((3, cin, 6, 5))
+    report = minicnn.gradcheck(layer, x)
+    assert report.passed(GRADCHECK_TOL), report
+
+
+@pytest.mark.parametrize("cin", [8, 2], ids=["shift", "unroll"])
+def test_same_thread_count_is_bit_identical(cin, rng):
+    x = rng.standard_normal((21, cin, 9, 9)).astype(np.float32)
+    weight = rng.standard_normal((5, cin, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        y, ctx = onepool.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1))
+        runs.append((y, *onepool.conv2d_backward(np.cos(y), ctx)))
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_empty_batch(rng):
+    x = np.zeros((0, 8, 5, 5), np.float32)
+    weight = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    y, ctx = onepool.conv2d_forward(x, weight, np.zeros(4, np.float32), (1, 1), (1, 1, 1, 1),
+                                    (1, 1))
+    assert y.shape == (0, 4, 5, 5)
+    dx, dweight, dbias = onepool.conv2d_backward(y, ctx)
+    assert dx.shape == x.shape
+    assert not dweight.any() and not dbias.any()
+
+
+def test_blas_threads_restored_after_a_kernel(rng):
+    """The kernels hold BLAS at one thread while they run and give back the count it had."""
+    before = threads.get_num_threads()["blas"]
+    x = rng.standard_normal((4, 8, 6, 6)).astype(np.float32)
+    onepool.conv2d_forward(x, np.ones((2, 8, 3, 3), np.float32), None, (1, 1), (0, 0, 0, 0),
+                           (1, 1))
+    assert threads.get_num_threads()["blas"] == before
+
+
+def test_numba_backend_routes_through_onepool_and_falls_back(monkeypatch, rng):
+    """Ungrouped float layers take the one-pool path; where it is unavailable (no in-kernel
+    GEMM in this NumPy build) the relay kernels give the same numbers."""
+    x = rng.standard_normal((6, 8, 7, 7)).astype(np.float32)
+    weight = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    y, ctx = numba_backend.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert ctx[0] == "onepool"
+    grads = numba_backend.conv2d_backward(np.sin(y), ctx)
+
+    monkeypatch.setattr(blas, "AVAILABLE", False)
+    assert not onepool.supports(x.dtype, weight, 1)
+    y_relay, ctx_relay = numba_backend.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1),
+                                                      (1, 1), 1)
+    assert ctx_relay[0] == "gemm"
+    assert_close(y, y_relay, "y")
+    for ours, relay, name in zip(grads, numba_backend.conv2d_backward(np.sin(y), ctx_relay),
+                                 ("dx", "dweight", "dbias")):
+        assert_close(ours, relay, name)
+
+
+def test_grouped_layers_do_not_take_the_onepool_path(rng):
+    weight = np.ones((4, 2, 3, 3), np.float32)
+    assert not onepool.supports(np.dtype(np.float32), weight, 2)
+    assert not onepool.supports(np.dtype(np.float16), weight, 1)
