@@ -329,34 +329,51 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _softmax(logits):
     import numpy as np
 
-    from .data import DataError, load_image
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    import numpy as np
+
+    from .data import DataError
+    from .preprocess import image_files, prepare_image
     from .train import load_run
 
     config, model, meta = load_run(args.run, data_dir=args.data_dir)
-    channels, height, width = meta.input_shape
-    mean = np.asarray(meta.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    mean = np.asarray(meta.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(meta.std, dtype=np.float32).reshape(-1, 1, 1)
     model.eval()
-    failures = 0
-    for path in args.images:
+    paths = image_files(args.images)
+    results, failures = [], 0
+    for path in paths:
         try:
-            image = load_image(path, image_size=(height, width), channels=channels)
+            prepared = prepare_image(path, meta.input_shape, meta.dataset,
+                                     enhance=not args.no_preprocess)
         except (DataError, OSError) as error:
             print(f"{path}: cannot use this image: {error}", file=sys.stderr)
             failures += 1
             continue
-        x = (image[None].astype(np.float32) / 255.0 - mean) / std
-        logits = model(x)[0]
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        if prepared.inverted:
+            print(f"{path}: dark ink on a light background: inverted", file=sys.stderr)
+        probs = _softmax(model(((prepared.image - mean) / std)[None])[0])
         top = np.argsort(probs)[::-1][:args.top]
-        ranked = ", ".join(f"{meta.classes[i]} {probs[i]:.1%}" for i in top)
-        print(f"{path}: {ranked}")
+        entry = {"image": str(path), "inverted": prepared.inverted,
+                 "top": [{"label": meta.classes[i], "probability": float(probs[i])}
+                         for i in top]}
+        results.append(entry)
+        if not args.json:
+            print(f"{path}: " + ", ".join(f"{t['label']} {t['probability']:.1%}"
+                                          for t in entry["top"]))
+    if args.json:
+        print(json.dumps(results, indent=2))
     if failures:
-        raise UserError(f"{failures} of {len(args.images)} image(s) could not be classified")
+        raise UserError(f"{failures} of {len(paths)} image(s) could not be classified")
     return 0
 
 
