@@ -323,3 +323,20 @@ def test_maxpool_ties_pick_the_position_torch_picks(backend, dtype, name, kernel
     y = layer(x)
     np.testing.assert_array_equal(y, yt.detach().numpy())            # NaN == NaN here
     np.testing.assert_array_equal(layer.backward(dy), xt.grad.numpy())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_maxpool_kernel_itself_refuses_a_wrong_dy(backend):
+    """Direct callers of a backend (tests, tutorials) get an error too, never a crash."""
+    kernel = kernels.get(backend)
+    y, ctx = kernel.maxpool2d_forward(np.zeros((2, 3, 6, 6), F32), (2, 2), (2, 2), (0, 0, 0, 0))
+    with pytest.raises((ValueError, IndexError)):
+        kernel.maxpool2d_backward(np.zeros((3, 3, 3, 3), F32), ctx)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (2, 3, 4, 0)])
+def test_adaptive_pooling_of_nothing_is_refused_as_in_torch(shape):
+    with pytest.raises(RuntimeError):
+        torch.nn.AdaptiveAvgPool2d(2)(torch.zeros(shape))
+    raises(ValueError, lambda: nn.AdaptiveAvgPool2d(2)(np.zeros(shape, F32)),
+           "AdaptiveAvgPool2d", "non-zero height and width", str(shape))

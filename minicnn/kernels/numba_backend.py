@@ -419,6 +419,12 @@ def maxpool2d_forward(x, kernel_size, stride, padding):
 
 def maxpool2d_backward(dy, ctx):
     height, width, argmax = ctx
+    # The kernel reads ``argmax`` at every index of ``dy`` without bounds checks: a dy of any
+    # other shape would read outside it (a crash, not an error). Layers check dy first; this
+    # guards direct callers of the kernel.
+    if dy.shape != argmax.shape:
+        raise ValueError(f"maxpool2d_backward: expected dy of shape {argmax.shape} (the "
+                         f"forward output), got {dy.shape}")
     return _maxpool_backward(np.ascontiguousarray(dy), argmax, height, width)
 
 

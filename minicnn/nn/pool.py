@@ -124,6 +124,9 @@ class AdaptiveAvgPool2d(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = check_input("AdaptiveAvgPool2d", x, 4)
         n, c, h, w = x.shape
+        if h == 0 or w == 0:  # no values to average (PyTorch refuses this too)
+            raise ValueError(f"AdaptiveAvgPool2d: expected a non-zero height and width, got "
+                             f"input shape {x.shape}")
         out_h, out_w = self.output_size
         self._input_shape = x.shape
         if (out_h, out_w) == (1, 1):
