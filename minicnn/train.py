@@ -323,7 +323,12 @@ class _CompileTimer:
         if self.times is None:
             return None
         self.times.append(seconds)
-        if len(self.times) < self.STEPS:
+        return self.finish() if len(self.times) >= self.STEPS else None
+
+    def finish(self) -> str | None:
+        """Decide with the steps seen so far (an epoch may have fewer than ``STEPS``)."""
+        if self.times is None or len(self.times) < 2:
+            self.times = None
             return None
         first, typical = self.times[0], statistics.median(self.times[1:])
         self.times = None
@@ -476,6 +481,9 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         finally:
             if bar is not None:
                 bar.close()
+        message = compile_timer.finish()
+        if message:
+            log(message)
 
         seconds = time.perf_counter() - epoch_start
         record = {"epoch": epoch + 1, "lr": optimizer.lr,

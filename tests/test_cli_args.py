@@ -165,3 +165,7 @@ def test_the_first_slow_step_is_reported_as_compile_time_once():
     assert messages[3] == "compiled kernels in 2.5 s (cached for later runs)"
     warm = _CompileTimer(enabled=True)
     assert [warm.record(s) for s in (0.2, 0.1, 0.1, 0.1)] == [None] * 4
+    short_epoch = _CompileTimer(enabled=True)          # fewer steps than it likes to see
+    assert short_epoch.record(5.0) is None and short_epoch.record(0.2) is None
+    assert short_epoch.finish().startswith("compiled kernels in 4.8 s")
+    assert short_epoch.finish() is None                 # once
