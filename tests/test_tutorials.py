@@ -23,8 +23,10 @@ TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
 TUTORIALS = sorted(TUTORIALS_DIR.glob("[0-9][0-9]_*.py"))
 IDS = [path.stem for path in TUTORIALS]
 
-TIMEOUT_S = 120   # kill a hung tutorial
-BUDGET_S = 60     # a tutorial in fast mode must finish well within this
+# Kill a hung tutorial. This is a hang guard, not a speed test (speed belongs to the
+# benchmarks): the tutorials take 2-25 s of wall time in fast mode on 2 cores, so 300 s is
+# reached only by a tutorial that no longer finishes, not by a slow or busy machine.
+TIMEOUT_S = 300
 
 
 def test_tutorials_exist():
@@ -61,12 +63,8 @@ def test_tutorial_runs_in_fast_mode(path: Path, tmp_path: Path, record_property)
         f"{path.name} exited with {proc.returncode}; stderr tail:\n{proc.stderr[-3000:]}")
     figures = list(tmp_path.rglob("*.png"))
     assert figures, f"{path.name} saved no figure (expected PNGs under {tmp_path})"
-    # Over budget only if *both* clocks say so: on a busy shared machine the wall clock
-    # stretches while the tutorial waits for a core, and with two threads the CPU clock can
-    # run ahead of the wall clock. A tutorial that is really too slow exceeds both.
-    assert min(elapsed, cpu) < BUDGET_S, (
-        f"{path.name} took {elapsed:.1f} s wall / {cpu:.1f} s CPU in fast mode "
-        f"(budget {BUDGET_S} s)")
+    # The times are recorded (``--junitxml`` / ``-rP`` show them) but not asserted: a timing
+    # threshold fails on a slow or busy machine for no fault of the code.
 
 
 def _children_cpu_seconds() -> float:
