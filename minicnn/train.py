@@ -288,20 +288,45 @@ def _read_config(out: Path) -> TrainConfig:
     return TrainConfig.from_json(path.read_text())
 
 
+def _settle_config(config: TrainConfig, out: Path, resume: bool, epochs, data_dir):
+    """The config a run goes on with, and the checkpoint state to resume from (or None)."""
+    state = None
+    if resume:
+        config = _read_config(out)
+        checkpoint_path = out / "checkpoint.npz"
+        state = load(checkpoint_path) if checkpoint_path.exists() else None
+        done = int(state["progress.epoch"]) if state is not None else 0
+        if epochs is not None and epochs != config.epochs:
+            if epochs < done:
+                raise TrainingError(f"{out} has already trained {done} epochs; cannot shorten "
+                                    f"it to {epochs}")
+            config = dataclasses.replace(config, epochs=epochs)
+        if data_dir:
+            config = dataclasses.replace(config, data_dir=data_dir)
+    elif epochs is not None or data_dir is not None:
+        raise ValueError("fit: epochs= and data_dir= are for resume=True; set them in config")
+    if config.data_dir:
+        # An absolute path keeps working from any folder the run is used from later (not
+        # resolved: a symbolic link the user named stays the link).
+        config = dataclasses.replace(
+            config, data_dir=os.path.abspath(Path(config.data_dir).expanduser()))
+    return config, state
+
+
 def _reconcile_history(out: Path, history: list, log) -> None:
     """Make ``history.json`` say what the checkpoint says (a kill may have come between the
     two writes, or after an older history was written)."""
     path = out / "history.json"
     try:
         on_disk = json.loads(path.read_text()) if path.exists() else None
-    except ValueError:
-        on_disk = None
-    if on_disk != history:
-        if on_disk is not None or history:
-            had = "unreadable" if on_disk is None and path.exists() else \
-                f"{len(on_disk or [])} epoch(s)"
-            log(f"history.json repaired from the checkpoint ({had} -> {len(history)} epoch(s))")
-        write_json(path, history)
+    except ValueError:                       # cut short by a kill in an older version
+        on_disk = "unreadable"
+    if on_disk == history:
+        return
+    if on_disk is not None:
+        had = f"{len(on_disk)} epoch(s)" if isinstance(on_disk, list) else on_disk
+        log(f"history.json repaired from the checkpoint ({had} -> {len(history)} epoch(s))")
+    write_json(path, history)
 
 
 class _CompileTimer:
@@ -378,25 +403,7 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
     out = Path(out_dir)
     log = log or (lambda *_: None)
     checkpoint_path = out / "checkpoint.npz"
-    state = None
-    if resume:
-        config = _read_config(out)
-        state = load(checkpoint_path) if checkpoint_path.exists() else None
-        done = int(state["progress.epoch"]) if state is not None else 0
-        if epochs is not None and epochs != config.epochs:
-            if epochs < done:
-                raise TrainingError(f"{out} has already trained {done} epochs; cannot shorten "
-                                    f"it to {epochs}")
-            config = dataclasses.replace(config, epochs=epochs)
-        if data_dir:
-            config = dataclasses.replace(config, data_dir=data_dir)
-    elif epochs is not None or data_dir is not None:
-        raise ValueError("fit: epochs= and data_dir= are for resume=True; set them in config")
-    if config.data_dir:
-        # An absolute path keeps working from any folder the run is used from later (not
-        # resolved: a symbolic link the user named stays the link).
-        config = dataclasses.replace(
-            config, data_dir=os.path.abspath(Path(config.data_dir).expanduser()))
+    config, state = _settle_config(config, out, resume, epochs, data_dir)
     config.check()
     if config.backend is not None:
         kernels.get(config.backend)
