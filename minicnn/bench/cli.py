@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import time
+from dataclasses import replace
 
 from .agreement import BenchError
 from .suites import SUITES, get_suite
@@ -17,15 +19,23 @@ DEFAULT_BACKENDS = ("im2col", "numba", "torch")
 SCHEMA = "minicnn-bench/1"
 
 DESCRIPTION = """\
-Time minicnn's layers (every kernel backend, forward and backward) and whole
-training steps against PyTorch on this machine, after checking that all backends
-agree; report GFLOP/s, the fraction of the measured GEMM peak and the ratio to
-PyTorch. See benchmarks/README.md for every column."""
+Time minicnn's layers (every kernel backend, forward and backward), whole training
+steps and inference (each library alone in its own process, at 2 and 1 threads:
+ratios to PyTorch NCHW and channels-last, thread scaling) and a training epoch
+(minicnn train against a plain PyTorch script) on this machine, after checking
+that all backends agree; report GFLOP/s, the fraction of the measured GEMM peak
+(all threads, and single-thread per core) and the ratio to PyTorch. See
+benchmarks/README.md for every column."""
 
 EXAMPLES = """examples:
   minicnn bench                                       the standard suite, a table here
   minicnn bench --suite conv --backends reference,im2col,numba,torch --json out.json --plot out.png
-  minicnn bench --suite models --threads 1 --batch-size 32
+  minicnn bench --suite models --batch-size 64 --processes 3    each library in its own processes,
+                                                      2 and 1 thread(s), thread scaling
+  minicnn bench --suite models --blas-native          children without OPENBLAS_CORETYPE/_L2_SIZE
+  minicnn bench --suite models --in-process --no-interleave     the old one-process mode
+  minicnn bench --suite epoch --processes 3           minicnn train epoch vs a PyTorch script
+  minicnn bench --suite epoch --limit 5000 --processes 1        a shorter epoch
   python benchmarks/run.py --suite pool --repeats 50 --markdown pool.md
 """
 
@@ -60,6 +70,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _thread_list(text: str) -> tuple[int, ...]:
+    parse = _int_at_least(1)
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"empty entry in {text!r}; expected e.g. 2,1")
+    return tuple(dict.fromkeys(parse(part) for part in parts))
+
+
+def _model_list(text: str) -> tuple[str, ...]:
+    from ..models import MODELS
+
+    names = [part.strip() for part in text.split(",")]
+    unknown = [n for n in names if n not in MODELS]
+    if not all(names) or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) in {text!r}; choose from {', '.join(MODELS)}")
+    return tuple(dict.fromkeys(names))
+
+
 def _backend_list(text: str) -> tuple[str, ...]:
     names = [part.strip() for part in text.split(",")]
     if not all(names):
@@ -81,11 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="comma-separated, from " + ", ".join(ALL_BACKENDS) +
                              f" (default {','.join(DEFAULT_BACKENDS)}; reference is slow, so "
                              "opt-in and limited by --reference-max-gflop); torch adds a "
-                             "channels-last torch-cl column for pooling")
+                             "channels-last torch-cl column for pooling, and for models and "
+                             "epochs in separate processes")
     parser.add_argument("--repeats", type=_positive_int, metavar="N", default=20,
-                        help="timed repeats per measurement (default 20)")
+                        help="timed repeats per measurement (per process when models run in "
+                             "separate processes; default 20)")
     parser.add_argument("--warmup", type=_non_negative_int, metavar="N", default=3,
-                        help="untimed runs before the repeats (default 3)")
+                        help="untimed runs before the repeats (epoch suite: untimed training "
+                             "steps on a throwaway model before the epoch; default 3)")
     parser.add_argument("--batch-size", type=_positive_int, metavar="N", default=None,
                         help="override every case's batch size (default: 64 for layers, "
                              "64 and 128 for models, 8 in the tiny suite)")
@@ -102,9 +134,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="the reference backend skips layers (and models with a layer) "
                              "needing more forward GFLOP than this (default 0.5); it is timed "
                              "with at most 3 repeats and 1 warm-up")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--separate-processes", dest="model_runs", action="store_const",
+                      const="process", default=None,
+                      help="models: each competitor alone in its own Python process (minicnn, "
+                           "torch NCHW, torch channels-last, alternating; median over "
+                           "--processes processes). The default for every suite but tiny")
+    runs.add_argument("--in-process", dest="model_runs", action="store_const",
+                      const="in-process",
+                      help="models: every competitor in this one process, timed in turns "
+                           "(the older mode; the default of the tiny suite)")
     parser.add_argument("--no-interleave", dest="interleave", action="store_false",
-                        help="models: run each competitor's repeats back to back instead of "
-                             "in turns (to check whether taking turns changes the numbers)")
+                        help="with --in-process (implies it): run each competitor's repeats "
+                             "back to back instead of in turns")
+    parser.add_argument("--processes", type=_positive_int, metavar="K", default=3,
+                        help="separate processes / epoch suite: processes per competitor and "
+                             "setting; the median over them is reported (default 3)")
+    parser.add_argument("--thread-counts", type=_thread_list, metavar="LIST", default=None,
+                        help="separate processes / epoch suite: thread counts to run, e.g. 2,1 "
+                             "(default: --threads and 1 for model steps, giving the "
+                             "thread-scaling table; --threads alone for epochs)")
+    parser.add_argument("--blas-native", action="store_true",
+                        help="start the child processes without OPENBLAS_CORETYPE and "
+                             "OPENBLAS_L2_SIZE (removed in the children only), so OpenBLAS "
+                             "picks this CPU's own kernels; the report says which was used")
+    parser.add_argument("--models", type=_model_list, metavar="LIST", default=None,
+                        help="only these networks of the suite's model cases, e.g. mnist-cnn")
+    from ..data import dataset_names
+
+    parser.add_argument("--dataset", default="mnist", choices=dataset_names(),
+                        help="epoch suite: the data set (default mnist; synthetic needs no "
+                             "files)")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", default=None,
+                        help="epoch suite: train on only the first N images (and test on N), "
+                             "as minicnn train --limit")
+    parser.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="epoch suite: where to look for the data set first (else "
+                             "$MINICNN_DATA_DIR and the usual places)")
     parser.add_argument("--json", metavar="FILE", help="write every result and the machine "
                                                       "record as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the Markdown report")
@@ -141,6 +207,27 @@ def _prepare_torch(backends, explicit: bool, notes: list[str]) -> tuple[str, ...
     return tuple(backends)
 
 
+def _model_runs(args: argparse.Namespace, suite) -> str:
+    """"process" or "in-process": the flag, else ``--no-interleave`` (in-process only), else
+    the suite's default."""
+    if args.model_runs is not None:
+        if args.model_runs == "process" and not args.interleave:
+            raise BenchError("--no-interleave applies to --in-process runs only")
+        return args.model_runs
+    return "in-process" if not args.interleave else suite.model_runs
+
+
+def _thread_counts(args: argparse.Namespace, suite, model_runs: str) -> tuple[int, ...]:
+    if args.thread_counts is not None:
+        if model_runs == "in-process" and not suite.epoch and suite.models:
+            raise BenchError("--thread-counts needs separate processes (drop --in-process); "
+                             "in-process runs use --threads")
+        return args.thread_counts
+    if suite.epoch:
+        return (args.threads,)
+    return tuple(dict.fromkeys((args.threads, 1)))
+
+
 def run(args: argparse.Namespace, log=None) -> dict:
     """Run the suite described by parsed ``args`` and return the result dictionary.
 
@@ -154,11 +241,12 @@ def run(args: argparse.Namespace, log=None) -> dict:
     Raises
     ------
     BenchError
-        If backends disagree (:class:`~.agreement.AgreementError`) or PyTorch is asked for
-        but missing.
+        If backends disagree (:class:`~.agreement.AgreementError`), PyTorch is asked for
+        but missing, options contradict each other or a child process fails.
     """
     from ..kernels.threads import set_num_threads
     from . import machine
+    from . import process as process_bench
     from .compile import measure_compile
     from . import layers as layer_bench
     from . import models as model_bench
@@ -168,32 +256,81 @@ def run(args: argparse.Namespace, log=None) -> dict:
     load_start = machine.load_average()
     notes: list[str] = []
     suite = get_suite(args.suite).with_batch(args.batch_size)
+    if args.models is not None:
+        suite = replace(suite, models=tuple(c for c in suite.models if c.model in args.models))
+        if not suite.models:
+            raise BenchError(f"--models {','.join(args.models)}: suite {suite.name} has no "
+                             "such model case")
+    model_runs = _model_runs(args, suite)
+    thread_counts = _thread_counts(args, suite, model_runs)
+    in_children = bool(suite.models) and (suite.epoch or model_runs == "process")
     backends = _prepare_torch(args.backends or DEFAULT_BACKENDS, args.backends is not None,
                               notes)
     set_num_threads(args.threads)  # after importing torch, so that its pool is set too
     if "reference" in backends:
         notes.append(f"reference backend: layers needing more than {args.reference_max_gflop:g} "
                      "forward GFLOP are skipped; at most 3 repeats and 1 warm-up elsewhere")
+    environment = machine.describe_environment()
+    blas_env = {name: os.environ.get(name) for name in process_bench.BLAS_ENV}
+    if args.blas_native:
+        if in_children:
+            notes.append("--blas-native: the child processes ran without "
+                         + ", ".join(process_bench.BLAS_ENV) + " (OpenBLAS's own choice of "
+                         "kernels for this CPU)"
+                         + (f"; this process kept {', '.join(f'{k}={v}' for k, v in blas_env.items() if v)}"
+                            if any(blas_env.values()) else ""))
+        if suite.layers or (suite.models and not in_children):
+            notes.append("--blas-native changes only child processes: the layers, the GEMM "
+                         "peak and in-process models ran in this process with its "
+                         "environment (run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+                         "minicnn bench ...` for them)")
 
     say(f"minicnn bench: suite {suite.name}, backends {','.join(backends)}, "
-        f"{args.threads} thread(s), {args.repeats} repeats after {args.warmup} warm-up")
+        f"{args.threads} thread(s), {args.repeats} repeats after {args.warmup} warm-up"
+        + (f"; models in separate processes ({args.processes} per competitor, threads "
+           f"{','.join(map(str, thread_counts))})" if in_children else ""))
     peak_repeats = max(3, min(7, args.repeats))
     peak_start = machine.measure_gemm_peak(repeats=peak_repeats, warmup=1)
-    say(f"GEMM peak (NumPy float32 {peak_start['size']}^3): {peak_start['gflops']:.1f} GFLOP/s")
+    core_start = machine.measure_core_peak(repeats=peak_repeats, warmup=1)
+    say(f"GEMM peak (NumPy float32 {peak_start['size']}^3): {peak_start['gflops']:.1f} GFLOP/s "
+        f"at {args.threads} thread(s), {core_start['gflops']:.1f} at 1")
 
     layer_records, model_records, skipped = [], [], []
+    scaling, epochs, process_runs, process_peaks = [], [], [], None
     for case in suite.layers:
         records, missed = layer_bench.bench_layer(case, backends, args.repeats, args.warmup,
                                                   args.reference_max_gflop, log=say)
         layer_records += records
         skipped += missed
     layer_bench.attach_ratios(layer_records)
-    for case in suite.models:
-        records, missed = model_bench.bench_model(case, backends, args.repeats, args.warmup,
-                                                  args.reference_max_gflop,
-                                                  interleave=args.interleave, log=say)
-        model_records += records
-        skipped += missed
+    if suite.models and in_children:
+        child_backends = [b for b in backends if b != "reference"]
+        if "reference" in backends:
+            skipped.append({"name": "models", "backend": "reference",
+                            "reason": "the reference backend is not timed in separate "
+                                      "processes (use --in-process)"})
+        if suite.epoch:
+            say(f"epochs: each competitor alone in its own process, {args.processes} each ...")
+            done = process_bench.bench_epoch(
+                suite.models, child_backends, thread_counts, args.processes, args.warmup,
+                dataset=args.dataset, limit=args.limit, data_dir=args.data_dir,
+                blas_native=args.blas_native, log=say)
+            epochs = done["records"]
+        else:
+            say("model steps: each competitor alone in its own process ...")
+            done = process_bench.bench_models(
+                suite.models, child_backends, thread_counts, args.processes, args.repeats,
+                args.warmup, blas_native=args.blas_native, log=say)
+            model_records, scaling = done["records"], done["scaling"]
+            process_peaks = done["peaks"]
+        process_runs = done["runs"]
+    else:
+        for case in suite.models:
+            records, missed = model_bench.bench_model(case, backends, args.repeats,
+                                                      args.warmup, args.reference_max_gflop,
+                                                      interleave=args.interleave, log=say)
+            model_records += records
+            skipped += missed
 
     compiled = None
     do_compile = suite.compile_default if args.compile is None else args.compile
@@ -204,15 +341,19 @@ def run(args: argparse.Namespace, log=None) -> dict:
             f"{compiled['warm']['first_call_s']:.2f} s")
 
     peak_end = machine.measure_gemm_peak(repeats=peak_repeats, warmup=1, with_torch=False)
+    core_end = machine.measure_core_peak(repeats=peak_repeats, warmup=1)
     peak = machine.combine_peaks(peak_start, peak_end)
-    layer_bench.attach_fractions(layer_records, peak["gflops"])
-    model_bench.attach_fractions(model_records, peak["gflops"])
+    core_peak = machine.combine_peaks(core_start, core_end)
+    description = machine.describe_machine()
+    used = min(args.threads, description.get("usable_cores") or args.threads)
+    layer_bench.attach_fractions(layer_records, peak["gflops"], core_peak["gflops"], used)
+    if not in_children:
+        model_bench.attach_fractions(model_records, peak["gflops"], core_peak["gflops"], used)
     if peak["drift"] > 0.2:
         notes.append(f"the GEMM rate changed by {peak['drift']:.0%} during the run "
                      f"({peak['start_gflops']:.0f} -> {peak['end_gflops']:.0f} GFLOP/s): the "
                      "load on the machine changed, so results from early and late in the run "
                      "are not comparable")
-    description = machine.describe_machine()
     busy = machine.busy_warning(load_start, description.get("usable_cores"))
     if busy:
         notes.append(busy)
@@ -226,15 +367,31 @@ def run(args: argparse.Namespace, log=None) -> dict:
                    "warmup": args.warmup, "batch_size": args.batch_size,
                    "threads": args.threads, "reference_max_gflop": args.reference_max_gflop,
                    "dtype": "float32", "layout": "NCHW", "compile": bool(do_compile),
-                   "interleave": args.interleave},
+                   "interleave": args.interleave,
+                   "model_runs": "process" if in_children else "in-process",
+                   "processes": args.processes if in_children else None,
+                   "thread_counts": list(thread_counts) if in_children else [args.threads],
+                   "blas_native": bool(args.blas_native),
+                   "child_blas_env": ("native (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)"
+                                      if args.blas_native else "inherited") if in_children
+                                     else None,
+                   "models": list(args.models) if args.models else None,
+                   "dataset": args.dataset if suite.epoch else None,
+                   "limit": args.limit if suite.epoch else None},
         "machine": description,
         "load_average": {"start": load_start, "end": machine.load_average()},
         "versions": machine.describe_versions(),
         "blas": machine.describe_blas(),
         "threads": machine.describe_threads(args.threads),
+        "environment": environment,
         "gemm_peak": peak,
+        "gemm_core_peak": core_peak,
         "layers": layer_records,
         "models": model_records,
+        "scaling": scaling,
+        "epochs": epochs,
+        "process_runs": process_runs,
+        "process_peaks": process_peaks,
         "compile": compiled,
         "skipped": skipped,
         "notes": notes,

@@ -193,17 +193,31 @@ def _record(case: LayerCase, implementation: str, forward: Stats, backward: Stat
                          "total": _rate(bytes_f + bytes_b, total)},
         "compute_bound": case.is_compute_bound,
         "fraction_of_peak": None,
+        "fraction_of_core_peak": None,
         "ratio_to_torch": None,
     }
 
 
-def attach_fractions(records: list[dict], peak_gflops: float | None) -> None:
+def attach_fractions(records: list[dict], peak_gflops: float | None,
+                     core_peak_gflops: float | None = None, threads: int | None = None) -> None:
     """Set ``fraction_of_peak`` = GFLOP/s / ``peak_gflops`` (forward, backward, total) for
-    convolution and linear records; pooling (memory-bound) keeps ``None``."""
+    convolution and linear records; pooling (memory-bound) keeps ``None``.
+
+    Given the single-thread GEMM peak ``core_peak_gflops`` and the ``threads`` the layer
+    ran on, also ``fraction_of_core_peak`` = GFLOP/s / (``threads`` x ``core_peak_gflops``):
+    the fraction of what one core's GEMM reaches, per core used (the issue's ">= 70 % of the
+    single-thread GEMM peak per core")."""
     for record in records:
-        if record["compute_bound"] and peak_gflops:
+        record.setdefault("fraction_of_core_peak", None)
+        if not record["compute_bound"]:
+            continue
+        if peak_gflops:
             record["fraction_of_peak"] = {k: (v / peak_gflops if v is not None else None)
                                           for k, v in record["gflops"].items()}
+        if core_peak_gflops and threads:
+            per_core = threads * core_peak_gflops
+            record["fraction_of_core_peak"] = {k: (v / per_core if v is not None else None)
+                                               for k, v in record["gflops"].items()}
 
 
 def attach_ratios(records: list[dict]) -> None:

@@ -136,6 +136,45 @@ def describe_threads(requested: int) -> dict:
     }
 
 
+#: Environment variables recorded (never changed) with every result: BLAS kernel choice and
+#: cache size, the allocator's tunables, and thread settings.
+RECORDED_ENV_PREFIXES = ("OPENBLAS_", "MALLOC_", "GLIBC_TUNABLES", "OMP_", "KMP_", "MKL_",
+                         "NUMBA_", "GOMP_", "LD_PRELOAD")
+
+
+def describe_environment(environ=None) -> dict:
+    """The environment variables that change speed: ``OPENBLAS_*`` (``OPENBLAS_CORETYPE``,
+    ``OPENBLAS_L2_SIZE``, ...), ``MALLOC_*`` and ``GLIBC_TUNABLES`` (glibc's allocator),
+    ``OMP_*``/``KMP_*``/``GOMP_*``, ``MKL_*``, ``NUMBA_*`` and ``LD_PRELOAD``, as set."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in sorted(environ) if k.startswith(RECORDED_ENV_PREFIXES)}
+
+
+def describe_torch() -> dict | None:
+    """PyTorch's own CPU setup when it is loaded: version, intra- and inter-op threads, the
+    SIMD level its kernels dispatch to (``AVX512``, ``AVX2``, ...), oneDNN availability."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    info = {"version": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "cpu_capability": None,
+            "mkldnn": bool(torch.backends.mkldnn.is_available())}
+    try:
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        pass
+    return info
+
+
+def measure_core_peak(size: int = 1024, repeats: int = 7, warmup: int = 2) -> dict:
+    """:func:`measure_gemm_peak` with BLAS held at one thread: the single-core GEMM rate that
+    per-core fractions (``fraction_of_core_peak``) are taken of."""
+    from ..kernels.threads import blas_single_threaded
+
+    with blas_single_threaded():
+        return measure_gemm_peak(size, repeats, warmup, with_torch=False)
+
+
 def measure_gemm_peak(size: int = 1024, repeats: int = 7, warmup: int = 2,
                       with_torch: bool = True) -> dict:
     """The machine's float32 GEMM rate as NumPy reaches it: ``C = A @ B`` with square

@@ -121,16 +121,20 @@ class MinicnnModel:
 
 
 class TorchModel:
-    """The PyTorch twin with its loss and optimiser."""
+    """The PyTorch twin with its loss and optimiser; ``channels_last`` puts the model and the
+    input in ``torch.channels_last`` memory format (PyTorch's fastest CPU layout here)."""
 
-    def __init__(self, minicnn_model: nn.Module, x, labels):
+    def __init__(self, minicnn_model: nn.Module, x, labels, channels_last: bool = False):
         import torch
 
         self.torch = torch
         self.model = torch_twin(minicnn_model)
+        self.x = torch.from_numpy(x.copy())
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
-        self.x = torch.from_numpy(x.copy())
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.logits = None
 
@@ -155,6 +159,20 @@ class TorchModel:
         return result
 
 
+def make_inputs(case: ModelCase):
+    """``(x, labels, template)``: the seeded random batch every competitor of ``case`` uses
+    (float32 NCHW images, int labels) and a minicnn model with the seeded weights (``rng=0``)
+    that every competitor copies (PyTorch through :func:`torch_twin`). The same in every
+    process, so competitors timed in different processes still share inputs and weights."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((case.batch, case.in_channels, case.image_size, case.image_size),
+                            dtype=np.float32)
+    labels = rng.integers(0, case.num_classes, case.batch)
+    template = zoo.build(case.model, case.in_channels, case.num_classes,
+                         image_size=case.image_size, rng=0)
+    return x, labels, template
+
+
 # ------------------------------------------------------------------------------------------------
 # FLOPs
 # ------------------------------------------------------------------------------------------------
@@ -174,10 +192,16 @@ def model_flops(model: nn.Module, case: ModelCase) -> dict[str, int]:
     return {"inference": forward, "train": 3 * forward - first}
 
 
-def attach_fractions(records: list[dict], peak_gflops: float | None) -> None:
-    """Set each record's ``fraction_of_peak`` = its GFLOP/s / ``peak_gflops``."""
+def attach_fractions(records: list[dict], peak_gflops: float | None,
+                     core_peak_gflops: float | None = None, threads: int | None = None) -> None:
+    """Set each record's ``fraction_of_peak`` = its GFLOP/s / ``peak_gflops`` and, given the
+    single-thread GEMM peak, ``fraction_of_core_peak`` = GFLOP/s / (``threads`` x
+    ``core_peak_gflops``) (the record's own ``threads`` when it has one)."""
     for record in records:
         record["fraction_of_peak"] = record["gflops"] / peak_gflops if peak_gflops else None
+        used = record.get("threads") or threads
+        record["fraction_of_core_peak"] = (record["gflops"] / (used * core_peak_gflops)
+                                           if core_peak_gflops and used else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,12 +247,7 @@ def bench_model(case: ModelCase, backends, repeats: int, warmup: int,
     """
     from .layers import REFERENCE_MAX_REPEATS, REFERENCE_MAX_WARMUP
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((case.batch, case.in_channels, case.image_size, case.image_size),
-                            dtype=np.float32)
-    labels = rng.integers(0, case.num_classes, case.batch)
-    template = zoo.build(case.model, case.in_channels, case.num_classes,
-                         image_size=case.image_size, rng=0)
+    x, labels, template = make_inputs(case)
     state = template.state_dict()
     flops = model_flops(template, case)
 

@@ -81,7 +81,13 @@ def _header(results: dict) -> list[str]:
                  if load.get("start") else "unknown")
     env = threads.get("environment") or {}
     env_text = ", ".join(f"{k}={v}" for k, v in env.items()) or "none set"
-    return [
+    core = results.get("gemm_core_peak")
+    core_text = (f"; single-thread (per core): **{_num(core['gflops'], 1)} GFLOP/s**"
+                 if core else "")
+    environment = results.get("environment") or {}
+    recorded = ", ".join(f"{k}={v}" for k, v in environment.items()
+                         if k.startswith(("OPENBLAS_", "MALLOC_", "GLIBC_TUNABLES")))
+    lines = [
         f"# minicnn benchmark: suite `{config['suite']}`",
         "",
         f"- **Machine**: {machine.get('cpu_model')}, {machine.get('usable_cores')} usable cores "
@@ -98,24 +104,61 @@ def _header(results: dict) -> list[str]:
         f"thread environment: {env_text}",
         f"- **GEMM peak** (NumPy float32 {peak['size']}x{peak['size']} @ "
         f"{peak['size']}x{peak['size']}, median of {peak['repeats']}): "
-        f"**{_num(peak['gflops'], 1)} GFLOP/s**{end_peak}{torch_peak}",
+        f"**{_num(peak['gflops'], 1)} GFLOP/s** at {threads['requested']} thread(s)"
+        f"{core_text}{end_peak}{torch_peak}",
+        f"- **BLAS and allocator environment** (recorded, not changed): "
+        f"{recorded or 'no OPENBLAS_*, MALLOC_* or GLIBC_TUNABLES set'}",
         f"- **Load average** (1/5/15 min, all processes): {load_text}",
-        f"- **Timing**: median ± inter-quartile range of {config['repeats']} repeats after "
-        f"{config['warmup']} warm-up runs, in milliseconds; `× torch` = time / PyTorch's "
-        "(NCHW) time in the same run (below 1: faster than PyTorch)",
+        (f"- **Timing**: one epoch per process after {config['warmup']} untimed training "
+         "steps; `× torch` = time / PyTorch's (NCHW) time in the same run (below 1: faster "
+         "than PyTorch)" if config["suite"] == "epoch" else
+         f"- **Timing**: median ± inter-quartile range of {config['repeats']} repeats after "
+         f"{config['warmup']} warm-up runs, in milliseconds; `× torch` = time / PyTorch's "
+         "(NCHW) time in the same run (below 1: faster than PyTorch)"),
     ]
+    if config.get("model_runs") == "process":
+        lines += _children_header(results)
+    return lines
+
+
+def _children_header(results: dict) -> list[str]:
+    """What the child processes recorded about themselves, summarised."""
+    config, runs = results["config"], results.get("process_runs") or []
+    lines = [f"- **Separate processes**: each competitor alone in its own Python process, "
+             f"{config['processes']} per competitor and setting, alternating; thread counts "
+             f"{', '.join(map(str, config['thread_counts']))}; BLAS environment of the "
+             f"children: **{config['child_blas_env']}**"]
+    if not runs:
+        return lines
+    cores = sorted({str(r["blas"].get("corename")) for r in runs})
+    coretype = sorted({str(r["blas"].get("openblas_coretype_env") or "unset") for r in runs})
+    capability = sorted({str((r.get("torch") or {}).get("cpu_capability"))
+                         for r in runs if r.get("torch")})
+    malloc = sorted({f"{k}={v}" for r in runs for k, v in r["environment"].items()
+                     if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))})
+    mismatched = [r for r in runs if r["threads"].get("numba") != r["threads_requested"]
+                  or (r.get("torch") and r["torch"]["threads"] != r["threads_requested"])]
+    lines.append(
+        f"- **In the children**: OpenBLAS core kernel {', '.join(cores)} "
+        f"(OPENBLAS_CORETYPE {', '.join(coretype)}); PyTorch CPU capability "
+        f"{', '.join(capability) or '–'}; MALLOC settings {', '.join(malloc) or 'none'}; "
+        + ("thread counts in effect as requested in every process"
+           if not mismatched else f"{len(mismatched)} process(es) ran with other thread "
+                                  "counts than requested (see process_runs in the JSON)"))
+    return lines
 
 
 def _layers_table(records: list[dict]) -> list[str]:
     lines = ["| layer | shape | batch | backend | forward ms | backward ms | GFLOP/s "
-             "| % peak | GB/s | × torch fwd | × torch bwd | × torch total |",
-             "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| % peak | % core peak | GB/s | × torch fwd | × torch bwd | × torch total |",
+             "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     previous = None
     for r in records:
         first = r["name"] != previous
         previous = r["name"]
         ratio = r["ratio_to_torch"] or {}
         peak = r["fraction_of_peak"]
+        core = r.get("fraction_of_core_peak")
         backend = r["backend"] + (" (NHWC)" if r["backend"] == "torch-cl" else "")
         compute = r["kind"] in ("conv", "linear")
         lines.append(
@@ -123,6 +166,7 @@ def _layers_table(records: list[dict]) -> list[str]:
             f"| {r['batch'] if first else ''} | {backend} | {_ms(r['forward'])} "
             f"| {_ms(r['backward'])} | {_num(r['gflops']['total'], 1) if compute else '–'} "
             f"| {_num(peak['total'] * 100, 1, '%') if peak else '–'} "
+            f"| {_num(core['total'] * 100, 1, '%') if core else '–'} "
             f"| {_num(r['gbytes_per_s']['total'], 1)} "
             f"| {_num(ratio.get('forward'))} | {_num(ratio.get('backward'))} "
             f"| {_num(ratio.get('total'))} |")
@@ -143,6 +187,66 @@ def _models_table(records: list[dict]) -> list[str]:
             f"| {_num(r['images_per_s'], 0)} | {_num(r['gflops'], 1)} "
             f"| {_num(r['fraction_of_peak'] * 100 if r['fraction_of_peak'] else None, 1, '%')} "
             f"| {_num(r['ratio_to_torch'])} |")
+    return lines
+
+
+def _pct(value) -> str:
+    return _num(value * 100 if value is not None else None, 1, "%")
+
+
+def _process_models_table(records: list[dict]) -> list[str]:
+    lines = ["| model | batch | mode | threads | backend | ms / step | per-process medians "
+             "| images/s | % peak | % core peak | × torch | × torch-cl |",
+             "|---|--:|---|--:|---|--:|---|--:|--:|--:|--:|--:|"]
+    previous = None
+    order = sorted(records, key=lambda r: (r["name"], r["batch"], r["mode"] != "train",
+                                          -r["threads"]))
+    for r in order:
+        key = (r["name"], r["batch"], r["mode"], r["threads"])
+        first = key != previous
+        previous = key
+        backend = r["backend"] + (" (NHWC)" if r["backend"] == "torch-cl" else "")
+        medians = ", ".join(_time(p["median_ms"]) for p in r["processes"])
+        lines.append(
+            f"| {r['name'] if first else ''} | {r['batch'] if first else ''} "
+            f"| {r['mode'] if first else ''} | {r['threads'] if first else ''} | {backend} "
+            f"| {_ms(r['step'])} | {medians} | {_num(r['images_per_s'], 0)} "
+            f"| {_pct(r['fraction_of_peak'])} | {_pct(r.get('fraction_of_core_peak'))} "
+            f"| {_num(r['ratio_to_torch'])} | {_num(r.get('ratio_to_torch_cl'))} |")
+    return lines
+
+
+def _scaling_table(scaling: list[dict]) -> list[str]:
+    lines = ["| model | batch | mode | backend | 1 thread ms | threads | ms | speed-up |",
+             "|---|--:|---|---|--:|--:|--:|--:|"]
+    for r in sorted(scaling, key=lambda r: (r["name"], r["batch"], r["mode"] != "train")):
+        lines.append(f"| {r['name']} | {r['batch']} | {r['mode']} | {r['backend']} "
+                     f"| {_time(r['time_1_thread_ms'])} | {r['threads']} "
+                     f"| {_time(r['time_ms'])} | {r['speedup']:.2f} |")
+    return lines
+
+
+def _seconds(stats: dict | None) -> str:
+    if not stats:
+        return "–"
+    return f"{stats['median_ms'] / 1e3:.2f} ± {stats['iqr_ms'] / 1e3:.2f}"
+
+
+def _epoch_table(records: list[dict]) -> list[str]:
+    lines = ["| model | batch | threads | backend | images | steps | epoch s | steps-only s "
+             "| loop overhead | × torch epoch | × torch-cl epoch | × torch steps "
+             "| × torch-cl steps | test accuracy |",
+             "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in records:
+        backend = r["backend"] + (" (NHWC)" if r["backend"] == "torch-cl" else "")
+        accuracy = ", ".join(f"{a:.4f}" for a in r["test_accuracy"] if a is not None)
+        lines.append(
+            f"| {r['name']} | {r['batch']} | {r['threads']} | {backend} "
+            f"| {r['train_images']:,} | {r['steps_per_epoch']} | {_seconds(r['epoch'])} "
+            f"| {_seconds(r['steps'])} | {_pct(r['loop_overhead'])} "
+            f"| {_num(r['ratio_to_torch'])} | {_num(r['ratio_to_torch_cl'])} "
+            f"| {_num(r['steps_ratio_to_torch'])} | {_num(r['steps_ratio_to_torch_cl'])} "
+            f"| {accuracy} |")
     return lines
 
 
@@ -168,13 +272,44 @@ def markdown(results: dict) -> str:
                   "layers; pooling is memory-bound, compare its GB/s (least possible "
                   "traffic / time).", ""]
         lines += _layers_table(results["layers"])
-    if results["models"]:
+    separate = results["config"].get("model_runs") == "process"
+    if results["models"] and separate:
+        lines += ["", "## Models, each library alone in its own process", "",
+                  "train = zero_grad + forward + cross-entropy + backward (no input "
+                  "gradient) + SGD step; inference = eval-mode forward. Every process builds "
+                  "its model, warms up and reports the median of its repeats; `ms / step` is "
+                  "the median over the processes ± their inter-quartile range, `× torch` and "
+                  "`× torch-cl` the ratio of that median to PyTorch NCHW's and "
+                  "channels-last's at the same thread count; % core peak = GFLOP/s / "
+                  "(threads × the children's single-thread GEMM peak).", ""]
+        lines += _process_models_table(results["models"])
+    elif results["models"]:
         lines += ["", "## Models (whole training steps and inference)", "",
                   "train = zero_grad + forward + cross-entropy + backward (no input "
                   "gradient) + SGD step; inference = eval-mode forward. Competitors timed "
+                  "in this one process "
                   + ("in turns." if results["config"].get("interleave", True)
                      else "one after the other (--no-interleave)."), ""]
         lines += _models_table(results["models"])
+    if results.get("scaling"):
+        lines += ["", "## Thread scaling", "",
+                  "speed-up = median step time at 1 thread / at N threads (separate "
+                  "processes); N on N cores would ideally give N.", ""]
+        lines += _scaling_table(results["scaling"])
+    if results.get("epochs"):
+        limit = results["config"].get("limit")
+        lines += ["", "## One training epoch, each in its own process", "",
+                  "minicnn: `minicnn train --model M --epochs 1` (its own code path and "
+                  "defaults, progress bar on); PyTorch: a plain script with the same model, "
+                  "initial weights, recipe, data split, per-epoch shuffle and normalisation. "
+                  "`epoch s` = wall time of the epoch's loop (data, steps, metrics; not the "
+                  "validation), `steps-only s` = the time inside training steps (forward to "
+                  "optimiser step), `loop overhead` = epoch / steps - 1; median over "
+                  "processes ± IQR; each process first ran --warmup untimed steps on a "
+                  "throwaway model"
+                  + (f"; only the first {limit:,} training images (--limit)" if limit else "")
+                  + ".", ""]
+        lines += _epoch_table(results["epochs"])
     if results.get("compile"):
         lines += ["", "## Numba compile cost (fresh processes)", ""]
         lines += _compile_table(results["compile"])
@@ -273,15 +408,28 @@ def write_plot(results: dict, path) -> Path:
             (_series(layers, groups, key, lambda r: r["backward"]["median_ms"], backends),
              "backward (with input gradient)", "milliseconds (log)")]))
     if models:
-        groups = list(dict.fromkeys(f"{r['name']} b{r['batch']}" for r in models))
+        def key(r):
+            return f"{r['name']} b{r['batch']}" + (f" {r['threads']}t" if "threads" in r else "")
+        groups = list(dict.fromkeys(key(r) for r in models))
         backends = _ordered(dict.fromkeys(r["backend"] for r in models))
-        key = lambda r: f"{r['name']} b{r['batch']}"  # noqa: E731
         per_mode = []
         for mode, title in (("train", "training step"), ("inference", "inference batch")):
             chosen = [r for r in models if r["mode"] == mode]
             per_mode.append((_series(chosen, groups, key, lambda r: r["step"]["median_ms"],
                                      backends), title, "milliseconds (log)"))
         panels.append(("models", groups, per_mode))
+    epochs = results.get("epochs") or []
+    if epochs:
+        def epoch_key(r):
+            return f"{r['name']} b{r['batch']} {r['threads']}t epoch"
+        groups = list(dict.fromkeys(epoch_key(r) for r in epochs))
+        backends = _ordered(dict.fromkeys(r["backend"] for r in epochs))
+        panels.append(("epochs", groups, [
+            (_series(epochs, groups, epoch_key, lambda r: r["epoch"]["median_ms"] / 1e3,
+                     backends), "epoch wall time", "seconds (log)"),
+            (_series(epochs, groups, epoch_key,
+                     lambda r: r["steps"]["median_ms"] / 1e3 if r["steps"] else None,
+                     backends), "time in training steps", "seconds (log)")]))
     if not panels:
         raise ValueError("write_plot: no results to plot")
 
@@ -291,7 +439,7 @@ def write_plot(results: dict, path) -> Path:
     for row, (kind, groups, charts) in enumerate(panels):
         for column, (series, title, xlabel) in enumerate(charts):
             axis = axes[row][column]
-            prefix = "Layer " if kind == "layers" else "Model "
+            prefix = {"layers": "Layer ", "models": "Model "}.get(kind, "")
             _grouped_bars(axis, groups, series, prefix + title, xlabel)
             if column == 1:
                 axis.set_yticklabels([])

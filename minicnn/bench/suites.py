@@ -185,6 +185,12 @@ class Suite:
     models: tuple[ModelCase, ...] = ()
     compile_default: bool = False
     notes: tuple[str, ...] = field(default=())
+    #: How model steps are timed by default: "process" (each library alone in its own
+    #: process) or "in-process" (every competitor in the harness's process, in turns).
+    model_runs: str = "process"
+    #: True: ``models`` are timed as whole training epochs (``minicnn train`` against a
+    #: plain PyTorch script), not as single steps.
+    epoch: bool = False
 
     def with_batch(self, batch: int | None) -> "Suite":
         """The same suite with every layer and model at ``batch`` (``None``: unchanged;
@@ -268,8 +274,12 @@ SUITES: dict[str, Suite] = {
                     models=MODELS),
     "standard": Suite("standard", "layers + models + Numba compile cost",
                       layers=CONV + POOL + DENSE, models=MODELS, compile_default=True),
-    "tiny": Suite("tiny", "a few very small shapes and LeNet-5 at batch 8 (for tests)",
-                  layers=TINY, models=(ModelCase("lenet5", 8),)),
+    "epoch": Suite("epoch", "one training epoch of `minicnn train --model mnist-cnn` against a "
+                            "plain PyTorch script with the same recipe and data, each in its "
+                            "own process", models=(ModelCase("mnist-cnn", 64),), epoch=True),
+    "tiny": Suite("tiny", "a few very small shapes and LeNet-5 at batch 8, models timed "
+                          "in-process (for tests)",
+                  layers=TINY, models=(ModelCase("lenet5", 8),), model_runs="in-process"),
 }
 
 
