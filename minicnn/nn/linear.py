@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import init
+from .. import init, kernels
+from ..kernels import dense
 from ._checks import as_dtype, check_array, check_input
 from .module import Module, Parameter
 
@@ -18,6 +19,10 @@ class Linear(Module):
     bias : bool
     rng : numpy.random.Generator, int or None
     dtype : float32 (default) or float64
+    backend : {"reference", "im2col", "numba"} or None
+        ``"numba"`` splits the products across Numba's threads
+        (:mod:`minicnn.kernels.dense`); the others use the NumPy lines below, which are the
+        readable definition. ``None`` follows the process-wide default at each call.
 
     Shapes
     ------
@@ -26,7 +31,7 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None,
-                 dtype=np.float32):
+                 dtype=np.float32, backend: str | None = None):
         super().__init__()
         for arg, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -37,7 +42,11 @@ class Linear(Module):
             init.resolve_rng(rng), dtype)
         self.weight = Parameter(weight)
         self.bias = Parameter(bias_value) if bias else None
+        if backend is not None:
+            kernels.get(backend)  # fail now, not at the first forward, on a typo
+        self.backend = backend
         self._x = None
+        self._use_kernels = False
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = check_input("Linear", x, 2, layout="(N, in_features)")
@@ -45,22 +54,34 @@ class Linear(Module):
             raise ValueError(f"Linear: expected {self.in_features} input features, got "
                              f"{x.shape[1]} (input shape {x.shape}); is the Flatten size right?")
         self._x = x
-        y = x @ as_dtype(self.weight.data, x.dtype).T
-        if self.bias is not None:
-            y += as_dtype(self.bias.data, x.dtype)
+        weight = as_dtype(self.weight.data, x.dtype)
+        bias = None if self.bias is None else as_dtype(self.bias.data, x.dtype)
+        self._use_kernels = ((self.backend or kernels.get_default_backend()) == "numba"
+                             and dense.supports(x.dtype, weight))
+        if self._use_kernels:
+            return self._output(dense.linear_forward(x, weight, bias))
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
         return self._output(y)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """``dW += dyᵀ x``, ``db += Σ_n dy``, returns ``dx = dy W``."""
         dy = self._check_dy(dy, self._x)
-        self.weight.accumulate_grad(dy.T @ self._x)
+        weight = as_dtype(self.weight.data, dy.dtype)
+        if self._use_kernels:
+            dx, dweight, dbias = dense.linear_backward(dy, self._x, weight)
+        else:
+            dx, dweight, dbias = dy @ weight, dy.T @ self._x, dy.sum(axis=0)
+        self.weight.accumulate_grad(dweight)
         if self.bias is not None:
-            self.bias.accumulate_grad(dy.sum(axis=0))
-        return dy @ as_dtype(self.weight.data, dy.dtype)
+            self.bias.accumulate_grad(dbias)
+        return dx
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+        text = (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+        return text if self.backend is None else f"{text}, backend={self.backend!r}"
 
 
 class Flatten(Module):
