@@ -43,6 +43,7 @@ def test_read_several_batches_concatenates(tmp_path):
     p2 = write_batch(tmp_path / "b.bin", *b)
     images, labels = read_cifar10([p1, p2])
     assert images.shape == (5, 3, 32, 32)
+    np.testing.assert_array_equal(images, np.concatenate([a[0], b[0]]))
     np.testing.assert_array_equal(labels, np.concatenate([a[1], b[1]]))
 
 
