@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=_positive_int, default=3, metavar="K",
                          help="how many classes to show per image (default 3)")
     predict.add_argument("--json", action="store_true",
-                         help='print JSON: [{"image", "top": [{"label", "probability"}]}]')
+                         help='print JSON: [{"image", "inverted", "top": [{"label", '
+                              '"probability"}]}]')
     predict.add_argument("--no-preprocess", action="store_true",
                          help="only resize and convert: no inverting, cropping or centring")
     _common(predict)
@@ -263,13 +264,12 @@ def _report_resume(args, stored) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, fit
+    from .train import fit, read_config
 
     out = Path(args.out) if args.out else _default_out(args)
     if args.resume:
-        if not (out / "config.json").exists():
-            raise UserError(f"nothing to resume: {out} is not a run folder (no config.json)")
-        stored = TrainConfig.from_json((out / "config.json").read_text())
+        stored = read_config(out, f"nothing to resume: {out} is not a run folder (no "
+                                  "config.json)")
         _report_resume(args, stored)
         config = stored
     else:

@@ -281,18 +281,33 @@ def _load_data(config: TrainConfig):
     return train_full, train_set, val_set, test_set
 
 
-def _read_config(out: Path) -> TrainConfig:
+def read_config(out_dir, missing: str | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` stored in run folder ``out_dir``.
+
+    Raises
+    ------
+    TrainingError
+        With ``missing`` (or a default message) when there is no ``config.json``, or naming a
+        damaged one.
+    """
+    out = Path(out_dir)
+    missing = missing or f"{out} is not a run folder: no config.json"
     path = out / "config.json"
     if not path.exists():
-        raise TrainingError(f"nothing to resume: {out} has no config.json (not a run folder)")
-    return TrainConfig.from_json(path.read_text())
+        raise TrainingError(missing)
+    try:
+        return TrainConfig.from_json(path.read_text())
+    except (ValueError, TypeError) as error:
+        raise TrainingError(f"{path} is damaged ({error}); it can be rewritten from "
+                            "TrainConfig().to_json() with the run's settings") from error
 
 
 def _settle_config(config: TrainConfig, out: Path, resume: bool, epochs, data_dir):
     """The config a run goes on with, and the checkpoint state to resume from (or None)."""
     state = None
     if resume:
-        config = _read_config(out)
+        config = read_config(out, f"nothing to resume: {out} has no config.json (not a run "
+                                   "folder)")
         checkpoint_path = out / "checkpoint.npz"
         state = load(checkpoint_path) if checkpoint_path.exists() else None
         done = int(state["progress.epoch"]) if state is not None else 0
@@ -584,13 +599,11 @@ def load_run(out_dir, data_dir=None):
         When ``out_dir`` is not a finished run folder, or an old one whose data set is gone.
     """
     out = Path(out_dir)
-    config_path, model_path = out / "config.json", out / "model.npz"
-    if not config_path.exists():
-        raise TrainingError(f"{out} is not a run folder: no config.json")
+    model_path = out / "model.npz"
+    config = read_config(out)
     if not model_path.exists():
         raise TrainingError(f"{out} has no trained model ({model_path.name}); train first or "
                             "resume the run")
-    config = TrainConfig.from_json(config_path.read_text())
     meta = _read_meta(out, config, data_dir)
     model = build_model(config, meta)
     load(model_path, model)

@@ -278,3 +278,16 @@ def test_sigkill_at_any_write_then_resume_equals_an_uninterrupted_run(tmp_path):
         history_without_timing(full / "history.json")
     assert [e["epoch"] for e in json.loads((out / "history.json").read_text())] == [1, 2, 3]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_damaged_config_is_named_not_a_traceback(tmp_path, capsys):
+    from minicnn.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"dataset": "synth')      # cut off mid-write
+    (run / "model.npz").write_bytes(b"")
+    for argv in (["train", "--out", str(run), "--resume"], ["evaluate", str(run)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "config.json is damaged" in err and "Traceback" not in err
