@@ -1,22 +1,22 @@
-"""Numba kernels: parallel ``@njit`` loops where they win, NumPy and BLAS where those do.
+"""Numba kernels: every pass of a layer runs in Numba's one thread pool.
 
-Convolution keeps the im2col + GEMM structure of :mod:`minicnn.kernels.im2col` -- the matrix
-products are what BLAS does best -- and each pass around the GEMMs uses whichever
-implementation measured fastest on the benchmark suite (``minicnn bench``):
+- **Convolution** (ungrouped, float32/float64) runs as one parallel loop over the batch:
+  :mod:`minicnn.kernels.onepool`, where each thread pads, multiplies with a single-threaded GEMM
+  called from compiled code, and writes its own samples (backward: its own partial weight
+  gradient and input gradient). Nothing is handed to OpenBLAS's thread pool, whose workers
+  kept spinning after every GEMM and starved the Numba loops that followed.
+- **Depthwise convolutions** (``groups == channels``) use direct loops (below): their
+  per-channel GEMMs are far too thin for BLAS.
+- **Other grouped convolutions** keep the im2col + GEMM relay of the first version of this
+  backend: NumPy unrolls, ``np.matmul`` multiplies, ``_gemm_to_nchw`` lays the result out and
+  adds the bias in one pass, ``_col2im`` folds back race-free (each thread gathers into its
+  own (sample, channel) plane). It is also the fallback where NumPy's BLAS exports no
+  in-kernel GEMM (:mod:`minicnn.kernels.blas`).
+- **Pooling** is one direct pass per (sample, channel) plane, in parallel; max pooling stores
+  the winning input position so backward is a single scatter into the thread's own plane.
 
-- Unrolling (``im2col``) and the ``dy`` transpose stay NumPy strided copies: they beat every
-  Numba loop we wrote for them (1.3-3x), even with two Numba threads against one.
-- ``_gemm_to_nchw`` turns the GEMM's ``(C_out, N * L)`` result into NCHW and adds the bias in
-  the same pass (one pass instead of NumPy's two).
-- ``_col2im`` adds the columns back onto the input. It is parallel over (sample, channel)
-  planes and each thread *gathers* into its own plane, so no two threads ever write the same
-  pixel: no write races, no atomics, deterministic sums. It is up to 2x faster than NumPy's
-  col2im.
-- Depthwise convolutions (``groups == channels``) skip im2col: their per-channel GEMMs are far
-  too thin for BLAS, so direct loops do the work.
-
-Pooling is one direct pass per (sample, channel) plane, in parallel; max pooling stores the
-winning input position so backward is a single scatter into the thread's own plane.
+``Linear`` and ``ReLU`` on this backend use :mod:`minicnn.kernels.dense` and
+:mod:`minicnn.kernels.pointwise`, which follow the same one-pool rule.
 
 Kernels are compiled on first use for the dtype they see (float32 and float64 each get their
 own machine code) and cached on disk (``cache=True``), so later processes start quickly.
