@@ -273,12 +273,11 @@ def run(args: argparse.Namespace, log=None) -> dict:
     environment = machine.describe_environment()
     blas_env = {name: os.environ.get(name) for name in process_bench.BLAS_ENV}
     if args.blas_native:
+        kept = ", ".join(f"{k}={v}" for k, v in blas_env.items() if v)
         if in_children:
             notes.append("--blas-native: the child processes ran without "
                          + ", ".join(process_bench.BLAS_ENV) + " (OpenBLAS's own choice of "
-                         "kernels for this CPU)"
-                         + (f"; this process kept {', '.join(f'{k}={v}' for k, v in blas_env.items() if v)}"
-                            if any(blas_env.values()) else ""))
+                         "kernels for this CPU)" + (f"; this process kept {kept}" if kept else ""))
         if suite.layers or (suite.models and not in_children):
             notes.append("--blas-native changes only child processes: the layers, the GEMM "
                          "peak and in-process models ran in this process with its "

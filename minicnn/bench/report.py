@@ -175,7 +175,7 @@ def _layers_table(records: list[dict]) -> list[str]:
 
 def _models_table(records: list[dict]) -> list[str]:
     lines = ["| model | batch | mode | backend | ms / step | images/s | GFLOP/s | % peak "
-             "| × torch |", "|---|--:|---|---|--:|--:|--:|--:|--:|"]
+             "| % core peak | × torch |", "|---|--:|---|---|--:|--:|--:|--:|--:|--:|"]
     previous = None
     for r in records:
         key = (r["name"], r["batch"], r["mode"])
@@ -186,7 +186,7 @@ def _models_table(records: list[dict]) -> list[str]:
             f"| {r['mode'] if first else ''} | {r['backend']} | {_ms(r['step'])} "
             f"| {_num(r['images_per_s'], 0)} | {_num(r['gflops'], 1)} "
             f"| {_num(r['fraction_of_peak'] * 100 if r['fraction_of_peak'] else None, 1, '%')} "
-            f"| {_num(r['ratio_to_torch'])} |")
+            f"| {_pct(r.get('fraction_of_core_peak'))} | {_num(r['ratio_to_torch'])} |")
     return lines
 
 
