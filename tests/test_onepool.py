@@ -157,6 +157,10 @@ def test_numba_backend_routes_through_onepool_and_falls_back(monkeypatch, rng):
                                                       (1, 1), 1)
     assert ctx_relay[0] == "gemm"
     assert_close(y, y_relay, "y")
+    monkeypatch.setattr(blas, "AVAILABLE", True)
+    monkeypatch.setattr(numba_backend, "USE_ONEPOOL", False)       # the switch tutorial 09 uses
+    assert numba_backend.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1)[1][0] \
+        == "gemm"
     for ours, relay, name in zip(grads, numba_backend.conv2d_backward(np.sin(y), ctx_relay),
                                  ("dx", "dweight", "dbias")):
         assert_close(ours, relay, name)

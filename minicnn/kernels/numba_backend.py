@@ -34,6 +34,10 @@ from .im2col import im2col
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 
+#: Route ungrouped convolutions through :mod:`minicnn.kernels.onepool` (the default). Set it to
+#: ``False`` to time the relay design against it (tutorial 09 does); results agree either way.
+USE_ONEPOOL = True
+
 
 # --------------------------------------------------------------------------------------------
 # Convolution: data movement kernels
@@ -190,7 +194,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
 
     Parameters and returns as in :func:`minicnn.kernels.reference.conv2d_forward`.
     """
-    if onepool.supports(x.dtype, weight, groups):
+    if USE_ONEPOOL and onepool.supports(x.dtype, weight, groups):
         y, ctx = onepool.conv2d_forward(x, weight, bias, stride, padding, dilation)
         return y, ("onepool", ctx)
     x = np.ascontiguousarray(x)
