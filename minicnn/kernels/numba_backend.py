@@ -24,6 +24,7 @@ own machine code) and cached on disk (``cache=True``), so later processes start 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -89,34 +90,31 @@ def _gemm_to_nchw(y_matrix, bias, has_bias, n_batch, out_h, out_w):
 # Depthwise convolution (groups == C_in == C_out): a direct loop beats im2col + GEMM, whose
 # per-channel products are (1 x kH*kW) @ (kH*kW x N*L) -- far too thin for BLAS.
 # --------------------------------------------------------------------------------------------
+# Every inner loop runs over a slice taken from index 0: an index that might be negative
+# (``ow * sw + j * dw`` with run-time ints) makes Numba check for wrap-around on each access,
+# and LLVM then does not vectorise the loop (measured 3-10x slower).
 @njit(parallel=True, **_JIT)
 def _depthwise_forward(x_padded, weight, bias, has_bias, sh, sw, dh, dw, out_h, out_w):
     """``y[n, c] = bias[c] + sum_ij weight[c, 0, i, j] * x_padded[n, c, shifted window]``.
-    One task per (n, c) plane; the inner loop runs along a row, contiguous for stride 1."""
+    One task per (n, c) plane; the inner loop runs along a row."""
     n_batch, channels = x_padded.shape[0], x_padded.shape[1]
     kh, kw = weight.shape[2], weight.shape[3]
+    span = (out_w - 1) * sw + 1
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x_padded.dtype)
     for task in prange(n_batch * channels):
         n = task // channels
         c = task % channels
-        plane = x_padded[n, c]
-        out = y[n, c]
-        start = bias[c] if has_bias else 0.0
+        start = bias[c] if has_bias else x_padded.dtype.type(0)
         for oh in range(out_h):
-            for ow in range(out_w):
-                out[oh, ow] = start
-        for i in range(kh):
-            for j in range(kw):
-                tap = weight[c, 0, i, j]
-                for oh in range(out_h):
-                    src = plane[oh * sh + i * dh]
-                    row = out[oh]
-                    if sw == 1:                   # contiguous: lets LLVM vectorise the loop
-                        for ow in range(out_w):
-                            row[ow] += tap * src[ow + j * dw]
-                    else:
-                        for ow in range(out_w):
-                            row[ow] += tap * src[ow * sw + j * dw]
+            out = y[n, c, oh]
+            out[:] = start
+            for i in range(kh):
+                row = x_padded[n, c, oh * sh + i * dh]
+                for j in range(kw):
+                    tap = weight[c, 0, i, j]
+                    src = row[j * dw:j * dw + span:sw]
+                    for ow in range(out_w):
+                        out[ow] += tap * src[ow]
     return y
 
 
@@ -126,29 +124,24 @@ def _depthwise_weight_grad(x_padded, dy, kh, kw, sh, sw, dh, dw):
     """``dW[c, 0, i, j] = sum over n, oh, ow of dy * x_padded`` and ``db[c] = sum dy``.
     One task per channel: each writes only its own filter, so no races."""
     n_batch, channels, out_h, out_w = dy.shape
+    span = (out_w - 1) * sw + 1
     dweight = np.zeros((channels, 1, kh, kw), dtype=dy.dtype)
     dbias = np.zeros(channels, dtype=dy.dtype)
     for c in prange(channels):
-        total_bias = 0.0
+        total_bias = dy.dtype.type(0)
         for n in range(n_batch):
-            plane = x_padded[n, c]
-            grad = dy[n, c]
             for oh in range(out_h):
+                grad = dy[n, c, oh]
                 for ow in range(out_w):
-                    total_bias += grad[oh, ow]
-            for i in range(kh):
-                for j in range(kw):
-                    total = 0.0
-                    for oh in range(out_h):
-                        src = plane[oh * sh + i * dh]
-                        row = grad[oh]
-                        if sw == 1:
-                            for ow in range(out_w):
-                                total += row[ow] * src[ow + j * dw]
-                        else:
-                            for ow in range(out_w):
-                                total += row[ow] * src[ow * sw + j * dw]
-                    dweight[c, 0, i, j] += total
+                    total_bias += grad[ow]
+                for i in range(kh):
+                    row = x_padded[n, c, oh * sh + i * dh]
+                    for j in range(kw):
+                        src = row[j * dw:j * dw + span:sw]
+                        total = dy.dtype.type(0)
+                        for ow in range(out_w):
+                            total += grad[ow] * src[ow]
+                        dweight[c, 0, i, j] += total
         dbias[c] = total_bias
     return dweight, dbias
 
@@ -159,25 +152,127 @@ def _depthwise_input_grad(dy, weight, padded_h, padded_w, sh, sw, dh, dw):
     tap read. One task per (n, c) plane, so the ``+=`` of overlapping windows is race-free."""
     n_batch, channels, out_h, out_w = dy.shape
     kh, kw = weight.shape[2], weight.shape[3]
+    span = (out_w - 1) * sw + 1
     dx = np.zeros((n_batch, channels, padded_h, padded_w), dtype=dy.dtype)
     for task in prange(n_batch * channels):
         n = task // channels
         c = task % channels
-        grad = dy[n, c]
-        plane = dx[n, c]
-        for i in range(kh):
-            for j in range(kw):
-                tap = weight[c, 0, i, j]
-                for oh in range(out_h):
-                    dest = plane[oh * sh + i * dh]
-                    row = grad[oh]
-                    if sw == 1:
-                        for ow in range(out_w):
-                            dest[ow + j * dw] += tap * row[ow]
-                    else:
-                        for ow in range(out_w):
-                            dest[ow * sw + j * dw] += tap * row[ow]
+        for oh in range(out_h):
+            grad = dy[n, c, oh]
+            for i in range(kh):
+                row = dx[n, c, oh * sh + i * dh]
+                for j in range(kw):
+                    tap = weight[c, 0, i, j]
+                    dest = row[j * dw:j * dw + span:sw]
+                    for ow in range(out_w):
+                        dest[ow] += tap * grad[ow]
     return dx
+
+
+# Stride 1: the padded-width grid of :mod:`minicnn.kernels.onepool`. Output ``(oh, ow)`` is
+# ``q = oh * Wp + ow`` and tap ``(i, j)`` reads ``plane.flat[q + i*dh*Wp + j*dw]``, so each tap
+# is one long contiguous multiply-add over the whole plane (rows of 14 were too short for
+# the vector units to pay). Thread t takes planes [t*P/T, (t+1)*P/T) with its own buffer.
+@njit(parallel=True, **_JIT)
+def _depthwise_forward_flat(x_padded, weight, bias, has_bias, dh, dw, out_h, out_w, n_threads):
+    n_batch, channels, padded_h, padded_w = x_padded.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    length = (out_h - 1) * padded_w + out_w
+    planes = x_padded.reshape(n_batch * channels, padded_h * padded_w)
+    y = np.empty((n_batch, channels, out_h, out_w), dtype=x_padded.dtype)
+    total = n_batch * channels
+    for t in prange(n_threads):
+        grid = np.empty(length, dtype=x_padded.dtype)
+        for task in range(t * total // n_threads, (t + 1) * total // n_threads):
+            n, c = task // channels, task % channels
+            grid[:] = bias[c] if has_bias else x_padded.dtype.type(0)
+            for i in range(kh):
+                row = i * dh * padded_w
+                j = 0
+                while j + 3 <= kw:      # three taps per pass: a third of the grid traffic
+                    w0, w1, w2 = weight[c, 0, i, j], weight[c, 0, i, j + 1], weight[c, 0, i, j + 2]
+                    s0 = planes[task, row + j * dw:row + j * dw + length]
+                    s1 = planes[task, row + (j + 1) * dw:row + (j + 1) * dw + length]
+                    s2 = planes[task, row + (j + 2) * dw:row + (j + 2) * dw + length]
+                    for q in range(length):
+                        grid[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
+                    j += 3
+                for j in range(j, kw):
+                    tap = weight[c, 0, i, j]
+                    src = planes[task, row + j * dw:row + j * dw + length]
+                    for q in range(length):
+                        grid[q] += tap * src[q]
+            for oh in range(out_h):
+                y[n, c, oh] = grid[oh * padded_w:oh * padded_w + out_w]
+    return y
+
+
+@njit(**_JIT)
+def _grad_on_grid(dy_plane, padded_w, grid):
+    """``grid[oh*Wp + ow] = dy_plane[oh, ow]``; the caller keeps the garbage columns zero."""
+    out_h, out_w = dy_plane.shape
+    for oh in range(out_h):
+        grid[oh * padded_w:oh * padded_w + out_w] = dy_plane[oh]
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _depthwise_weight_grad_flat(x_padded, dy, kh, kw, dh, dw, n_threads):
+    """Stride-1 ``dW[c, 0, i, j] = sum_n <dY_grid, X_tap>`` and ``db[c]``; thread t takes
+    channels [t*C/T, (t+1)*C/T), so each filter has one writer."""
+    n_batch, channels, padded_h, padded_w = x_padded.shape
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    length = (out_h - 1) * padded_w + out_w
+    dweight = np.zeros((channels, 1, kh, kw), dtype=dy.dtype)
+    dbias = np.zeros(channels, dtype=dy.dtype)
+    for t in prange(n_threads):
+        grid = np.zeros(length, dtype=dy.dtype)
+        for c in range(t * channels // n_threads, (t + 1) * channels // n_threads):
+            total_bias = dy.dtype.type(0)
+            for n in range(n_batch):
+                _grad_on_grid(dy[n, c], padded_w, grid)
+                plane = x_padded[n, c].reshape(padded_h * padded_w)
+                for q in range(length):
+                    total_bias += grid[q]
+                for i in range(kh):
+                    for j in range(kw):
+                        offset = i * dh * padded_w + j * dw
+                        src = plane[offset:offset + length]
+                        total = dy.dtype.type(0)
+                        for q in range(length):
+                            total += grid[q] * src[q]
+                        dweight[c, 0, i, j] += total
+            dbias[c] = total_bias
+    return dweight, dbias
+
+
+@njit(parallel=True, **_JIT)
+def _depthwise_input_grad_flat(dy, weight, padded_h, padded_w, dh, dw, n_threads):
+    """Stride-1 gradient w.r.t. the padded input: ``dX.flat[q + offset] += tap * dY_grid[q]``
+    per tap, each thread on its own planes."""
+    n_batch, channels, out_h, out_w = dy.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    length = (out_h - 1) * padded_w + out_w
+    dx = np.zeros((n_batch, channels, padded_h, padded_w), dtype=dy.dtype)
+    planes = dx.reshape(n_batch * channels, padded_h * padded_w)
+    total = n_batch * channels
+    for t in prange(n_threads):
+        grid = np.zeros(length, dtype=dy.dtype)
+        for task in range(t * total // n_threads, (t + 1) * total // n_threads):
+            n, c = task // channels, task % channels
+            _grad_on_grid(dy[n, c], padded_w, grid)
+            for i in range(kh):
+                for j in range(kw):
+                    tap = weight[c, 0, i, j]
+                    offset = i * dh * padded_w + j * dw
+                    dest = planes[task, offset:offset + length]
+                    for q in range(length):
+                        dest[q] += tap * grid[q]
+    return dx
+
+
+def _plane_threads(tasks: int) -> int:
+    """Threads for a loop over ``tasks`` planes: one per Numba thread, at least one task each."""
+    return max(1, min(numba.get_num_threads(), tasks))
 
 
 def _is_depthwise(weight, groups, c_in):
@@ -208,8 +303,12 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     if _is_depthwise(weight, groups, x.shape[1]):
         x_padded = pad_nchw(x, padding)
         weight = np.ascontiguousarray(weight)
-        y = _depthwise_forward(x_padded, weight, bias_arg, has_bias, sh, sw, dh, dw, out_h,
-                               out_w)
+        if sh == sw == 1:
+            y = _depthwise_forward_flat(x_padded, weight, bias_arg, has_bias, dh, dw, out_h,
+                                        out_w, _plane_threads(n_batch * x.shape[1]))
+        else:
+            y = _depthwise_forward(x_padded, weight, bias_arg, has_bias, sh, sw, dh, dw, out_h,
+                                   out_w)
         return y, ("depthwise", x.shape, weight, has_bias, x_padded, stride, padding, dilation)
     # NumPy's strided copy unrolls faster than every Numba loop we tried (measured 1.3-3x on
     # the benchmark suite's shapes, even against two Numba threads), so we reuse it.
@@ -262,12 +361,22 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
 def _depthwise_backward(dy, ctx, need_input_grad):
     _, x_shape, weight, has_bias, x_padded, (sh, sw), (top, _, left, _), (dh, dw) = ctx
     height, width = x_shape[2], x_shape[3]
-    dweight, dbias = _depthwise_weight_grad(x_padded, dy, weight.shape[2], weight.shape[3],
-                                            sh, sw, dh, dw)
+    kh, kw = weight.shape[2], weight.shape[3]
+    stride_one = sh == sw == 1
+    if stride_one:
+        dweight, dbias = _depthwise_weight_grad_flat(x_padded, dy, kh, kw, dh, dw,
+                                                     _plane_threads(dy.shape[1]))
+    else:
+        dweight, dbias = _depthwise_weight_grad(x_padded, dy, kh, kw, sh, sw, dh, dw)
     dx = None
     if need_input_grad:
-        dx_padded = _depthwise_input_grad(dy, weight, x_padded.shape[2], x_padded.shape[3],
-                                          sh, sw, dh, dw)
+        if stride_one:
+            dx_padded = _depthwise_input_grad_flat(dy, weight, x_padded.shape[2],
+                                                   x_padded.shape[3], dh, dw,
+                                                   _plane_threads(dy.shape[0] * dy.shape[1]))
+        else:
+            dx_padded = _depthwise_input_grad(dy, weight, x_padded.shape[2], x_padded.shape[3],
+                                              sh, sw, dh, dw)
         dx = np.ascontiguousarray(dx_padded[:, :, top:top + height, left:left + width])
     return dx, dweight, (dbias if has_bias else None)
 
