@@ -32,6 +32,8 @@ GRID = [
     (11, 6, 4, 3, (2, 2), (1, 1, 1, 1), (1, 1), True, (9, 8)),     # strided: unroll grid
     (4, 5, 3, (2, 3), (3, 2), (0, 1, 2, 0), (1, 2), True, (11, 10)),  # strided, odd everything
     (6, 9, 2, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 5)),     # 1x1
+    (7, 8, 3, 3, (1, 1), (1, 2, 1, 0), (1, 1), True, (5, 6)),      # asymmetric gaps
+    (5, 8, 3, 1, (1, 1), (1, 1, 2, 1), (1, 1), True, (4, 5)),      # output outgrows the stack
 ]
 
 
@@ -91,11 +93,13 @@ def test_the_grid_reaches_both_paths():
         x = np.zeros((n, cin, h, w), np.float32)
         _, ctx = onepool.conv2d_forward(x, np.zeros((cout, cin, kh, kw), np.float32), None,
                                         stride, pads, dilation)
-        paths.add(ctx[-1])
+        paths.add(ctx[-1] is not None)          # the stacked layout, or None for unroll
+        if stride == (1, 1) and cin >= onepool.SHIFT_MIN_CHANNELS and ctx[-1] is None:
+            paths.add("stack refused")
         chunk = -(-n // 2)
-        if ctx[-1] and chunk > onepool.SHIFT_GROUP:
+        if ctx[-1] is not None and chunk > onepool.SHIFT_GROUP:
             paths.add("partial group")
-    assert paths == {True, False, "partial group"}
+    assert paths == {True, False, "partial group", "stack refused"}
 
 
 @pytest.mark.parametrize("cin, stride", [(8, 1), (2, 1), (3, 2)], ids=["shift", "unroll",

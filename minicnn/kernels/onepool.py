@@ -10,19 +10,23 @@ thread accumulates its own partial weight gradient (no write is shared, so no lo
 deterministic sum for a given thread count) and scatters its own samples' input gradient;
 the partials are added at the end.
 
-Two ways to feed the GEMM, both for stride 1 and both on the *padded-width grid*: the output
-position ``(oh, ow)`` is numbered ``q = oh * Wp + ow`` where ``Wp`` is the padded input width, so
-the input pixel that tap ``(i, j)`` reads for output ``q`` is ``xpad[c].flat[q + i*dh*Wp + j*dw]``.
-Every tap is then a *contiguous shift* of the padded plane:
+Two ways to feed the GEMM, both for stride 1, both on a *wide grid*: output ``(oh, ow)`` is
+numbered ``q = oh * pitch + ow``, where ``pitch`` is the width of the zero-padded rows, so the
+input pixel that tap ``(i, j)`` reads for output ``q`` sits at ``q + i*dh*pitch + j*dw`` plus a
+fixed offset: every tap is a *contiguous shift* of the padded input.
 
-- **shift** (many input channels): no unrolled matrix at all. For each tap the ``(C_in, L)``
-  matrix of shifted planes *is* a strided view of ``xpad`` (row stride ``Hp*Wp``), and
-  ``Y += W_tap @ X_tap`` is one GEMM over it; ``kH*kW`` GEMMs with ``K = C_in`` per sample.
-- **unroll** (few input channels, where ``K = C_in`` would starve the GEMM): copy the taps into
-  a ``(C_in*kH*kW, L)`` matrix, one contiguous row copy per tap, then one GEMM.
+- **shift** (many input channels): no unrolled matrix at all. A thread stacks a group of its
+  samples, per channel, into one zero-padded image whose padding rows and columns are shared
+  between neighbours (:func:`_stacked_layout`); for each tap the ``(C_in, span)`` matrix of
+  shifted inputs *is* a strided view of that buffer, and ``Y += W_tap @ X_tap`` is one GEMM
+  for the whole group: ``kH*kW`` GEMMs with ``K = C_in``.
+- **unroll** (few input channels, where ``K = C_in`` would starve the GEMM): copy the taps of
+  one padded sample into a ``(C_in*kH*kW, L)`` matrix, one contiguous row copy per tap, then
+  one GEMM.
 
-The ``Wp - W_out`` columns at the end of each grid row are garbage (windows that wrap around
-the row); the output pass skips them, and backward zeroes them in ``dy`` so they add nothing.
+The grid positions past ``W_out`` in a row (and between stacked samples) are garbage: windows
+that wrap into the padding of the next row. The output pass skips them, and backward keeps them
+zero in ``dy`` so they add nothing.
 Strided convolutions unroll onto the ordinary ``(H_out, W_out)`` grid. Depthwise and grouped
 convolutions, and dtypes without an in-kernel GEMM, stay with :mod:`minicnn.kernels.numba_backend`.
 """
@@ -99,6 +103,28 @@ def _crop_from(dxbuf, slot, top, left, dx, n):
     for c in range(channels):
         for h in range(height):
             dx[n, c, h] = dxbuf[c, slot, top + h, left:left + width]
+
+
+@njit(**_JIT)
+def _stack_into(x, n, xbuf, slot, gap_v, gap_h, block, pitch):
+    """Copy sample ``n`` into slot ``slot`` of a stacked buffer ``xbuf`` (C, length): per
+    channel, the samples' rows are stacked with ``gap_v`` zero rows between them and ``gap_h``
+    zero columns between rows (see :func:`_stacked_layout`)."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(channels):
+        for h in range(height):
+            start = (gap_v + slot * block + h) * pitch + gap_h
+            xbuf[c, start:start + width] = x[n, c, h]
+
+
+@njit(**_JIT)
+def _unstack_from(dxbuf, slot, gap_v, gap_h, block, pitch, dx, n):
+    """``dx[n] = `` the sample in slot ``slot`` of a stacked buffer (the adjoint's crop)."""
+    channels, height, width = dx.shape[1], dx.shape[2], dx.shape[3]
+    for c in range(channels):
+        for h in range(height):
+            start = (gap_v + slot * block + h) * pitch + gap_h
+            dx[n, c, h] = dxbuf[c, start:start + width]
 
 
 @njit(**_JIT)
@@ -185,68 +211,61 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf):
 # kernel directly (a parallel region costs tens of microseconds even for one thread).
 # --------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h,
-                         padded_w, y, group, first, last):
-    """Stride 1, ``group`` samples per GEMM: for a group of ``g`` samples the tap's input is
-    the strided ``(C_in, (g-1)*Hp*Wp + L)`` view of the buffer, so ``kH*kW`` GEMMs
-    ``Y += W_tap @ X_tap`` cover the whole group (the gaps between samples' grids come out as
-    garbage columns that are never read)."""
+def _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, group, first,
+                         last):
+    """Stride 1, ``group`` samples per GEMM on the stacked layout: for a group of ``g``
+    samples each tap's input is one strided ``(C_in, span)`` view of the buffer, so ``kH*kW``
+    GEMMs ``Y += W_tap @ X_tap`` cover the whole group."""
+    gap_v, gap_h, block, pitch, channel_length, row0, col0 = layout
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    plane = padded_h * padded_w
-    length = (out_h - 1) * padded_w + out_w
-    xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
-    grid = np.empty((c_out, group * plane), dtype=x.dtype)
-    flat = xbuf.reshape(xbuf.size)
+    xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
+    grid = np.empty((c_out, group * block * pitch), dtype=x.dtype)
     for n0 in range(first, last, group):
         count = min(group, last - n0)
         for slot in range(count):
-            _pad_into(x, n0 + slot, top, left, xbuf, slot)
-        span = (count - 1) * plane + length
+            _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
+        span = ((count - 1) * block + out_h - 1) * pitch + out_w
         for tap in range(kh * kw):
-            offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+            offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
             _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, span, channels, w_taps[tap], channels,
-                  flat[offset:], group * plane, 0.0 if tap == 0 else 1.0, grid, group * plane)
+                  xbuf[0, offset:], channel_length, 0.0 if tap == 0 else 1.0, grid, grid.shape[1])
         for slot in range(count):
-            _write_output(grid, slot * plane, bias, has_bias, padded_w, y, n0 + slot)
+            _write_output(grid, slot * block * pitch, bias, has_bias, pitch, y, n0 + slot)
 
 
 @njit(**_JIT)
-def _backward_shift_chunk(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
-                          need_input_grad, group, first, last, dw_taps, dbias):
+def _backward_shift_chunk(x, dy, w_taps, kh, kw, dh, dw, layout, dx, need_input_grad, group,
+                          first, last, dw_taps, dbias):
     """Backward of :func:`_forward_shift_chunk`, the same groups: ``dW_tap += dY @ X_tapᵀ``
     into this thread's ``dw_taps`` (kH*kW, C_out, C_in) and ``dbias``; ``dX_tap += W_tapᵀ @ dY``
-    into its own buffer, then cropped into ``dx``."""
+    into its own buffer, then unstacked into ``dx``."""
+    gap_v, gap_h, block, pitch, channel_length, row0, col0 = layout
     channels = x.shape[1]
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
-    plane = padded_h * padded_w
-    length = (out_h - 1) * padded_w + out_w
-    xbuf = np.zeros((channels, group, padded_h, padded_w), dtype=x.dtype)
-    dxbuf = np.empty((channels if need_input_grad else 0, group, padded_h, padded_w),
-                     dtype=x.dtype)
-    grid = np.zeros((c_out, group * plane), dtype=x.dtype)
-    flat = xbuf.reshape(xbuf.size)
-    dflat = dxbuf.reshape(dxbuf.size)
+    xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
+    dxbuf = np.empty((channels if need_input_grad else 0, channel_length), dtype=x.dtype)
+    grid = np.zeros((c_out, group * block * pitch), dtype=x.dtype)
     for n0 in range(first, last, group):
         count = min(group, last - n0)
         for slot in range(count):
-            _pad_into(x, n0 + slot, top, left, xbuf, slot)
-            _read_grad(dy, n0 + slot, grid, slot * plane, padded_w, dbias)
-        span = (count - 1) * plane + length
+            _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
+            _read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias)
+        span = ((count - 1) * block + out_h - 1) * pitch + out_w
         for tap in range(kh * kw):
-            offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+            offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
             # dW_tap (C_out, C_in) += dY (C_out, span) @ X_tapᵀ (span, C_in)
-            _gemm(blas.NO_TRANS, blas.TRANS, c_out, channels, span, grid, group * plane,
-                  flat[offset:], group * plane, 1.0, dw_taps[tap], channels)
+            _gemm(blas.NO_TRANS, blas.TRANS, c_out, channels, span, grid, grid.shape[1],
+                  xbuf[0, offset:], channel_length, 1.0, dw_taps[tap], channels)
         if need_input_grad:
             dxbuf[:] = 0
             for tap in range(kh * kw):
-                offset = (tap // kw) * dh * padded_w + (tap % kw) * dw
+                offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
                 # dX_tap (C_in, span) += W_tapᵀ (C_in, C_out) @ dY (C_out, span)
                 _gemm(blas.TRANS, blas.NO_TRANS, channels, span, c_out, w_taps[tap], channels,
-                      grid, group * plane, 1.0, dflat[offset:], group * plane)
+                      grid, grid.shape[1], 1.0, dxbuf[0, offset:], channel_length)
             for slot in range(count):
-                _crop_from(dxbuf, slot, top, left, dx, n0 + slot)
+                _unstack_from(dxbuf, slot, gap_v, gap_h, block, pitch, dx, n0 + slot)
 
 
 @njit(**_JIT)
@@ -304,23 +323,22 @@ def _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, p
 # Parallel drivers: thread t takes samples [t*N/T, (t+1)*N/T) and, in backward, writes its
 # own slice of the partial-gradient arrays.
 @njit(parallel=True, **_JIT)
-def _parallel_forward_shift(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h,
-                            padded_w, y, group, n_threads):
+def _parallel_forward_shift(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, group,
+                            n_threads):
     n_batch = x.shape[0]
     for t in prange(n_threads):
-        _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, top, left, dh, dw, padded_h,
-                             padded_w, y, group, t * n_batch // n_threads,
-                             (t + 1) * n_batch // n_threads)
+        _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, group,
+                             t * n_batch // n_threads, (t + 1) * n_batch // n_threads)
 
 
 @njit(parallel=True, **_JIT)
-def _parallel_backward_shift(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w, dx,
-                             need_input_grad, group, n_threads, dw_partial, db_partial):
+def _parallel_backward_shift(x, dy, w_taps, kh, kw, dh, dw, layout, dx, need_input_grad, group,
+                             n_threads, dw_partial, db_partial):
     n_batch = x.shape[0]
     for t in prange(n_threads):
-        _backward_shift_chunk(x, dy, w_taps, kh, kw, top, left, dh, dw, padded_h, padded_w,
-                              dx, need_input_grad, group, t * n_batch // n_threads,
-                              (t + 1) * n_batch // n_threads, dw_partial[t], db_partial[t])
+        _backward_shift_chunk(x, dy, w_taps, kh, kw, dh, dw, layout, dx, need_input_grad,
+                              group, t * n_batch // n_threads, (t + 1) * n_batch // n_threads,
+                              dw_partial[t], db_partial[t])
 
 
 @njit(parallel=True, **_JIT)
@@ -373,6 +391,31 @@ def _geometry(x_shape, weight_shape, stride, padding, dilation):
     return kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, out_h, out_w
 
 
+def _stacked_layout(x_shape, padding, out_h, out_w, group):
+    """Where the shift path puts its samples, or ``None`` where it cannot.
+
+    Per channel, a thread's ``group`` samples are stacked into one zero-padded image: rows of
+    pitch ``W + gap_h`` (the ``gap_h = max(left, right)`` zero columns at the start of each row
+    are also the previous row's right padding) and samples of ``block = H + gap_v`` rows (the
+    ``gap_v = max(top, bottom)`` zero rows are shared the same way). Output ``(s, oh, ow)`` is
+    grid position ``(s*block + oh) * pitch + ow`` and tap ``(i, j)`` reads the input at that
+    position plus ``(row0 + i*dh) * pitch + col0 + j*dw``. Shared padding wastes fewer GEMM
+    columns than a padded plane per sample (15x15 against 16x16 per 14x14 output for a 3x3
+    'same' convolution). It needs each sample's output to fit in its block:
+    ``H_out <= block`` and ``W_out <= pitch``.
+
+    Returns ``(gap_v, gap_h, block, pitch, channel_length, row0, col0)``.
+    """
+    height, width = x_shape[2], x_shape[3]
+    top, bottom, left, right = padding
+    gap_v, gap_h = max(top, bottom), max(left, right)
+    block, pitch = height + gap_v, width + gap_h
+    if out_h > block or out_w > pitch:
+        return None
+    channel_length = (gap_v + group * block) * pitch + gap_h
+    return gap_v, gap_h, block, pitch, channel_length, gap_v - top, gap_h - left
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     """Convolution forward (see :func:`minicnn.kernels.reference.conv2d_forward`).
 
@@ -382,7 +425,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     geometry = _geometry(x.shape, weight.shape, stride, padding, dilation)
     kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, out_h, out_w = geometry
     c_out, c_in = weight.shape[0], weight.shape[1]
-    shift = sh == 1 and sw == 1 and c_in >= SHIFT_MIN_CHANNELS
+    layout = None
+    if sh == 1 and sw == 1 and c_in >= SHIFT_MIN_CHANNELS:
+        layout = _stacked_layout(x.shape, padding, out_h, out_w, SHIFT_GROUP)
+    shift = layout is not None
     if shift:   # tap-major (kH*kW, C_out, C_in): each tap's weights are one matrix
         w_ready = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
         w_ready = w_ready.reshape(kh * kw, c_out, c_in)
@@ -394,24 +440,25 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     n_batch, n_threads = x.shape[0], _n_threads(x)
     with _threads.blas_single_threaded():
         if shift and n_threads == 1:
-            _forward_shift_chunk(x, w_ready, bias_arg, has_bias, kh, kw, top, left, dh, dw,
-                                 padded_h, padded_w, y, SHIFT_GROUP, 0, n_batch)
+            _forward_shift_chunk(x, w_ready, bias_arg, has_bias, kh, kw, dh, dw, layout, y,
+                                 SHIFT_GROUP, 0, n_batch)
         elif shift:
-            _parallel_forward_shift(x, w_ready, bias_arg, has_bias, kh, kw, top, left, dh, dw,
-                                    padded_h, padded_w, y, SHIFT_GROUP, n_threads)
+            _parallel_forward_shift(x, w_ready, bias_arg, has_bias, kh, kw, dh, dw, layout, y,
+                                    SHIFT_GROUP, n_threads)
         elif n_threads == 1:
             _forward_unroll_chunk(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left, dh,
                                   dw, padded_h, padded_w, y, 0, n_batch)
         else:
             _parallel_forward_unroll(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left,
                                      dh, dw, padded_h, padded_w, y, n_threads)
-    return y, (x, weight.shape, w_ready, has_bias, geometry, shift)
+    return y, (x, weight.shape, w_ready, has_bias, geometry, layout)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
     """Convolution backward: ``(dx or None, dweight, dbias or None)``."""
-    x, weight_shape, w_ready, has_bias, geometry, shift = ctx
+    x, weight_shape, w_ready, has_bias, geometry, layout = ctx
     kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, _, _ = geometry
+    shift = layout is not None
     dy = np.ascontiguousarray(dy)
     need_input_grad = bool(need_input_grad)
     dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
@@ -423,12 +470,12 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
     with _threads.blas_single_threaded():
         if shift and n_threads == 1:
-            _backward_shift_chunk(x, dy, w_ready, kh, kw, top, left, dh, dw, padded_h, padded_w,
-                                  dx, need_input_grad, SHIFT_GROUP, 0, n_batch,
+            _backward_shift_chunk(x, dy, w_ready, kh, kw, dh, dw, layout, dx, need_input_grad,
+                                  SHIFT_GROUP, 0, n_batch,
                                   dw_partial[0].reshape(kh * kw, c_out, c_in), db_partial[0])
         elif shift:
-            _parallel_backward_shift(x, dy, w_ready, kh, kw, top, left, dh, dw, padded_h,
-                                     padded_w, dx, need_input_grad, SHIFT_GROUP, n_threads,
+            _parallel_backward_shift(x, dy, w_ready, kh, kw, dh, dw, layout, dx,
+                                     need_input_grad, SHIFT_GROUP, n_threads,
                                      dw_partial.reshape(n_threads, kh * kw, c_out, c_in),
                                      db_partial)
         elif n_threads == 1:
