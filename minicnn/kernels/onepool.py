@@ -27,6 +27,7 @@ fixed offset: every tap is a *contiguous shift* of the padded input.
 The grid positions past ``W_out`` in a row (and between stacked samples) are garbage: windows
 that wrap into the padding of the next row. The output pass skips them, and backward keeps them
 zero in ``dy`` so they add nothing.
+
 Strided convolutions unroll onto the ordinary ``(H_out, W_out)`` grid. Depthwise and grouped
 convolutions, and dtypes without an in-kernel GEMM, stay with :mod:`minicnn.kernels.numba_backend`.
 """
@@ -39,7 +40,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from . import blas
-from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
+from . import threads as _threads  # also chooses Numba's threading layer before first use
 from .geometry import output_size
 
 _JIT = dict(cache=True, nogil=True)
