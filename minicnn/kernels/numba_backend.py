@@ -486,6 +486,28 @@ def _maxpool_forward_2x2(x, out_h, out_w):
 
 
 @njit(parallel=True, **_JIT)
+def _maxpool_backward_2x2(dy, argmax, height, width):
+    """:func:`_maxpool_backward` for 2x2 windows with stride 2: the windows tile the input,
+    so each row pair is cleared and scattered while it is in cache, instead of a separate
+    zero-filled array the size of the input."""
+    n_batch, channels, out_h, out_w = dy.shape
+    dx = np.empty((n_batch, channels, height, width), dtype=dy.dtype)
+    zero = dy.dtype.type(0)
+    for task in prange(n_batch * channels):
+        n = task // channels
+        c = task % channels
+        plane = dx[n, c].reshape(height * width)
+        for oh in range(out_h):
+            dx[n, c, 2 * oh] = zero
+            dx[n, c, 2 * oh + 1] = zero
+            for ow in range(out_w):
+                plane[argmax[n, c, oh, ow]] = dy[n, c, oh, ow]
+        for h in range(2 * out_h, height):     # a last row or column no window covers
+            dx[n, c, h] = zero
+    return dx
+
+
+@njit(parallel=True, **_JIT)
 def _maxpool_backward(dy, argmax, height, width):
     n_batch, channels, out_h, out_w = dy.shape
     dx = np.zeros((n_batch, channels, height, width), dtype=dy.dtype)
@@ -558,24 +580,26 @@ def maxpool2d_forward(x, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (top, bottom, left, right) = kernel_size, stride, padding
     out_h = output_size(height, kh, sh, top, bottom)
     out_w = output_size(width, kw, sw, left, right)
-    if top == bottom == left == right == 0 and kh == kw == sh == sw == 2:
+    tiled = top == bottom == left == right == 0 and kh == kw == sh == sw == 2
+    if tiled:
         y, argmax = _maxpool_forward_2x2(x, out_h, out_w)
     elif top == bottom == left == right == 0:
         y, argmax = _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w)
     else:
         y, argmax = _maxpool_forward(x, kh, kw, sh, sw, top, left, out_h, out_w)
-    return y, (height, width, argmax)
+    return y, (height, width, argmax, tiled)
 
 
 def maxpool2d_backward(dy, ctx):
-    height, width, argmax = ctx
+    height, width, argmax, tiled = ctx
     # The kernel reads ``argmax`` at every index of ``dy`` without bounds checks: a dy of any
     # other shape would read outside it (a crash, not an error). Layers check dy first; this
     # guards direct callers of the kernel.
     if dy.shape != argmax.shape:
         raise ValueError(f"maxpool2d_backward: expected dy of shape {argmax.shape} (the "
                          f"forward output), got {dy.shape}")
-    return _maxpool_backward(np.ascontiguousarray(dy), argmax, height, width)
+    backward = _maxpool_backward_2x2 if tiled else _maxpool_backward
+    return backward(np.ascontiguousarray(dy), argmax, height, width)
 
 
 def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
