@@ -83,27 +83,26 @@ def _gemm_overload(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
 
 
 # --------------------------------------------------------------------------------------------
-# Data movement, each called by one thread on its own buffers. A thread's padded inputs live in
-# a ``(C_in, m, Hp, Wp)`` buffer: slot ``s`` holds one sample, so for a fixed channel the ``m``
-# padded planes follow each other and one GEMM can run over all of them (see _forward_shift).
+# Data movement, each called by one thread on its own buffers: the unroll path pads one sample
+# at a time into a (C_in, Hp, Wp) buffer, the shift path stacks a group of samples (below).
 # --------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def _pad_into(x, n, top, left, xbuf, slot):
-    """Copy sample ``n`` of ``x`` (N, C, H, W) into slot ``slot`` of ``xbuf`` (C, m, Hp, Wp),
-    inside the zero border the caller allocated."""
+def _pad_into(x, n, top, left, xpad):
+    """Copy sample ``n`` of ``x`` (N, C, H, W) into ``xpad`` (C, Hp, Wp), inside the zero
+    border the caller allocated."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     for c in range(channels):
         for h in range(height):
-            xbuf[c, slot, top + h, left:left + width] = x[n, c, h]
+            xpad[c, top + h, left:left + width] = x[n, c, h]
 
 
 @njit(**_JIT)
-def _crop_from(dxbuf, slot, top, left, dx, n):
-    """``dx[n] = `` the unpadded middle of slot ``slot`` of ``dxbuf`` (C, m, Hp, Wp)."""
+def _crop_from(dxpad, top, left, dx, n):
+    """``dx[n] = `` the unpadded middle of ``dxpad`` (C, Hp, Wp)."""
     channels, height, width = dx.shape[1], dx.shape[2], dx.shape[3]
     for c in range(channels):
         for h in range(height):
-            dx[n, c, h] = dxbuf[c, slot, top + h, left:left + width]
+            dx[n, c, h] = dxpad[c, top + h, left:left + width]
 
 
 @njit(**_JIT)
@@ -160,13 +159,13 @@ def _read_grad(dy, n, grid, start, pitch, dbias):
 
 
 @njit(**_JIT)
-def _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
-    """``cols[(c, i, j), oh*pitch + ow] = xbuf[c, 0, oh*sh + i*dh, ow*sw + j*dw]``.
+def _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
+    """``cols[(c, i, j), oh*pitch + ow] = xpad[c, oh*sh + i*dh, ow*sw + j*dw]``.
 
     With stride 1 and ``pitch == Wp`` each row is one contiguous copy of the padded plane."""
-    channels, padded_h, padded_w = xbuf.shape[0], xbuf.shape[2], xbuf.shape[3]
+    channels, padded_h, padded_w = xpad.shape
     length = (out_h - 1) * pitch + out_w
-    flat = xbuf.reshape(xbuf.size)
+    flat = xpad.reshape(xpad.size)
     for c in range(channels):
         for i in range(kh):
             for j in range(kw):
@@ -176,19 +175,19 @@ def _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
                     row[:length] = flat[start:start + length]
                 else:
                     for oh in range(out_h):
-                        src = xbuf[c, 0, oh * sh + i * dh]
+                        src = xpad[c, oh * sh + i * dh]
                         base = oh * pitch
                         for ow in range(out_w):
                             row[base + ow] = src[ow * sw + j * dw]
 
 
 @njit(**_JIT)
-def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf):
+def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
     """Adjoint of :func:`_unroll`: add every column entry back onto the pixel it came from
-    (``dxbuf`` is this thread's own, so the ``+=`` of overlapping windows is race-free)."""
-    channels, padded_h, padded_w = dxbuf.shape[0], dxbuf.shape[2], dxbuf.shape[3]
+    (``dxpad`` is this thread's own, so the ``+=`` of overlapping windows is race-free)."""
+    channels, padded_h, padded_w = dxpad.shape
     length = (out_h - 1) * pitch + out_w
-    flat = dxbuf.reshape(dxbuf.size)
+    flat = dxpad.reshape(dxpad.size)
     for c in range(channels):
         for i in range(kh):
             for j in range(kw):
@@ -200,7 +199,7 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf):
                         dest[q] += row[q]
                 else:
                     for oh in range(out_h):
-                        dest = dxbuf[c, 0, oh * sh + i * dh]
+                        dest = dxpad[c, oh * sh + i * dh]
                         base = oh * pitch
                         for ow in range(out_w):
                             dest[ow * sw + j * dw] += row[base + ow]
@@ -230,7 +229,8 @@ def _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, g
         for tap in range(kh * kw):
             offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
             _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, span, channels, w_taps[tap], channels,
-                  xbuf[0, offset:], channel_length, 0.0 if tap == 0 else 1.0, grid, grid.shape[1])
+                  xbuf[0, offset:], channel_length, 0.0 if tap == 0 else 1.0, grid,
+                  grid.shape[1])
         for slot in range(count):
             _write_output(grid, slot * block * pitch, bias, has_bias, pitch, y, n0 + slot)
 
@@ -278,12 +278,12 @@ def _forward_unroll_chunk(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left
     pitch = padded_w if sh == 1 and sw == 1 else out_w
     length = (out_h - 1) * pitch + out_w
     k = w_matrix.shape[1]
-    xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
+    xpad = np.zeros((channels, padded_h, padded_w), dtype=x.dtype)
     cols = np.empty((k, length), dtype=x.dtype)
     grid = np.empty((c_out, length), dtype=x.dtype)
     for n in range(first, last):
-        _pad_into(x, n, top, left, xbuf, 0)
-        _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
+        _pad_into(x, n, top, left, xpad)
+        _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
         _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, length, k, w_matrix, k, cols, length, 0.0,
               grid, length)
         _write_output(grid, 0, bias, has_bias, pitch, y, n)
@@ -299,16 +299,15 @@ def _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, p
     pitch = padded_w if sh == 1 and sw == 1 else out_w
     length = (out_h - 1) * pitch + out_w
     k = w_matrix.shape[1]
-    xbuf = np.zeros((channels, 1, padded_h, padded_w), dtype=x.dtype)
-    dxbuf = np.empty((channels if need_input_grad else 0, 1, padded_h, padded_w),
-                     dtype=x.dtype)
+    xpad = np.zeros((channels, padded_h, padded_w), dtype=x.dtype)
+    dxpad = np.empty((channels if need_input_grad else 0, padded_h, padded_w), dtype=x.dtype)
     cols = np.empty((k, length), dtype=x.dtype)
     dcols = np.empty((k if need_input_grad else 0, length), dtype=x.dtype)
     grid = np.zeros((c_out, length), dtype=x.dtype)
     for n in range(first, last):
-        _pad_into(x, n, top, left, xbuf, 0)
+        _pad_into(x, n, top, left, xpad)
         _read_grad(dy, n, grid, 0, pitch, dbias)
-        _unroll(xbuf, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
+        _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
         # dW (C_out, K) += dY (C_out, L) @ colsᵀ (L, K)
         _gemm(blas.NO_TRANS, blas.TRANS, c_out, k, length, grid, length, cols, length, 1.0,
               dweight, k)
@@ -316,9 +315,9 @@ def _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, p
             # dcols (K, L) = Wᵀ (K, C_out) @ dY (C_out, L), then fold back onto the input.
             _gemm(blas.TRANS, blas.NO_TRANS, k, length, c_out, w_matrix, k, grid, length, 0.0,
                   dcols, length)
-            dxbuf[:] = 0
-            _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxbuf)
-            _crop_from(dxbuf, 0, top, left, dx, n)
+            dxpad[:] = 0
+            _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad)
+            _crop_from(dxpad, top, left, dx, n)
 
 
 # Parallel drivers: thread t takes samples [t*N/T, (t+1)*N/T) and, in backward, writes its
