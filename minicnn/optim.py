@@ -246,7 +246,8 @@ class AdamW(Adam):
 
 
 # ---------------------------------------------------------------------------------------------
-# Learning-rate schedules: call ``scheduler.step()`` once per epoch, after ``optimizer.step()``.
+# Learning-rate schedules: call ``scheduler.step()`` after ``optimizer.step()``, once per epoch
+# (StepLR, CosineAnnealingLR) or once per batch (WarmupCosineLR); ``last_epoch`` counts calls.
 # ---------------------------------------------------------------------------------------------
 class LRScheduler:
     """Base class: sets each group's ``lr`` from ``initial_lr`` and the epoch count."""
@@ -306,4 +307,78 @@ class CosineAnnealingLR(LRScheduler):
 
     def _lr(self, initial_lr):
         progress = self.last_epoch / self.T_max
+        return self.eta_min + (initial_lr - self.eta_min) * (1 + math.cos(math.pi * progress)) / 2
+
+
+class LambdaLR(LRScheduler):
+    """``lr = initial_lr * lr_lambda(last_epoch)``, as ``torch.optim.lr_scheduler.LambdaLR``
+    (one function for every group).
+
+    ``last_epoch`` counts calls to :meth:`step`: epochs or batches, whichever the caller steps
+    it by. The function is not saved by :meth:`state_dict`; rebuild the scheduler with the same
+    function and load the count.
+    """
+
+    def __init__(self, optimizer: Optimizer, lr_lambda):
+        if not callable(lr_lambda):
+            raise TypeError(f"LambdaLR: lr_lambda must be callable, got {lr_lambda!r}")
+        self.lr_lambda = lr_lambda
+        super().__init__(optimizer)
+
+    def _lr(self, initial_lr):
+        return initial_lr * self.lr_lambda(self.last_epoch)
+
+
+class WarmupCosineLR(LRScheduler):
+    """Linear warm-up, then cosine decay to ``eta_min``, stepped once per *batch*.
+
+    For step ``t`` (calls to :meth:`step` so far) and ``lr0`` the group's initial rate::
+
+        t <  warmup_steps:  lr0 * (start_factor + (1 - start_factor) * t / warmup_steps)
+        t >= warmup_steps:  eta_min + (lr0 - eta_min) * (1 + cos(pi * p)) / 2,
+                            p = min((t - warmup_steps) / (total_steps - warmup_steps), 1)
+
+    This is PyTorch's ``SequentialLR([LinearLR(opt, start_factor, total_iters=warmup_steps),
+    CosineAnnealingLR(opt, T_max=total_steps - warmup_steps, eta_min)],
+    milestones=[warmup_steps])`` written in closed form (which PyTorch's recursive cosine
+    matches to rounding), except that after ``total_steps`` the rate stays at ``eta_min``
+    instead of climbing back. With ``eta_min=0`` it is also ``LambdaLR`` with the same
+    factor. The warm-up keeps the first, largest updates of a freshly initialised network
+    small; decaying per batch instead of per epoch avoids the jumps of an epoch schedule,
+    which matter when a run has only a few epochs.
+
+    Parameters
+    ----------
+    total_steps : int
+        Length of the whole schedule (warm-up included), usually epochs * batches per epoch.
+    warmup_steps : int
+        Steps of linear warm-up (0: start at ``lr0`` and decay at once).
+    start_factor : float in (0, 1]
+        The warm-up starts at ``start_factor * lr0`` (as ``LinearLR``'s ``start_factor``).
+    eta_min : float
+        The rate at the end.
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
+                 start_factor: float = 0.1, eta_min: float = 0.0):
+        if total_steps < 1:
+            raise ValueError(f"WarmupCosineLR: total_steps must be >= 1, got {total_steps}")
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(f"WarmupCosineLR: warmup_steps must be in [0, total_steps), got "
+                             f"{warmup_steps} with total_steps={total_steps}")
+        if not 0 < start_factor <= 1:
+            raise ValueError(f"WarmupCosineLR: start_factor must be in (0, 1], got "
+                             f"{start_factor}")
+        if not eta_min >= 0:
+            raise ValueError(f"WarmupCosineLR: eta_min must be >= 0, got {eta_min}")
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        self.start_factor, self.eta_min = float(start_factor), float(eta_min)
+        super().__init__(optimizer)
+
+    def _lr(self, initial_lr):
+        t = self.last_epoch
+        if t < self.warmup_steps:
+            return initial_lr * (self.start_factor
+                                 + (1 - self.start_factor) * t / self.warmup_steps)
+        progress = min((t - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
         return self.eta_min + (initial_lr - self.eta_min) * (1 + math.cos(math.pi * progress)) / 2

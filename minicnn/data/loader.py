@@ -28,6 +28,10 @@ class DataLoader:
 
     Each batch gathers only its own samples (``images[batch_indices]``), converts them to
     float32 in [0, 1] and applies ``transform``; the data set is never copied as a whole.
+    When ``transform`` is a :class:`~minicnn.data.transforms.Compose` of crops / flips
+    followed by one ``Normalize`` (what ``default_transform`` builds), the crops and flips run
+    on the ``uint8`` pixels and the conversion and normalisation in one new array, with the
+    same values bit for bit.
 
     Parameters
     ----------
@@ -80,6 +84,7 @@ class DataLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.transform = transform
+        self._fused = _fusable(transform)
         order_seq, self._aug_seq = _seed_sequences(rng)
         self._order_rng = np.random.default_rng(order_seq)
         self.epoch = 0
@@ -112,9 +117,18 @@ class DataLoader:
             first = b * self.batch_size
             stop = min(first + self.batch_size, n)
             idx = order[first:stop] if order is not None else slice(first, stop)
+            y = np.asarray(labels[idx], dtype=np.int64)
+            if self._fused is not None and images.dtype == np.uint8:
+                movers, normalize = self._fused
+                pixels = images[idx]
+                if movers:
+                    rng = self._batch_rng(epoch, b)
+                    for t in movers:
+                        pixels = t(pixels, rng)
+                yield normalize.apply_to_uint8(pixels), y
+                continue
             x = images[idx].astype(np.float32)
             x /= np.float32(255.0)
-            y = np.asarray(labels[idx], dtype=np.int64)
             if self.transform is not None:
                 x = self.transform(x, self._batch_rng(epoch, b))
             yield x, y
@@ -127,3 +141,17 @@ class DataLoader:
         return (f"DataLoader(n={self.num_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, "
                 f"transform={self.transform!r})")
+
+
+def _fusable(transform):
+    """``(movers, normalize)`` when ``transform`` is pixel-moving steps then one Normalize
+    (or a Normalize alone), else None."""
+    from .transforms import Compose, Normalize
+
+    steps = transform.transforms if isinstance(transform, Compose) else [transform]
+    if not steps or not isinstance(steps[-1], Normalize):
+        return None
+    movers = steps[:-1]
+    if not all(getattr(t, "moves_pixels", False) for t in movers):
+        return None
+    return list(movers), steps[-1]
