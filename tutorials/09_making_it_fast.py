@@ -3,40 +3,76 @@
 #
 # A convolution can be written as six nested loops, as one big matrix product, or as compiled
 # parallel code. minicnn has all three (`backend="reference"`, `"im2col"`, `"numba"`), and they
-# compute the same numbers. In this tutorial you will:
+# compute the same numbers. The numba backend has been built twice: first as a *relay* between
+# thread pools, then as *one pool*. This tutorial measures, on your machine, what made the
+# difference. You will:
 #
-# - check that the three backends agree, forward and backward;
-# - time them, and find out where a whole network spends its time;
-# - count FLOPs and measure your machine's matrix-multiply peak in GFLOP/s, to see how close
-#   a convolution gets to it;
-# - look at threads, the BLAS library doing the heavy lifting, memory layout and
-#   float32 vs float64.
+# 1. check that the backends agree, forward and backward, the one-pool kernels included;
+# 2. time one convolution layer with the relay design and with the one-pool design, on one
+#    thread and on all of them, and see which one gains from a second core;
+# 3. draw the **shift trick**, which turns a stride-1 convolution into a few matrix products
+#    over *views* of the padded input, with no unrolled matrix at all;
+# 4. find where a training step spends its time, and how close each layer gets to your
+#    machine's matrix-multiply peak;
+# 5. measure two small overheads that shaped the kernels: waking a thread pool, and loops
+#    that Numba cannot vectorise;
+# 6. look at memory layout and precision;
 #
-# All timings are medians over repeats, measured on *your* machine right now; a busy machine
-# gives noisy numbers, so read them as orders of magnitude. To compare *algorithms* rather than
-# thread pools, sections 1-3 run on one thread; section 4 adds the others.
+# and finally write the shift trick yourself.
+#
+# All timings are measured on *your* machine right now. A machine busy with other work gives
+# noisy numbers, so we interleave the runs we compare and read the results as ratios and
+# orders of magnitude.
 
 # %%
-import os
+import contextlib
 import time
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker
 import numpy as np
+import threadpoolctl
+from numba import njit, prange
 
-from minicnn import kernels, models, nn
-from minicnn.kernels import threads
+from minicnn import models, nn
+from minicnn.kernels import blas, numba_backend, onepool, reference, threads
 from minicnn.kernels.im2col import im2col
 from tutorial_tools import FAST, check, show
 
 REPEATS = 5 if FAST else 20
 rng = np.random.default_rng(0)
-all_threads = threads.get_num_threads()["numba"]     # by default: one per core
-threads.set_num_threads(1)                            # Numba and BLAS both
+start_threads = threads.get_num_threads()           # what to leave behind at the end
+start_onepool = numba_backend.USE_ONEPOOL
+all_threads = start_threads["numba"]                  # by default: one per core
+print("threads:", start_threads, "  one-pool kernels on:", start_onepool)
+
+
+@contextlib.contextmanager
+def threads_at(n):
+    """Run the block with `n` threads for Numba and BLAS, then put the previous counts back."""
+    before = threads.get_num_threads()
+    threads.set_num_threads(n)
+    try:
+        yield
+    finally:
+        threads.set_num_threads(before["numba"])          # sets BLAS to the same count ...
+        if threads.get_num_threads()["blas"] != before["blas"]:   # ... unless it differed
+            threadpoolctl.threadpool_limits(before["blas"], user_api="blas")
+
+
+@contextlib.contextmanager
+def conv_design(onepool_on):
+    """Run the block with the numba backend's convolutions on the one-pool kernels (True)
+    or on the relay (False), then put the switch back."""
+    before = numba_backend.USE_ONEPOOL
+    numba_backend.USE_ONEPOOL = onepool_on
+    try:
+        yield
+    finally:
+        numba_backend.USE_ONEPOOL = before
 
 
 def median_time(fn, repeats=REPEATS):
-    """Run fn once to warm up, then return the median wall time of `repeats` runs (seconds)."""
+    """Run fn once to warm up, then return (median, fastest) wall time of `repeats` runs, in s."""
     fn()
     times = []
     for _ in range(repeats):
@@ -46,240 +82,599 @@ def median_time(fn, repeats=REPEATS):
     return float(np.median(times)), float(np.min(times))
 
 
+def race(fns, repeats=REPEATS):
+    """Time several functions *interleaved* (a, b, c, a, b, c, ...), so a burst of load on a
+    shared machine hits all of them alike. Returns {name: (median, fastest)} in seconds."""
+    for fn in fns.values():
+        fn()                                          # warm up: compile, allocate
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
+
+
 # %% [markdown]
-# ## 1. One convolution, three implementations
+# ## 1. The backends agree
 #
-# - **reference** loops over output positions $(i, j)$ and multiplies each input window with
-#   the kernel: the definition, written to be read.
+# - **reference** loops over output positions and multiplies each input window with the
+#   kernel: the definition, written to be read.
 # - **im2col** copies every window into a column of a matrix, so the whole convolution becomes
-#   a single matrix product (GEMM) that BLAS runs at full speed.
-# - **numba** keeps the GEMM but does the copying (im2col, col2im, layout changes) in compiled
-#   parallel loops.
+#   one matrix product (GEMM) that BLAS runs at full speed (tutorial 03).
+# - **numba, relay**: the first design of the fast backend. NumPy unrolls, OpenBLAS multiplies
+#   on *its own* thread pool, Numba's compiled loops fold the result back and add the bias on
+#   *another* pool, and the element-wise work runs in NumPy on one thread.
+# - **numba, one pool** (the default now): each of Numba's threads takes a chunk of the batch
+#   and does everything for its own samples, calling a single-threaded GEMM from compiled code.
 #
-# We take a 3x3 convolution from 16 to 32 channels on a batch of 16 images of 14x14 (the size
-# of layers in small MNIST networks), build it once per backend from the same seed (so the
-# weights are identical) and compare.
+# `numba_backend.USE_ONEPOOL` switches the numba backend's convolutions between the two
+# designs (the other layers stay as they are); `conv_design` above sets it for one block and
+# puts it back. We build a 3x3 convolution from 16 to 32 channels once per
+# variant from the same seed (so the weights are identical) and compare with `reference`.
 
 # %%
 x = rng.standard_normal((16, 16, 14, 14), dtype=np.float32)
 dy = rng.standard_normal((16, 32, 14, 14), dtype=np.float32)
-layers = {name: nn.Conv2d(16, 32, 3, padding=1, backend=name, rng=0)
-          for name in kernels.BACKENDS}
-outputs = {}
-for name, layer in layers.items():
-    y = layer(x)
-    dx = layer.backward(dy)
-    outputs[name] = (y, dx, layer.weight.grad, layer.bias.grad)
-    print(f"{name:<10} y {y.shape} {y.dtype}   dx {dx.shape}")
+variants = {"reference": ("reference", True), "im2col": ("im2col", True),
+            "numba relay": ("numba", False), "numba one pool": ("numba", True)}
+layers = {name: nn.Conv2d(16, 32, 3, padding=1, backend=backend, rng=0)
+          for name, (backend, _) in variants.items()}
 
-for name in ("im2col", "numba"):
-    for what, ours, ref in zip(("y", "dx", "dweight", "dbias"), outputs[name],
-                               outputs["reference"]):
-        worst = np.abs(ours - ref).max() / np.abs(ref).max()
-        assert np.allclose(ours, ref, rtol=1e-4, atol=1e-4), (name, what, worst)
-    print(f"{name} matches reference (float32 round-off only)")
+
+def conv_step(name, x=x, dy=dy):
+    """Forward and backward through the layer of variant `name`, in its design."""
+    layer = layers[name]
+    with conv_design(variants[name][1]):
+        y = layer(x)
+        dx = layer.backward(dy)
+    return y, dx
+
+
+results = {}
+for name in variants:
+    layers[name].zero_grad()
+    y, dx = conv_step(name)
+    results[name] = (y, dx, layers[name].weight.grad, layers[name].bias.grad)
+
+for name in ("im2col", "numba relay", "numba one pool"):
+    for what, ours, ref in zip(("y", "dx", "dweight", "dbias"), results[name],
+                               results["reference"]):
+        assert np.allclose(ours, ref, rtol=1e-4, atol=1e-4), (name, what)
+    print(f"{name:<15} matches reference (float32 round-off only)")
 
 # %% [markdown]
-# Now time them: forward, and backward (which computes `dx` *and* `dweight`, about twice the
-# work of the forward pass).
+# `Linear` and `ReLU` also run in the one pool on the numba backend
+# (`minicnn.kernels.dense`, `minicnn.kernels.pointwise`); they agree with the NumPy code too.
 
 # %%
-timings = {}
-for name, layer in layers.items():
-    forward = median_time(lambda: layer(x))
-    backward = median_time(lambda: layer.backward(dy))
-    timings[name] = (forward, backward)
-    print(f"{name:<10} forward {forward[0] * 1e3:7.2f} ms   backward {backward[0] * 1e3:7.2f} ms")
-
-# Extremely loose check (the fastest run of each, robust to a busy machine):
-reference_total = timings["reference"][0][1] + timings["reference"][1][1]
-for name in ("im2col", "numba"):
-    assert timings[name][0][1] + timings[name][1][1] < reference_total, name
+features = rng.standard_normal((16, 200), dtype=np.float32)
+for layer_type in (lambda backend: nn.Linear(200, 10, rng=0, backend=backend),
+                   lambda backend: nn.ReLU(backend=backend)):
+    numpy_layer, numba_layer = layer_type("reference"), layer_type("numba")
+    out_numpy, out_numba = numpy_layer(features), numba_layer(features)
+    upstream = np.ones_like(out_numpy)
+    assert np.allclose(out_numba, out_numpy, atol=1e-5)
+    assert np.allclose(numba_layer.backward(upstream), numpy_layer.backward(upstream), atol=1e-5)
+    print(f"{type(numba_layer).__name__:<7} numba == NumPy, forward and backward")
 
 # %% [markdown]
-# ## 2. Where does a network spend its time?
+# On one thread, the four variants compare algorithms, not thread pools:
+
+# %%
+with threads_at(1):
+    timings = race({name: (lambda name=name: conv_step(name)) for name in variants})
+for name, (median, fastest) in timings.items():
+    print(f"{name:<15} forward + backward {median * 1e3:7.2f} ms (fastest {fastest * 1e3:.2f})")
+assert timings["numba one pool"][1] < timings["reference"][1]    # a very loose sanity check
+
+# %% [markdown]
+# ## 2. The relay against one pool
+#
+# Now a layer of realistic size: the second convolution of the MNIST CNN (32 to 64 channels,
+# 3x3, on a batch of 64 maps of 14x14), forward and backward, with each design, on one thread
+# and on all of them.
+#
+# In the **relay** a layer hands its work between pools several times: Numba's threads wake up
+# to unroll, OpenBLAS's threads wake up to multiply, Numba's again to fold back. Every hand-off
+# costs a wake-up, and OpenBLAS's workers keep *spinning* for a while after each GEMM, waiting
+# for more work, so the Numba loop that follows finds the cores busy. In the **one-pool** design
+# a layer is one parallel loop over the batch: one wake-up, and each thread pads, multiplies
+# and writes the output (with the bias) for its own samples. Backward is the same loop: each
+# thread adds up its *own* partial weight gradient, and the partials are added at the end (no
+# two threads write the same place, so no locks).
+
+# %%
+batch_size = 64
+x_big = rng.standard_normal((batch_size, 32, 14, 14), dtype=np.float32)
+dy_big = rng.standard_normal((batch_size, 64, 14, 14), dtype=np.float32)
+big = nn.Conv2d(32, 64, 3, padding=1, backend="numba", rng=0)
+thread_counts = sorted({1, all_threads})
+
+
+def big_step(onepool_on):
+    def step():
+        with conv_design(onepool_on):
+            big(x_big)
+            big.backward(dy_big)
+    return step
+
+
+big_times = {}                                        # (design, threads) -> (median, fastest)
+for n in thread_counts:
+    with threads_at(n):                               # the two designs interleaved, n threads
+        raced = race({"relay": big_step(False), "one pool": big_step(True)},
+                     repeats=max(REPEATS, 8))
+    big_times.update({(design, n): result for design, result in raced.items()})
+for (design, n), (median, fastest) in big_times.items():
+    print(f"{design:<9} {n} thread(s): {median * 1e3:6.1f} ms  (fastest {fastest * 1e3:.1f})")
+
+# %% [markdown]
+# The number that matters is the **thread scaling**: how much faster the same layer runs on
+# all cores than on one. We use the fastest run of each (the one least disturbed by other
+# programs on the machine).
+
+# %%
+scaling = {design: big_times[(design, 1)][1] / big_times[(design, all_threads)][1]
+           for design in ("relay", "one pool")}
+for design, gain in scaling.items():
+    print(f"{design:<9} 1 -> {all_threads} threads: speed-up {gain:.2f}x")
+if all_threads == 1:
+    print("(this machine gives Numba one thread, so there is no scaling to see)")
+
+fig, ax = plt.subplots(figsize=(7.5, 4))
+width = 0.8 / len(thread_counts)
+for k, n in enumerate(thread_counts):
+    fastest_ms = [big_times[(design, n)][1] * 1e3 for design in ("relay", "one pool")]
+    bars = ax.bar(np.arange(2) + (k - (len(thread_counts) - 1) / 2) * width, fastest_ms,
+                  width, label=f"{n} thread" + ("s" if n > 1 else ""))
+    ax.bar_label(bars, fmt="%.1f ms", fontsize=9)
+ax.set_xticks(np.arange(2))
+ax.set_xticklabels([f"{design}\n1 -> {all_threads} threads: speed-up {scaling[design]:.2f}x"
+                    for design in ("relay", "one pool")])
+ax.set(ylabel="ms (fastest run)",
+       title=f"Conv 32->64 3x3 on {batch_size}x32x14x14, forward + backward")
+ax.margins(y=0.15)
+ax.legend()
+ax.grid(axis="y", alpha=0.3)
+show(fig, "relay_vs_onepool")
+
+# %% [markdown]
+# On one thread both designs do the same arithmetic with the same GEMM kernel; they differ
+# only in how the data moves (the relay unrolls the whole batch into one big matrix, one pool
+# works on a few samples at a time while they are in cache), so their times are of the same
+# order. The difference is in what a second core gives. In the relay, the hand-offs and the
+# spinning BLAS workers usually eat much of it; one pool keeps every thread busy with its own
+# samples from start to end. On a machine shared with other programs both gains shrink,
+# because a thread that waits for a core holds up the whole layer. A speed-up below 1 means
+# that the second thread made the layer *slower*: threads of the two pools, and of other
+# programs, fought over the cores.
+#
+# One condition makes this work: BLAS must not start threads of its own *inside* our threads.
+# minicnn sets BLAS's thread count with
+# [threadpoolctl](https://github.com/joblib/threadpoolctl) (`threads.set_num_threads` sets
+# Numba's and BLAS's together) and holds BLAS at one thread while a kernel runs. The GEMM
+# itself comes from the OpenBLAS that NumPy ships: its CBLAS functions are declared to Numba
+# as external C functions (`minicnn/kernels/blas.py`), so compiled code calls them directly,
+# without going back to Python.
+
+# %%
+with threads_at(all_threads):
+    with threads.blas_single_threaded():
+        inside = threads.get_num_threads()
+    outside = threads.get_num_threads()
+print("inside a kernel:", inside, "  outside:", outside)
+print("the GEMM the kernels call:", blas.describe())
+assert inside["blas"] == 1
+
+# %% [markdown]
+# ## 3. The shift trick
+#
+# im2col copies every input pixel up to $k_H k_W$ times. For stride 1 there is a way to need
+# no copy at all. Number the output positions not on the $H_{out} \times W_{out}$ grid but on
+# the padded input's width $W_p$: output $(o_h, o_w)$ gets the index $q = o_h W_p + o_w$. Tap
+# $(i, j)$ of the kernel reads, for output $q$, the padded pixel $(o_h + i, o_w + j)$, whose
+# flat index is
+#
+# $$ (o_h + i) W_p + (o_w + j) = q + (i W_p + j). $$
+#
+# So for *every* output at once, tap $(i, j)$ reads a contiguous stretch of the flattened
+# padded plane, shifted by $i W_p + j$. The price: the last $W_p - W_{out}$ positions of each
+# grid row are **garbage**, windows that wrap around into the next row; we compute them and
+# throw them away. The picture uses a 4x4 input with padding 1 (a 6x6 padded plane) and a 3x3
+# kernel.
+
+# %%
+size, pad, k = 4, 1, 3
+hp = wp = size + 2 * pad                              # padded plane: 6 x 6
+out_h = out_w = hp - k + 1                            # 4 x 4 outputs
+length = (out_h - 1) * wp + out_w                     # wide grid positions: 22
+tap = (1, 2)
+offset = tap[0] * wp + tap[1]
+is_pad = np.ones((hp, wp), bool)
+is_pad[pad:pad + size, pad:pad + size] = False
+valid_q = (np.arange(length) % wp) < out_w           # False = garbage column
+
+fig = plt.figure(figsize=(12, 7.2))
+grid_spec = fig.add_gridspec(2, 2, height_ratios=[3, 1.3])
+ax_plane, ax_out, ax_flat = (fig.add_subplot(grid_spec[0, 0]), fig.add_subplot(grid_spec[0, 1]),
+                             fig.add_subplot(grid_spec[1, :]))
+read_colour, garbage_colour, pad_colour = "tab:blue", "tab:orange", "0.85"
+
+# Left: the padded plane; the cells tap (1, 2) reads for the 22 wide-grid positions.
+for (r, c), padding_cell in np.ndenumerate(is_pad):
+    flat = r * wp + c
+    face = pad_colour if padding_cell else "white"
+    if offset <= flat < offset + length:
+        face = read_colour if valid_q[flat - offset] else garbage_colour
+    ax_plane.add_patch(plt.Rectangle((c, r), 1, 1, fc=face, ec="0.5", alpha=0.8))
+    ax_plane.text(c + 0.5, r + 0.5, flat, ha="center", va="center", fontsize=10)
+ax_plane.add_patch(plt.Rectangle((pad, pad), size, size, fill=False, ec="black", lw=2))
+ax_plane.set(xlim=(0, wp), ylim=(hp, 0), aspect="equal", xticks=np.arange(wp) + 0.5,
+             yticks=np.arange(hp) + 0.5, xticklabels=range(wp), yticklabels=range(hp),
+             xlabel="column", ylabel="row",
+             title=f"padded plane {hp}x{wp}, flat index in each cell\n"
+                   f"tap {tap} reads flat[{offset} : {offset} + {length}]")
+
+# Right: the wide output grid, q = oh * Wp + ow.
+for q in range(length):
+    oh, ow = divmod(q, wp)
+    face = "white" if valid_q[q] else garbage_colour
+    ax_out.add_patch(plt.Rectangle((ow, oh), 1, 1, fc=face, ec="0.5", alpha=0.8))
+    label = f"q={q}\ny[{oh},{ow}]" if valid_q[q] else f"q={q}\ngarbage"
+    ax_out.text(ow + 0.5, oh + 0.5, label, ha="center", va="center", fontsize=8)
+ax_out.set(xlim=(0, wp), ylim=(out_h, 0), aspect="equal", xticks=np.arange(wp) + 0.5,
+           yticks=np.arange(out_h) + 0.5, xticklabels=range(wp), yticklabels=range(out_h),
+           xlabel="ow", ylabel="oh",
+           title=f"wide output grid: {out_h} rows of Wp = {wp}, L = {length} positions\n"
+                 f"tap (i, j) reads flat[q + i*Wp + j] for output q; "
+                 f"columns {out_w}..{wp - 1} are dropped")
+
+# Bottom: the flat padded plane, and the stretch each tap reads.
+taps_drawn = [(0, 0), (1, 2), (2, 2)]
+for flat in range(hp * wp):
+    face = pad_colour if is_pad.flat[flat] else "white"
+    ax_flat.add_patch(plt.Rectangle((flat, 0), 1, 1, fc=face, ec="0.5"))
+    ax_flat.text(flat + 0.5, 0.5, flat, ha="center", va="center", fontsize=7)
+for row, (i, j) in enumerate(taps_drawn, start=1):
+    start = i * wp + j
+    for q in range(length):
+        ax_flat.add_patch(plt.Rectangle((start + q, -row * 0.9), 1, 0.7, ec="white",
+                                        fc=read_colour if valid_q[q] else garbage_colour))
+    ax_flat.text(start - 0.3, -row * 0.9 + 0.35, f"tap ({i},{j}): offset {i}*{wp}+{j} = {start}",
+                 ha="right", va="center", fontsize=9)
+handles = [plt.Rectangle((0, 0), 1, 1, fc=colour, ec="0.5", alpha=0.8) for colour in
+           (pad_colour, read_colour, garbage_colour)]
+fig.legend(handles, ["zero padding (black box: the 4x4 input)", "read and used",
+                     "read, garbage (wraps around a row)"], loc="upper center", ncol=3,
+           bbox_to_anchor=(0.5, 1.04), frameon=False)
+ax_flat.set(xlim=(-12, hp * wp), ylim=(-len(taps_drawn) * 0.9 - 0.2, 1.1), yticks=[],
+            xticks=[], title="the flattened padded plane (top) and the contiguous stretch of "
+                             f"L = {length} that each tap reads (blue: used, orange: garbage)")
+for side in ("left", "right", "top", "bottom"):
+    ax_flat.spines[side].set_visible(False)
+fig.tight_layout()
+show(fig, "shift_trick")
+
+# %% [markdown]
+# With $C_{in}$ input channels, the stretches of all channels for one tap form a
+# $(C_{in}, L)$ matrix: row $c$ starts $H_p W_p$ elements after row $c - 1$. That is just a
+# *view* of the padded array (a slice of its flat form), so no copy is made. The
+# convolution becomes $k_H k_W$ matrix products, one per tap, each with inner size $C_{in}$:
+#
+# $$ Y_{wide} = \sum_{i, j} W_{:, :, i, j} \; X_{shift(i, j)}, \qquad
+#    W_{:, :, i, j} \in \mathbb{R}^{C_{out} \times C_{in}}, \;
+#    X_{shift(i, j)} \in \mathbb{R}^{C_{in} \times L}. $$
+#
+# Let us check it with NumPy on one small sample, against the reference convolution.
+
+# %%
+c_in, c_out = 2, 3
+x_small = rng.standard_normal((1, c_in, size, size))
+w_small = rng.standard_normal((c_out, c_in, k, k))
+x_padded = np.pad(x_small[0], ((0, 0), (pad, pad), (pad, pad)))     # (C_in, Hp, Wp)
+planes = x_padded.reshape(c_in, hp * wp)                             # one flat plane per row
+
+y_wide = np.zeros((c_out, length))
+for i in range(k):
+    for j in range(k):
+        x_shift = planes[:, i * wp + j:i * wp + j + length]          # (C_in, L): a view
+        assert np.shares_memory(x_shift, x_padded)                   # ... no copy made
+        y_wide += w_small[:, :, i, j] @ x_shift                      # one GEMM per tap
+
+# Back to (C_out, H_out, W_out): fill the grid's last row to Wp, drop the garbage columns.
+y_grid = np.concatenate([y_wide, np.zeros((c_out, out_h * wp - length))], axis=1)
+y_shift = y_grid.reshape(c_out, out_h, wp)[:, :, :out_w]
+y_ref, _ = reference.conv2d_forward(x_small, w_small, None, (1, 1), (pad,) * 4, (1, 1), 1)
+print("largest difference from the reference:", np.abs(y_shift - y_ref[0]).max())
+assert np.allclose(y_shift, y_ref[0])
+
+# %% [markdown]
+# minicnn's one-pool kernels (`minicnn/kernels/onepool.py`) do exactly this for stride-1
+# layers with at least `onepool.SHIFT_MIN_CHANNELS` input channels, with two refinements:
+#
+# - **several samples per GEMM**: a thread stacks `onepool.SHIFT_GROUP` of its samples, per
+#   channel, into one zero-padded buffer, so one tap's view spans all of them and each GEMM is
+#   that many times longer; the positions between samples come out as more garbage (you will
+#   write this in the exercise). The kernels also let neighbouring samples share their padding
+#   rows and columns, which leaves less garbage to compute;
+# - backward uses the same views: $dW_{:,:,i,j} \mathrel{+}= dY_{wide}\, X_{shift(i,j)}^T$ and
+#   $dX_{shift(i,j)} \mathrel{+}= W_{:,:,i,j}^T\, dY_{wide}$, with the garbage columns of
+#   $dY_{wide}$ set to zero so they add nothing.
+#
+# With few input channels (the first layer of an image network has 1 or 3) a GEMM with inner
+# size $C_{in}$ is too thin to be fast, so those layers copy the taps into a
+# $(C_{in} k_H k_W, L)$ matrix first (still one contiguous copy per tap) and do one GEMM.
+
+# %%
+print(f"shift path from {onepool.SHIFT_MIN_CHANNELS} input channels up, "
+      f"{onepool.SHIFT_GROUP} samples per GEMM")
+
+# %% [markdown]
+# ## 4. Where does a training step spend its time?
 #
 # `models.profile` runs one image through a model and records each layer's output shape,
-# parameters and FLOPs (a multiply-add counts as 2). Then we time every layer's forward and
-# backward pass on a batch of 32, walking through the `Sequential` by hand.
+# parameters and FLOPs (a multiply-add counts as 2). We time every layer's forward and
+# backward pass on a batch, on all threads, walking through the `Sequential` by hand.
 
 # %%
-model = models.mnist_cnn(rng=0)
+model = models.mnist_cnn(rng=0)                       # default backend: numba, one pool
 layer_info = models.profile(model, (1, 28, 28))
-batch = rng.standard_normal((32, 1, 28, 28), dtype=np.float32)
+batch = rng.standard_normal((32 if FAST else 64, 1, 28, 28), dtype=np.float32)
 
-inputs = [batch]
-for layer in model:                 # forward once to get every layer's input
-    inputs.append(layer(inputs[-1]))
-forward_ms, backward_ms = [], []
-for layer, layer_input, layer_output in zip(model, inputs[:-1], inputs[1:]):
-    grad = np.ones_like(layer_output)
-    forward_ms.append(median_time(lambda: layer(layer_input))[0] * 1e3)
-    backward_ms.append(median_time(lambda: layer.backward(grad))[0] * 1e3)
-
-labels = [f"{info.name} {info.kind}" for info in layer_info]
+with threads_at(all_threads):
+    inputs = [batch]
+    for layer in model:                               # forward once to get every layer's input
+        inputs.append(layer(inputs[-1]))
+    forward_s, backward_s = [], []
+    for layer, layer_input, layer_output in zip(model, inputs[:-1], inputs[1:]):
+        grad = np.ones_like(layer_output)
+        forward_s.append(median_time(lambda: layer(layer_input)))
+        backward_s.append(median_time(lambda: layer.backward(grad)))
+forward_ms = np.array([t[0] for t in forward_s]) * 1e3
+backward_ms = np.array([t[0] for t in backward_s]) * 1e3
 flops = np.array([info.flops for info in layer_info]) * len(batch)
+total_ms = forward_ms.sum() + backward_ms.sum()
+is_conv = np.array([info.kind == "Conv2d" for info in layer_info])
+print(f"forward + backward: {total_ms:.1f} ms on {all_threads} thread(s), "
+      f"convolutions {(forward_ms + backward_ms)[is_conv].sum() / total_ms:.0%} of it; "
+      f"they do {flops[is_conv].sum() / flops.sum():.0%} of the forward FLOPs")
+assert flops[is_conv].sum() / flops.sum() > 0.8 and len(forward_ms) == len(layer_info)
+
+# %% [markdown]
+# How fast *could* a layer go? Nearly all its work is matrix products, so the limit is the
+# speed of a large, well-shaped GEMM. Multiplying two $n \times n$ matrices costs $2n^3$ FLOPs;
+# timing it on one thread gives the peak of one core in GFLOP/s (we take the fastest run:
+# the machine's ability, not its load). With $T$ threads the ideal is $T$ times that.
+
+# %%
+n = 512 if FAST else 1024
+a32 = rng.standard_normal((n, n), dtype=np.float32)
+b32 = rng.standard_normal((n, n), dtype=np.float32)
+with threads_at(1):
+    gemm32 = median_time(lambda: a32 @ b32)[1]
+peak = 2 * n ** 3 / gemm32 / 1e9
+print(f"GEMM {n}x{n} float32 on one thread: {peak:.0f} GFLOP/s per core")
+
+share_of_peak = {}
+for index, info in enumerate(layer_info):
+    if info.kind in ("Conv2d", "Linear"):
+        gflops = flops[index] / forward_s[index][1] / 1e9
+        share_of_peak[index] = gflops / (peak * all_threads)
+        print(f"{info.name} {info.kind:<7} forward {gflops:6.1f} GFLOP/s = "
+              f"{share_of_peak[index]:.0%} of {all_threads} x the one-core peak")
+closest = max(share_of_peak, key=share_of_peak.get)
+print(f"closest to the peak: layer {closest}, {layer_info[closest].kind} "
+      f"(output {layer_info[closest].output_shape})")
+
+# %%
+labels = [f"{info.name} {info.kind}" for info in layer_info]
 fig, (ax_flops, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
 ax_flops.barh(labels, flops / 1e6, color="tab:gray")
-ax_flops.set(title="Forward FLOPs per layer (batch of 32)", xlabel="MFLOP")
+ax_flops.set(title=f"Forward FLOPs per layer (batch of {len(batch)})", xlabel="MFLOP")
 ax_time.barh(labels, forward_ms, label="forward")
 ax_time.barh(labels, backward_ms, left=forward_ms, label="backward")
-ax_time.set(title="Measured time per layer (median)", xlabel="milliseconds")
-ax_time.legend()
+for index, share in share_of_peak.items():
+    ax_time.text(forward_ms[index] + backward_ms[index], index, f"  fwd {share:.0%} of peak",
+                 va="center", fontsize=8)
+ax_time.set(title=f"Measured time per layer (median, {all_threads} thread(s))",
+            xlabel="milliseconds")
+ax_time.margins(x=0.25)
+ax_time.legend(loc="lower right")
 ax_flops.invert_yaxis()
 for ax in (ax_flops, ax_time):
     ax.grid(axis="x", alpha=0.3)
 fig.tight_layout()
 show(fig, "time_per_layer")
 
-total_ms = sum(forward_ms) + sum(backward_ms)
-conv_ms = sum(f + b for f, b, info in zip(forward_ms, backward_ms, layer_info)
-              if info.kind == "Conv2d")
-print(f"forward + backward: {total_ms:.1f} ms, convolutions: {conv_ms / total_ms:.0%} of it; "
-      f"{flops.sum() / 1e6:.0f} MFLOP forward")
-conv_flop_share = flops[[i.kind == "Conv2d" for i in layer_info]].sum() / flops.sum()
-print(f"convolutions do {conv_flop_share:.0%} of the forward FLOPs")
-assert conv_flop_share > 0.8 and len(forward_ms) == len(layer_info)
-
 # %% [markdown]
-# Time is not proportional to FLOPs. The first convolution does about 15x fewer FLOPs than the
-# second, yet typically takes a large fraction of its time: with one input channel its matrix
-# product is tiny (K = 1*3*3 = 9) and the work is dominated by writing its big 32x28x28 output.
-# ReLU and pooling do almost no arithmetic but still read and write every value. Such layers
-# are *memory-bound*: their speed is set by bytes moved, not by FLOPs.
-
-# %% [markdown]
-# ## 3. FLOPs against the machine's peak
+# Time is not proportional to FLOPs. The second convolution (32 to 64 channels, the shift
+# path) does most of the arithmetic, in GEMMs with $K = C_{in} = 32$. The first one does far
+# fewer FLOPs but has one input channel: its GEMM is thin ($K = 1 \cdot 3 \cdot 3 = 9$, the
+# unroll path) and much of its time goes into reading and writing its large 32x28x28 maps.
+# ReLU and pooling do almost no arithmetic but still read and write every value: they are
+# *memory-bound*, their speed set by bytes moved rather than FLOPs. Run the cells again and
+# the numbers move; the picture stays.
 #
-# How fast *could* it go? Almost all the work is inside matrix products, so the best a
-# convolution can do is the speed of a large, well-shaped GEMM. Multiplying two $n \times n$
-# matrices costs $2n^3$ FLOPs; timing it gives GFLOP/s.
+# ## 5. Small overheads that shaped the kernels
+#
+# **Waking the pool costs time.** A `prange` loop starts a *parallel region*: the threads are
+# woken, given their share and waited for. Here is a kernel that does almost nothing, called
+# as plain compiled code and as a parallel region.
 
 # %%
-n = 1024
-a32 = rng.standard_normal((n, n), dtype=np.float32)
-b32 = rng.standard_normal((n, n), dtype=np.float32)
-gemm32 = median_time(lambda: a32 @ b32)[0]
-a64, b64 = a32.astype(np.float64), b32.astype(np.float64)
-gemm64 = median_time(lambda: a64 @ b64)[0]
-peak = 2 * n ** 3 / gemm32 / 1e9
-print(f"GEMM {n}x{n} on one thread: float32 {peak:.0f} GFLOP/s, "
-      f"float64 {2 * n ** 3 / gemm64 / 1e9:.0f} GFLOP/s")
+@njit
+def touch(out):
+    out[0] += 1.0
 
-conv = layers["numba"]
-conv_flops = models.profile(conv, (16, 14, 14))[0].flops * len(x)
-conv_gflops = conv_flops / timings["numba"][0][0] / 1e9
-print(f"the numba conv forward above: {conv_gflops:.1f} GFLOP/s = {conv_gflops / peak:.0%} "
-      "of the one-thread GEMM peak")
+
+@njit(parallel=True)
+def touch_parallel(out, n_threads):
+    for t in prange(n_threads):
+        out[t] += 1.0
+
+
+counters = np.zeros(max(all_threads, 1))
+calls = 200
+call_cost = {}
+for label, fn, n in [("plain call", lambda: touch(counters), 1),
+                     ("parallel region, 1 thread", lambda: touch_parallel(counters, 1), 1),
+                     (f"parallel region, {all_threads} threads",
+                      lambda: touch_parallel(counters, all_threads), all_threads)]:
+    with threads_at(n):
+        call_cost[label] = median_time(lambda: [fn() for _ in range(calls)])[1] / calls
+    print(f"{label:<28} {call_cost[label] * 1e6:8.2f} us per call")
+assert call_cost["parallel region, 1 thread"] > call_cost["plain call"]
 
 # %% [markdown]
-# A small convolution reaches only a fraction of the peak: its matrices are small (K = 16*9
-# = 144 rows) and the copying around the GEMM is pure memory traffic with no arithmetic.
-# Bigger batches and more channels get closer.
+# Tens of microseconds (more on a busy machine) are nothing next to a 10 ms layer, but a small
+# layer or a small batch takes only a few hundred microseconds, and a training step has a
+# dozen layers times two passes. So the kernels avoid regions that cannot pay: with one
+# thread, `onepool.conv2d_forward` calls the chunk function (`_forward_shift_chunk`, ...)
+# directly instead of the `prange` driver, and ReLU stays on one thread below
+# `pointwise.PARALLEL_MIN_SIZE` elements.
 #
-# ## 4. Threads and the BLAS library
-#
-# NumPy hands `@` to a BLAS library (OpenBLAS in NumPy's wheels), which picks a kernel for the
-# CPU it finds: `corename`. The environment variable `OPENBLAS_CORETYPE` can force a different
-# one (`Haswell` = AVX2 only, which on AVX-512 machines costs close to half the float32 speed).
-# `threads.set_num_threads(n)` sets Numba's, BLAS's (and PyTorch's, if loaded) thread counts
-# together, so comparisons stay fair. More threads help only if there are idle cores: on a
-# machine busy with other work, a multithreaded GEMM keeps waiting for its slowest thread to
-# get a core and can end up far *slower* than one thread. If a threads bar in the chart below
-# is under 1, that is what happened.
+# **Loop over slices, not over `range(first, last)`.** Each thread works on its part of an
+# array, `first` to `last`. The obvious loop is `for i in range(first, last)`. But Numba cannot
+# prove that such an `i` is never negative, and a negative index means "count from the end",
+# so it adds a wrap-around check to every access, and the check stops LLVM from vectorising
+# the loop (using SIMD instructions that handle 8 or 16 floats at once). Taking slices first
+# and looping from 0 gives the same result without the checks:
 
 # %%
-info = threads.blas_info()
-print("BLAS:", info["config"])
-print("BLAS core kernel:", info["corename"], "  OPENBLAS_CORETYPE =",
-      os.environ.get("OPENBLAS_CORETYPE", "(not set)"))
-assert threads.get_num_threads()["numba"] == 1
-threads.set_num_threads(all_threads)
-print("threads now:", threads.get_num_threads())
-gemm_all_threads = median_time(lambda: a32 @ b32)[0]
-conv_all_threads = median_time(lambda: (conv(x), conv.backward(dy)))[0]
-conv_one_thread = sum(t[0] for t in timings["numba"])
-print(f"GEMM float32: {peak:.0f} GFLOP/s on 1 thread, "
-      f"{2 * n ** 3 / gemm_all_threads / 1e9:.0f} GFLOP/s on {all_threads}")
-print(f"numba conv fwd+bwd: {conv_one_thread * 1e3:.2f} ms on 1 thread, "
-      f"{conv_all_threads * 1e3:.2f} ms on {all_threads}")
-threads.set_num_threads(1)
+@njit
+def scale_range(x, out, first, last):
+    for i in range(first, last):                     # i could be negative, as far as Numba knows
+        out[i] = 2 * x[i] + 1
+
+
+@njit
+def scale_slices(x, out, first, last):
+    src, dest = x[first:last], out[first:last]
+    for i in range(src.size):                        # 0 <= i < size: no checks needed
+        dest[i] = 2 * src[i] + 1
+
+
+values = rng.standard_normal(1 << 16, dtype=np.float32)
+out_range, out_slices = np.empty_like(values), np.empty_like(values)
+scale_range(values, out_range, 0, values.size)
+scale_slices(values, out_slices, 0, values.size)
+assert np.array_equal(out_range, out_slices)
+loop_times = race({"range(first, last)": lambda: scale_range(values, out_range, 0, values.size),
+                   "slices from 0": lambda: scale_slices(values, out_slices, 0, values.size)},
+                  repeats=5 * REPEATS)
+for label, (_, fastest) in loop_times.items():
+    print(f"{label:<20} {fastest * 1e6:7.1f} us for {values.size} floats")
+print(f"slices are {loop_times['range(first, last)'][1] / loop_times['slices from 0'][1]:.1f}x "
+      "faster")
 
 # %% [markdown]
-# ## 5. Memory layout and precision
+# Every inner loop in `onepool.py`, `pointwise.py` and the depthwise kernels of
+# `numba_backend.py` is written this way. (To see for yourself, compare
+# `scale_range.inspect_asm()` with `scale_slices.inspect_asm()`: look for vector registers,
+# `ymm` or `zmm`, in the second.)
 #
-# NumPy arrays are stored row-major: in an NCHW array the W axis is contiguous, and
-# `strides` says how many bytes one step along each axis skips. Kernels want contiguous data;
-# a transposed view (say, an NHWC array viewed as NCHW) must be copied first. im2col trades
-# memory for speed: its column matrix holds every input pixel up to $k_H k_W$ times.
+# ## 6. Memory layout and precision
+#
+# NumPy arrays are stored row-major: in an NCHW array the W axis is contiguous, and `strides`
+# says how many bytes one step along each axis skips. The shift trick is a strides trick: the
+# view $X_{shift(i,j)}$ steps $H_p W_p$ elements between rows and 1 along a row. Compare the
+# memory each method needs besides the input: im2col's column matrix holds every pixel up to
+# $k_H k_W$ times; the shift trick needs only a padded copy.
 
 # %%
 print("NCHW strides (bytes):", x.strides)
-x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))       # the same numbers, NHWC in memory
-as_nchw_view = x_nhwc.transpose(0, 3, 1, 2)                  # NCHW shape, NHWC strides
-print("NHWC data viewed as NCHW, strides:", as_nchw_view.strides,
-      " contiguous:", as_nchw_view.flags["C_CONTIGUOUS"])
-relayout = median_time(lambda: np.ascontiguousarray(as_nchw_view))[0]
-print(f"re-layout copy: {relayout * 1e3:.3f} ms  vs the conv forward "
-      f"{timings['numba'][0][0] * 1e3:.3f} ms")
+print(f"X_shift view {x_shift.shape}, strides {x_shift.strides} bytes: {hp * wp} float64 "
+      "elements between rows, 1 along a row")
 cols, _ = im2col(x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))   # kernel, stride, padding, dilation
-print(f"input {x.nbytes / 1e6:.2f} MB -> im2col columns {cols.shape}, "
-      f"{cols.nbytes / 1e6:.2f} MB ({cols.nbytes / x.nbytes:.0f}x)")
+padded_bytes = x.shape[0] * x.shape[1] * (14 + 2) * (14 + 2) * x.itemsize   # padding 1
+print(f"input {x.nbytes / 1e6:.2f} MB -> im2col columns {cols.nbytes / 1e6:.2f} MB "
+      f"({cols.nbytes / x.nbytes:.0f}x), padded copy {padded_bytes / 1e6:.2f} MB "
+      f"({padded_bytes / x.nbytes:.1f}x)")
 assert cols.shape == (16 * 9, 16 * 14 * 14)
 
-# float64 halves the numbers per SIMD register and doubles the bytes to move:
-x64 = x.astype(np.float64)
-forward64 = median_time(lambda: conv(x64))[0]
-assert conv(x64).dtype == np.float64                        # a layer keeps its input's dtype
-print(f"conv forward float32 {timings['numba'][0][0] * 1e3:.2f} ms, "
-      f"float64 {forward64 * 1e3:.2f} ms")
-
 # %% [markdown]
-# ## 6. The speed-ups, in one picture
-#
-# Each bar is a ratio of two medians measured above (1 = no gain; log scale).
+# float64 holds half as many numbers per SIMD register and moves twice the bytes. The one-pool
+# kernels call the float64 GEMM (`dgemm`) for float64 layers; a layer keeps its input's dtype.
 
 # %%
-speedups = {
-    "im2col vs reference\n(conv fwd+bwd)": sum(t[0] for t in timings["reference"])
-    / sum(t[0] for t in timings["im2col"]),
-    "numba vs reference\n(conv fwd+bwd)": sum(t[0] for t in timings["reference"])
-    / sum(t[0] for t in timings["numba"]),
-    "float32 vs float64\n(GEMM)": gemm64 / gemm32,
-    "float32 vs float64\n(numba conv fwd)": forward64 / timings["numba"][0][0],
-    f"{all_threads} threads vs 1\n(GEMM)": gemm32 / gemm_all_threads,
-    f"{all_threads} threads vs 1\n(numba conv fwd+bwd)": conv_one_thread / conv_all_threads,
-}
-values = np.array(list(speedups.values()))
-fig, ax = plt.subplots(figsize=(11, 4.5))
-# Bars start at 1 (no change): up is faster, down is slower.
-bars = ax.bar(list(speedups), values - 1, bottom=1,
-              color=np.where(values >= 1, "tab:green", "tab:red"))
-ax.bar_label(bars, labels=[f"{v:.2g}x" for v in values])
-ax.set_yscale("log")
-ax.set_ylim(min(values.min(), 1) / 2, max(values.max(), 1) * 2)
-low, high = ax.get_ylim()
-ax.set_yticks([2.0 ** k for k in range(-6, 12) if low <= 2.0 ** k <= high])   # 0.5x, 1x, 2x...
-ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-ax.axhline(1, color="black", lw=0.8)
-ax.set(title="Speed-ups measured on this machine (ratio of medians; below 1 = slower)",
-       ylabel="speed-up (x, log scale)")
-ax.tick_params(axis="x", labelsize=8)
-ax.grid(axis="y", alpha=0.3, which="both")
-show(fig, "speedups")
-threads.set_num_threads(all_threads)                  # leave the process as we found it
+conv = layers["numba one pool"]
+x64 = x.astype(np.float64)
+with threads_at(1):
+    precision = race({"float32": lambda: conv(x), "float64": lambda: conv(x64)})
+assert conv(x64).dtype == np.float64
+print(f"conv forward on one thread: float32 {precision['float32'][1] * 1e3:.2f} ms, "
+      f"float64 {precision['float64'][1] * 1e3:.2f} ms "
+      f"({precision['float64'][1] / precision['float32'][1]:.1f}x)")
+
+# We changed thread counts and the design switch only inside `with` blocks; check that
+# everything is as we found it.
+assert threads.get_num_threads() == start_threads
+assert numba_backend.USE_ONEPOOL == start_onepool
 
 # %% [markdown]
 # ## Exercise
 #
-# How many FLOPs does the forward pass of `Conv2d(16, 32, 3, padding=1)` cost for *one*
-# 16x14x14 input? Each of the $32 \cdot 14 \cdot 14$ outputs is a dot product of length
-# $16 \cdot 3 \cdot 3$ (a multiply and an add per term), plus one addition for the bias.
+# Write the shift trick for a whole batch: `shifted_conv(x_padded, w)` takes an already padded
+# batch `x_padded` of shape `(N, C_in, Hp, Wp)` and weights `w` of shape
+# `(C_out, C_in, kH, kW)` and returns the stride-1 convolution, shape
+# `(N, C_out, Hp - kH + 1, Wp - kW + 1)`, without bias, using only $k_H k_W$ matrix products
+# over shifted views of the flat input.
+#
+# Hint: as the one-pool kernels do (in a simpler form), put the samples' padded planes one
+# after the other for each channel: `x_padded.transpose(1, 0, 2, 3)` made contiguous and
+# reshaped to `(C_in, N*Hp*Wp)`. Then one tap's view spans every sample: it is
+# `(N - 1)*Hp*Wp + L` long, and the gaps between samples are garbage like the wrapped columns.
+#
+# The worked answer is filled in. To try it yourself, replace the body below the marker with
+# `raise NotImplementedError` and write your own; until you do, the check cell says so and the
+# tutorial carries on. A wrong answer is reported with what is wrong (shape, or how large the
+# error is and where).
 
 # %%
-# Your answer here (the worked answer is filled in; try changing it)
-answer = 32 * 14 * 14 * (2 * 16 * 3 * 3 + 1)
+def shifted_conv(x_padded, w):
+    """Stride-1 convolution of an already padded batch, by kH*kW GEMMs over shifted views."""
+    n_batch, channels, padded_h, padded_w = x_padded.shape
+    c_out, _, kh, kw = w.shape
+    out_h, out_w = padded_h - kh + 1, padded_w - kw + 1
+    # Your answer here (the worked answer is filled in; try writing your own)
+    plane = padded_h * padded_w
+    side_by_side = np.ascontiguousarray(x_padded.transpose(1, 0, 2, 3)).reshape(channels, -1)
+    span = (n_batch - 1) * plane + (out_h - 1) * padded_w + out_w
+    y_wide = np.zeros((c_out, n_batch * plane), dtype=x_padded.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            start = i * padded_w + j
+            y_wide[:, :span] += w[:, :, i, j] @ side_by_side[:, start:start + span]
+    y_grid = y_wide.reshape(c_out, n_batch, padded_h, padded_w)[:, :, :out_h, :out_w]
+    return y_grid.transpose(1, 0, 2, 3)
 
-check("FLOPs of Conv2d(16, 32, 3, padding=1) on 16x14x14",
-      answer, models.profile(conv, (16, 14, 14))[0].flops)
+
+# %%
+# A batch of 3, rectangular planes and a rectangular kernel, so that swapped axes show up.
+x_test = rng.standard_normal((3, 4, 9, 7))
+w_test = rng.standard_normal((5, 4, 3, 2))
+expected, _ = reference.conv2d_forward(x_test, w_test, None, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+
+try:
+    answer = shifted_conv(x_test, w_test)
+except NotImplementedError:
+    answer = None
+    print("shifted_conv is not written yet: fill it in and run this cell again")
+if answer is not None:
+    answer = np.asarray(answer)
+    if answer.shape != expected.shape:
+        raise AssertionError(f"shifted_conv returned shape {answer.shape}, expected "
+                             f"{expected.shape} = (N, C_out, Hp - kH + 1, Wp - kW + 1)")
+    error = np.abs(answer - expected)
+    wrong = np.argwhere(error > 1e-8 * (1 + np.abs(expected)))
+    if len(wrong):
+        n_bad, c_bad, h_bad, w_bad = wrong[0]
+        raise AssertionError(
+            f"shifted_conv: {len(wrong)} of {expected.size} values wrong, largest error "
+            f"{error.max():.3g}; first wrong at (n, c_out, oh, ow) = "
+            f"({n_bad}, {c_bad}, {h_bad}, {w_bad}); wrong samples {np.unique(wrong[:, 0])}, "
+            f"rows {np.unique(wrong[:, 2])}, columns {np.unique(wrong[:, 3])}")
+    check("shifted_conv against reference.conv2d_forward", answer, expected,
+          rtol=1e-10, atol=1e-10)
