@@ -249,7 +249,8 @@ show(fig, "relay_vs_onepool")
 # samples from start to end. On a machine shared with other programs both gains shrink,
 # because a thread that waits for a core holds up the whole layer. A speed-up below 1 means
 # that the second thread made the layer *slower*: threads of the two pools, and of other
-# programs, fought over the cores.
+# programs, fought over the cores. If your numbers do not tell this story, run the cell
+# again: on a busy machine one burst of load can flip a comparison.
 #
 # One condition makes this work: BLAS must not start threads of its own *inside* our threads.
 # minicnn sets BLAS's thread count with
@@ -462,7 +463,7 @@ for index, info in enumerate(layer_info):
     if info.kind in ("Conv2d", "Linear"):
         gflops = flops[index] / forward_s[index][1] / 1e9
         share_of_peak[index] = gflops / (peak * all_threads)
-        print(f"{info.name} {info.kind:<7} forward {gflops:6.1f} GFLOP/s = "
+        print(f"{info.name} {info.kind:<7} fastest forward {gflops:6.1f} GFLOP/s = "
               f"{share_of_peak[index]:.0%} of {all_threads} x the one-core peak")
 closest = max(share_of_peak, key=share_of_peak.get)
 print(f"closest to the peak: layer {closest}, {layer_info[closest].kind} "
