@@ -1,5 +1,20 @@
 """The MNIST CNN from the README overfits one fixed batch of 64 real MNIST images, with every
-kernel backend, and a seeded run is bit-for-bit repeatable."""
+kernel backend, and a seeded run is bit-for-bit repeatable.
+
+Margins (issue 8), measured on the numba backend with model seeds 0-4, 1 and 2 threads and
+``OPENBLAS_CORETYPE`` unset / Haswell / Sandybridge (the backends agree to float32 round-off):
+
+* With SGD lr 0.05 + momentum 0.9 (the old setting) one batch is on the edge of instability:
+  the loss spikes back up mid-run and where it lands after 60 steps depends on the BLAS
+  kernel. Seed 0 ended at 2.1e-4 (unset), 1.8e-3 (Haswell) and **0.84, 78 % accuracy**
+  (Sandybridge, the test failing); lr 0.02 still spiked to a loss of 9.5 at seed 0.
+* With lr 0.01 + momentum 0.9 the run is smooth and the kernel does not matter (same loss to
+  5 digits under Haswell and Sandybridge). After 60 steps the loss is 1.0e-3 .. 2.5e-3 over
+  seeds 0-4 (seed 0: 1.42e-3), every image right. The bound, 0.02, is 8x above the worst of
+  those (14x above seed 0) and still far below an unfitted batch (a loss of 0.1 is still
+  several misclassified images).
+* The untrained loss is within 0.013 of ln(10) for every seed; the bound is 0.3 (23x).
+"""
 
 import numpy as np
 import pytest
@@ -42,8 +57,8 @@ def test_mnist_cnn_overfits_one_real_batch(mnist_batch, backend):
     first_loss = nn.CrossEntropyLoss()(model(x), y)
     assert abs(first_loss - np.log(10)) < 0.3
     steps = 60
-    losses, logits = train_steps(model, x, y, steps)
-    assert losses[-1] < 0.01, losses[::10]
+    losses, logits = train_steps(model, x, y, steps, lr=0.01)
+    assert losses[-1] < 0.02, losses[::10]
     assert (logits.argmax(axis=1) == y).mean() == 1.0
 
 
