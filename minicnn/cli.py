@@ -25,11 +25,12 @@ EXAMPLES = """examples:
 # Training defaults, applied when neither the command line nor a resumed run's config sets
 # them (the options default to None so that a resumed run can tell what was typed).
 TRAIN_DEFAULTS = dict(dataset="mnist", model="lenet5", epochs=5, batch_size=64,
-                      optimizer="sgd", momentum=0.9, nesterov=False, schedule="cosine",
-                      step_size=2, gamma=0.1, seed=0)
+                      optimizer="sgd", momentum=0.9, nesterov=True, schedule="warmup-cosine",
+                      warmup_epochs=0.2, step_size=2, gamma=0.1, seed=0, val_size=0,
+                      augment=True)
 QUICK = dict(epochs=1, limit=5000, test_limit=1000, val_size=500)
 LR_DEFAULT = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
-WEIGHT_DECAY_DEFAULT = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
+WEIGHT_DECAY_DEFAULT = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2}
 
 
 class UserError(Exception):
@@ -126,14 +127,19 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
                        help=f"default {d['optimizer']}")
     train.add_argument("--momentum", type=_non_negative_float,
                        help=f"SGD momentum (default {d['momentum']})")
-    train.add_argument("--nesterov", action="store_true", default=None,
-                       help="SGD: Nesterov momentum (default off)")
+    train.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                       help="SGD: Nesterov momentum (default on for sgd with momentum > 0)")
     train.add_argument("--weight-decay", type=_non_negative_float,
-                       help="L2 penalty for sgd/adam, decoupled decay for adamw (default 0, "
-                            "and 0.01 for adamw; 0 always means none)")
-    train.add_argument("--schedule", choices=("cosine", "step", "none"),
-                       help=f"learning-rate schedule per epoch (default {d['schedule']}: "
-                            "cosine from --lr to 0 over the run)")
+                       help="L2 penalty for sgd/adam, decoupled decay for adamw (default "
+                            "0.0005 for sgd, 0 for adam, 0.01 for adamw; 0 always means none)")
+    train.add_argument("--schedule", choices=("warmup-cosine", "cosine", "step", "none"),
+                       help=f"learning-rate schedule (default {d['schedule']}: per batch, "
+                            "linear warm-up from --lr/10 to --lr over --warmup-epochs, then "
+                            "cosine to 0 at the end of the run; cosine: per epoch, from --lr "
+                            "to 0; step: see --step-size; none: constant)")
+    train.add_argument("--warmup-epochs", type=_non_negative_float, metavar="E",
+                       help=f"warmup-cosine: warm-up length in epochs, fractions allowed "
+                            f"(default {d['warmup_epochs']})")
     train.add_argument("--step-size", type=_positive_int, metavar="N",
                        help=f"step schedule: multiply the learning rate by --gamma every N "
                             f"epochs (default {d['step_size']})")
@@ -142,6 +148,14 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, help=f"default {d['seed']}")
     train.add_argument("--limit", type=_positive_int, metavar="N",
                        help="use only this many training images")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="augment the training images: random shifts of up to 2 pixels "
+                            "(grayscale), or 4-pixel crops and mirroring (colour) (default on)")
+    train.add_argument("--val-size", type=_whole_number(0), metavar="N",
+                       help=f"hold out N training images to report validation accuracy after "
+                            f"each epoch (default {d['val_size']}: train on the whole training "
+                            f"split; at most a fifth of it is held out; {QUICK['val_size']} "
+                            "with --quick)")
     train.add_argument("--quick", action="store_true",
                        help=f"a fast look: {QUICK['limit']:,} training and "
                             f"{QUICK['test_limit']:,} test images, {QUICK['epochs']} epoch, "
@@ -221,10 +235,14 @@ def _config_from_args(args):
               for key, default in TRAIN_DEFAULTS.items()}
     if args.quick:
         values.update(epochs=args.epochs or QUICK["epochs"], limit=args.limit or QUICK["limit"],
-                      test_limit=QUICK["test_limit"], val_size=QUICK["val_size"])
+                      test_limit=QUICK["test_limit"],
+                      val_size=QUICK["val_size"] if args.val_size is None else args.val_size)
     else:
         values.update(limit=args.limit)
     optimizer = values["optimizer"]
+    if args.nesterov is None:      # the default applies where Nesterov momentum exists
+        values["nesterov"] = (TRAIN_DEFAULTS["nesterov"] and optimizer == "sgd"
+                              and values["momentum"] > 0)
     values["lr"] = args.lr if args.lr is not None else LR_DEFAULT[optimizer]
     values["weight_decay"] = (args.weight_decay if args.weight_decay is not None
                               else WEIGHT_DECAY_DEFAULT[optimizer])
@@ -239,14 +257,17 @@ def _default_out(args) -> Path:
 
 # Settings a resumed run takes from its config.json, whatever the command line says.
 RESUME_KEEPS = ("dataset", "model", "batch_size", "optimizer", "lr", "momentum", "nesterov",
-                "weight_decay", "schedule", "step_size", "gamma", "seed", "limit")
+                "weight_decay", "schedule", "warmup_epochs", "step_size", "gamma", "seed",
+                "limit", "val_size", "augment")
 
 
 def _report_resume(args, stored) -> None:
     """Say what a resumed run keeps from its config and which typed values it ignores."""
     def option(key, value):
         flag = "--" + key.replace("_", "-")
-        return flag if value is True else f"{flag} {value}"
+        if isinstance(value, bool):
+            return flag if value else "--no-" + flag[2:]
+        return f"{flag} {value}"
 
     ignored = [f"{option(key, getattr(args, key))} (keeps {getattr(stored, key)})"
                for key in RESUME_KEEPS

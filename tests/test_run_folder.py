@@ -234,7 +234,8 @@ def train_killed_at(kill_at, out, cwd, env, resume):
 
 
 def history_without_timing(path):
-    return [{k: v for k, v in epoch.items() if k not in ("seconds", "images_per_second")}
+    return [{k: v for k, v in epoch.items()
+             if k not in ("seconds", "step_seconds", "images_per_second")}
             for epoch in json.loads(path.read_text())]
 
 

@@ -118,6 +118,9 @@ class DataLoader:
             stop = min(first + self.batch_size, n)
             idx = order[first:stop] if order is not None else slice(first, stop)
             y = np.asarray(labels[idx], dtype=np.int64)
+            # Fused path (MNIST batch of 64, 2-core shared machine): ~25 us per batch without
+            # augmentation (57 us converting first), ~90 us with 2-pixel shifts (450 us
+            # before, when the crop indexed every float pixel); a training step is 8-40 ms.
             if self._fused is not None and images.dtype == np.uint8:
                 movers, normalize = self._fused
                 pixels = images[idx]
