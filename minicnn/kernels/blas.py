@@ -34,12 +34,13 @@ TRANS = 112
 _CANDIDATES = ("scipy_cblas_{}64_", "cblas_{}64_")
 
 
-def _find_library_and_names() -> tuple[str | None, str | None, str | None]:
-    """``(library path, sgemm name, dgemm name)`` of the BLAS NumPy loaded, or ``None``s."""
+def _find_library_and_names() -> tuple[str | None, str | None, str | None, str | None]:
+    """``(library path, sgemm name, dgemm name, core kernel)`` of the OpenBLAS NumPy loaded
+    (the core as threadpoolctl reports it, e.g. ``"SkylakeX"`` or ``"Haswell"``), or ``None``s."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:  # pragma: no cover - a declared dependency
-        return None, None, None
+        return None, None, None, None
     import ctypes
 
     for entry in threadpool_info():
@@ -53,8 +54,8 @@ def _find_library_and_names() -> tuple[str | None, str | None, str | None]:
         for pattern in _CANDIDATES:
             single, double = pattern.format("sgemm"), pattern.format("dgemm")
             if hasattr(library, single) and hasattr(library, double):
-                return path, single, double
-    return None, None, None
+                return path, single, double, entry.get("architecture")
+    return None, None, None, None
 
 
 def _declare(name: str, scalar) -> types.ExternalFunction:
@@ -65,8 +66,13 @@ def _declare(name: str, scalar) -> types.ExternalFunction:
     return types.ExternalFunction(name, signature)
 
 
-LIBRARY, SGEMM_NAME, DGEMM_NAME = _find_library_and_names()
+LIBRARY, SGEMM_NAME, DGEMM_NAME, CORE = _find_library_and_names()
 AVAILABLE = LIBRARY is not None
+
+#: OpenBLAS's AVX-512 cores have a "small matrix" GEMM path with little per-call cost, which
+#: makes the thin GEMMs of the shift kernels cheap; other cores (e.g. Haswell, which
+#: ``OPENBLAS_CORETYPE=Haswell`` forces) pay more per call (benchmarks/RESULTS.md).
+SMALL_MATRIX_KERNELS = CORE in ("SkylakeX", "Cooperlake", "SapphireRapids")
 if AVAILABLE:
     binding.load_library_permanently(LIBRARY)
     sgemm = _declare(SGEMM_NAME, types.float32)
@@ -79,7 +85,7 @@ def describe() -> str:
     """One line for benchmark reports: which GEMM the one-pool kernels call."""
     if not AVAILABLE:
         return "no in-kernel GEMM (NumPy's BLAS exports no 64-bit CBLAS symbols)"
-    return f"{SGEMM_NAME} / {DGEMM_NAME} from {LIBRARY}"
+    return f"{SGEMM_NAME} / {DGEMM_NAME} from {LIBRARY} (core {CORE})"
 
 
 def dtype_supported(dtype) -> bool:

@@ -46,8 +46,11 @@ from .geometry import output_size
 _JIT = dict(cache=True, nogil=True)
 
 #: The shift path needs enough input channels to make ``K = C_in`` worth a GEMM call; below
-#: this the unroll path (``K = C_in * kH * kW``) wins (measured on the MNIST CNN's layers).
-SHIFT_MIN_CHANNELS = 4
+#: this the unroll path (``K = C_in * kH * kW``) wins. Measured forward + backward, 1 thread,
+#: batch 64: with OpenBLAS's AVX-512 kernels shift wins from 6 input channels (LeNet's conv2:
+#: 1.4 against 2.3 ms) and loses at 1 (the first convs); with the Haswell kernels unroll still
+#: wins at 6 (2.6 against 3.5 ms) and shift from 8 (3.0 against 3.2 ms).
+SHIFT_MIN_CHANNELS = 4 if blas.SMALL_MATRIX_KERNELS else 8
 
 #: Samples per GEMM on the shift path: enough to make the GEMMs long, few enough that a
 #: thread's buffers stay in its L2 cache.
