@@ -198,10 +198,10 @@ def test_epoch_records_and_ratios(epoch_run):
     assert results["config"]["child_blas_env"] == "inherited"
     records = {r["backend"]: r for r in results["epochs"]}
     assert set(records) == {"numba", "torch", "torch-cl"}
-    # 300 images, a fifth held out for validation, batches of 64 with the last one dropped.
+    # 300 images (no validation hold-out by default), batches of 64, the last one dropped.
     for record in records.values():
         assert record["name"] == "mnist-cnn" and record["batch"] == 64
-        assert record["train_images"] == 240 and record["steps_per_epoch"] == 3
+        assert record["train_images"] == 300 and record["steps_per_epoch"] == 4
         (process,) = record["processes"]
         assert record["epoch"]["median_ms"] == _approx(process["epoch_s"] * 1e3)
         assert record["steps"]["median_ms"] == _approx(process["steps_s"] * 1e3)

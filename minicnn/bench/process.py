@@ -464,25 +464,12 @@ def child_epoch_minicnn(job: dict) -> dict:
     train_full, train_set, _, _ = _load_split(config)
     warmup_s = _warm_up(job, config, train_full.images.shape[1:], len(train_full.classes))
 
-    # The loop times every step (from the forward to the optimiser step) and hands the time
-    # to its compile timer; collect those times too.
-    step_times: list[float] = []
-    timer = getattr(train, "_CompileTimer", None)
-    if timer is not None:
-        original = timer.record
-
-        def record(self, seconds, _original=original):
-            step_times.append(seconds)
-            return _original(self, seconds)
-        timer.record = record
     with tempfile.TemporaryDirectory(prefix="minicnn-bench-epoch-") as out:
         result = train.fit(config, out, progress=True,
                            log=lambda *a: print(*a, file=sys.stderr))
     history = result["history"][-1]
     steps = len(train_set) // config.batch_size
-    steps_s = history.get("steps_seconds")
-    if steps_s is None and len(step_times) == steps:
-        steps_s = float(sum(step_times))
+    steps_s = history["step_seconds"]          # the loop's own clock, forward to optimiser step
     out = {"epoch_s": history["seconds"], "steps_s": steps_s, "steps": steps,
            "train_images": len(train_set), "warmup_s": warmup_s,
            "test_accuracy": result["test_accuracy"],
@@ -500,23 +487,24 @@ def _recipe(config) -> dict:
 
 
 def child_epoch_torch(job: dict) -> dict:
-    """One epoch of a plain PyTorch training script: the same data split, shuffle per epoch,
-    normalisation, model and initial weights, optimiser and schedule as ``minicnn train``."""
+    """One epoch of a plain PyTorch training script: the same data split, batches (minicnn's
+    own loader: the same order, augmentation and normalisation as ``minicnn train``), model
+    and initial weights, optimiser, and learning rate at every step as ``minicnn train``."""
     import torch
 
     from .. import train
+    from ..data import DataLoader, default_transform
     from .models import torch_twin
 
     started = time.perf_counter()
     _set_threads(job["threads"], True)
     config = _train_config(job)
     train_full, train_set, val_set, test_set = _load_split(config)
-    if config.augment or (config.augment is None and train_set.images.shape[1] == 3):
-        raise BenchError("the PyTorch epoch script does not mirror data augmentation")
     warmup_s = _warm_up(job, config, train_full.images.shape[1:], len(train_full.classes))
     channels_last = job["competitor"] == "torch-cl"
     meta = train.RunMeta.from_dataset(config, train_full)
-    model = torch_twin(train.build_model(config, meta))
+    template = train.build_model(config, meta)
+    model = torch_twin(template)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     name = config.optimizer.lower()
@@ -531,38 +519,34 @@ def child_epoch_torch(job: dict) -> dict:
                                       weight_decay=config.weight_decay)
     else:
         raise BenchError(f"the PyTorch epoch script has no optimizer {config.optimizer!r}")
-    if config.schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
-                                                              T_max=max(config.epochs, 1))
-    elif config.schedule == "step":
-        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size,
-                                                   gamma=config.gamma)
-    elif config.schedule in ("none", None):
-        schedule = None
-    else:
-        raise BenchError(f"the PyTorch epoch script has no schedule {config.schedule!r}")
-    loss_fn = torch.nn.CrossEntropyLoss()
-    mean = np.asarray(train_full.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    scale = (1.0 / np.asarray(train_full.std, dtype=np.float32)).reshape(1, -1, 1, 1)
+    # The learning rate at every step comes from minicnn's own schedule (stepped as ``fit``
+    # steps it), so the two runs follow the same recipe whatever the schedule is.
+    steps = len(train_set) // config.batch_size                 # the loader drops the rest
+    rates = train.make_optimizer(config, template.parameters())
+    schedule = train.make_schedule(config, rates, steps)
+    per_step = schedule is not None and train.SCHEDULES[config.schedule]
+    augment = config.augment if config.augment is not None else train_set.images.shape[1] == 3
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        transform=default_transform(train_full, augment=augment),
+                        rng=np.random.default_rng((config.seed, 0)))
+    eval_transform = default_transform(train_full, augment=False)
 
-    def batch(images, index):
-        x = images[index].astype(np.float32)
-        x /= np.float32(255.0)
-        x = torch.from_numpy((x - mean) * scale)
+    def to_torch(x):
+        x = torch.from_numpy(x)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-    images, labels = train_set.images, train_set.labels
-    size = config.batch_size
-    steps = len(train_set) // size                 # the last incomplete batch is dropped
-    epoch = 0
+    def batch(images, index):
+        return to_torch(eval_transform(images[index].astype(np.float32) / np.float32(255.0),
+                                       None))
+
+    loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-    order = np.random.default_rng((config.seed, epoch)).permutation(len(train_set))
     epoch_start = time.perf_counter()
     steps_s = loss_sum = correct = seen = 0.0
-    for b in range(steps):
-        index = order[b * size:(b + 1) * size]
-        x = batch(images, index)
-        y = torch.from_numpy(labels[index])
+    for images, labels in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = rates.lr
+        x, y = to_torch(images), torch.from_numpy(labels)
         step_start = time.perf_counter()
         logits = model(x)
         loss = loss_fn(logits, y)
@@ -570,12 +554,12 @@ def child_epoch_torch(job: dict) -> dict:
         loss.backward()
         optimizer.step()
         steps_s += time.perf_counter() - step_start
-        loss_sum += loss.item() * len(index)
+        if per_step:
+            schedule.step()
+        loss_sum += loss.item() * len(labels)
         correct += float((logits.argmax(dim=1) == y).sum())
-        seen += len(index)
+        seen += len(labels)
     epoch_s = time.perf_counter() - epoch_start
-    if schedule is not None:
-        schedule.step()
 
     def accuracy(dataset) -> float | None:
         if dataset is None:
