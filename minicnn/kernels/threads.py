@@ -18,16 +18,25 @@ from functools import lru_cache
 
 import numba
 
-# Numba's default threading layer here is OpenMP, and OpenMP's spinning worker threads fight
-# OpenBLAS's for the cores: alternating a parallel Numba loop with a NumPy matmul (which is what
-# every convolution did before the one-pool kernels) measured 2.5x slower than with Numba's own
-# "workqueue" pool (conv 32->64 3x3 on 64x14x14, forward + backward, 2 cores: 47 ms against
-# 19 ms). So unless the user chose a layer, use workqueue. It has to be set before Numba starts
-# its pool, i.e. before the first parallel kernel runs; importing the numba backend imports
-# this module first. (workqueue must not be entered from two Python threads at once; minicnn
-# never does that.)
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# Which of Numba's threading layers runs the parallel loops. The one-pool kernels never wake
+# BLAS's own thread pool (each Numba thread calls a single-threaded GEMM), so Numba's default
+# choice, OpenMP, is the fastest: a parallel region costs a few microseconds against tens for
+# the "workqueue" layer, which measured LeNet-5's training step at 4.7 ms against 2.3 ms on two
+# threads (benchmarks/RESULTS.md). Where NumPy's BLAS exports no in-kernel GEMM, convolutions
+# fall back to the relay design, which alternates Numba loops with NumPy's multi-threaded
+# matmul; there OpenMP's spinning workers fight OpenBLAS's for the cores (a conv 2.5x slower
+# in the first version of this backend), so we pick workqueue. Either way, a layer the user
+# chose with NUMBA_THREADING_LAYER wins; it has to be set before Numba starts its pool, i.e.
+# before the first parallel kernel runs, and importing the numba backend imports this module
+# first. (workqueue must not be entered from two Python threads at once; minicnn never does.)
+def _choose_threading_layer() -> None:
+    from . import blas
+
+    if "NUMBA_THREADING_LAYER" not in os.environ and not blas.AVAILABLE:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_choose_threading_layer()
 
 
 @lru_cache(maxsize=1)
