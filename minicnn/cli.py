@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from .argtypes import non_negative_float, positive_int, whole_number
+
 EXAMPLES = """examples:
   minicnn train                                   LeNet-5 on MNIST
   minicnn train --dataset fashion-mnist --model mnist-cnn --epochs 5 --out runs/fashion
@@ -47,33 +49,6 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------
 # Argument types: nonsense is refused while parsing, with exit code 2
 # ---------------------------------------------------------------------------------------------
-def _whole_number(minimum: int):
-    """An argparse ``type`` accepting whole numbers ``>= minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    parse.__name__ = f"whole number >= {minimum}"
-    return parse
-
-
-_positive_int = _whole_number(1)
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):     # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
 def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -84,7 +59,7 @@ def _available_cores() -> int:
 def _thread_count(text: str) -> int:
     """At least 1; more than the machine has is capped, with a warning (not an error: a
     command written for a bigger machine should still run)."""
-    value = _positive_int(text)
+    value = positive_int(text)
     cores = _available_cores()
     if value > cores:
         print(f"minicnn: warning: --threads {value} is more than the {cores} core(s) here; "
@@ -115,21 +90,21 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     d = TRAIN_DEFAULTS
     train.add_argument("--dataset", choices=dataset_names(), help=f"default {d['dataset']}")
     train.add_argument("--model", choices=list(MODELS), help=f"default {d['model']}")
-    train.add_argument("--epochs", type=_positive_int, metavar="N",
+    train.add_argument("--epochs", type=positive_int, metavar="N",
                        help=f"passes over the training set (default {d['epochs']}; "
                             f"{QUICK['epochs']} with --quick); with --resume: extend the run "
                             "to N epochs in all")
-    train.add_argument("--batch-size", type=_positive_int, metavar="N",
+    train.add_argument("--batch-size", type=positive_int, metavar="N",
                        help=f"default {d['batch_size']}")
-    train.add_argument("--lr", type=_non_negative_float,
+    train.add_argument("--lr", type=non_negative_float,
                        help="learning rate (default 0.05 for sgd, 0.001 for adam/adamw)")
     train.add_argument("--optimizer", choices=("sgd", "adam", "adamw"),
                        help=f"default {d['optimizer']}")
-    train.add_argument("--momentum", type=_non_negative_float,
+    train.add_argument("--momentum", type=non_negative_float,
                        help=f"SGD momentum (default {d['momentum']})")
     train.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                        help="SGD: Nesterov momentum (default on for sgd with momentum > 0)")
-    train.add_argument("--weight-decay", type=_non_negative_float,
+    train.add_argument("--weight-decay", type=non_negative_float,
                        help="L2 penalty for sgd/adam, decoupled decay for adamw (default "
                             "0.0005 for sgd, 0 for adam, 0.01 for adamw; 0 always means none)")
     train.add_argument("--schedule", choices=("warmup-cosine", "cosine", "step", "none"),
@@ -137,21 +112,21 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
                             "linear warm-up from --lr/10 to --lr over --warmup-epochs, then "
                             "cosine to 0 at the end of the run; cosine: per epoch, from --lr "
                             "to 0; step: see --step-size; none: constant)")
-    train.add_argument("--warmup-epochs", type=_non_negative_float, metavar="E",
+    train.add_argument("--warmup-epochs", type=non_negative_float, metavar="E",
                        help=f"warmup-cosine: warm-up length in epochs, fractions allowed "
                             f"(default {d['warmup_epochs']})")
-    train.add_argument("--step-size", type=_positive_int, metavar="N",
+    train.add_argument("--step-size", type=positive_int, metavar="N",
                        help=f"step schedule: multiply the learning rate by --gamma every N "
                             f"epochs (default {d['step_size']})")
-    train.add_argument("--gamma", type=_non_negative_float,
+    train.add_argument("--gamma", type=non_negative_float,
                        help=f"step schedule: the factor (default {d['gamma']})")
     train.add_argument("--seed", type=int, help=f"default {d['seed']}")
-    train.add_argument("--limit", type=_positive_int, metavar="N",
+    train.add_argument("--limit", type=positive_int, metavar="N",
                        help="use only this many training images")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="augment the training images: random shifts of up to 2 pixels "
                             "(grayscale), or 4-pixel crops and mirroring (colour) (default on)")
-    train.add_argument("--val-size", type=_whole_number(0), metavar="N",
+    train.add_argument("--val-size", type=whole_number(0), metavar="N",
                        help=f"hold out N training images to report validation accuracy after "
                             f"each epoch (default {d['val_size']}: train on the whole training "
                             f"split; at most a fifth of it is held out; {QUICK['val_size']} "
@@ -185,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="test accuracy, per-class table, figures")
     evaluate.add_argument("run", help="a run folder written by `minicnn train`")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
+    evaluate.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
     _common(evaluate)
 
     predict = sub.add_parser("predict", help="top classes for image files",
@@ -193,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "with a trained run; needs no data set.")
     predict.add_argument("run", help="a run folder written by `minicnn train`")
     predict.add_argument("images", nargs="+", help="PNG, JPEG, BMP or GIF files, or folders")
-    predict.add_argument("--top", type=_positive_int, default=3, metavar="K",
+    predict.add_argument("--top", type=positive_int, default=3, metavar="K",
                          help="how many classes to show per image (default 3)")
     predict.add_argument("--json", action="store_true",
                          help='print JSON: [{"image", "inverted", "top": [{"label", '

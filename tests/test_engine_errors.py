@@ -7,16 +7,7 @@ import numpy as np
 import pytest
 
 from minicnn import nn
-
-
-def raises(exc, call, *fragments):
-    """``call()`` raises ``exc`` whose message contains every fragment."""
-    with pytest.raises(exc) as info:
-        call()
-    message = str(info.value)
-    missing = [f for f in fragments if f not in message]
-    assert not missing, f"message {message!r} lacks {missing}"
-    return message
+from assertions import raises
 
 
 F32 = np.float32

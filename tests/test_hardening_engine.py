@@ -20,19 +20,10 @@ import pytest
 import torch
 
 from minicnn import kernels, nn
+from assertions import raises
 
 BACKENDS = kernels.BACKENDS
 F32 = np.float32
-
-
-def raises(exc, call, *fragments):
-    """``call()`` raises ``exc`` whose message contains every fragment."""
-    with pytest.raises(exc) as info:
-        call()
-    message = str(info.value)
-    missing = [f for f in fragments if f not in message]
-    assert not missing, f"message {message!r} lacks {missing}"
-    return message
 
 
 # --------------------------------------------------------------------------------------------

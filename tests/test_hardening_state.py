@@ -13,18 +13,9 @@ import torch
 
 import minicnn
 from minicnn import gradcheck, nn, optim
+from assertions import raises
 
 F32 = np.float32
-
-
-def raises(exc, call, *fragments):
-    """``call()`` raises ``exc`` whose message contains every fragment."""
-    with pytest.raises(exc) as info:
-        call()
-    message = str(info.value)
-    missing = [f for f in fragments if f not in message]
-    assert not missing, f"message {message!r} lacks {missing}"
-    return message
 
 
 def snapshot(module) -> dict[str, tuple]:

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import replace
 
+from ..argtypes import non_negative_int, positive_float, positive_int
 from .agreement import BenchError
 from .suites import SUITES, get_suite
 
@@ -43,39 +44,11 @@ EXAMPLES = """examples:
 # ------------------------------------------------------------------------------------------------
 # Arguments
 # ------------------------------------------------------------------------------------------------
-def _int_at_least(minimum: int):
-    """An argparse ``type`` accepting whole numbers ``>= minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def _thread_list(text: str) -> tuple[int, ...]:
-    parse = _int_at_least(1)
     parts = [part.strip() for part in text.split(",")]
     if not all(parts):
         raise argparse.ArgumentTypeError(f"empty entry in {text!r}; expected e.g. 2,1")
-    return tuple(dict.fromkeys(parse(part) for part in parts))
+    return tuple(dict.fromkeys(positive_int(part) for part in parts))
 
 
 def _model_list(text: str) -> tuple[str, ...]:
@@ -112,16 +85,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "opt-in and limited by --reference-max-gflop); torch adds a "
                              "channels-last torch-cl column for pooling, and for models and "
                              "epochs in separate processes")
-    parser.add_argument("--repeats", type=_positive_int, metavar="N", default=20,
+    parser.add_argument("--repeats", type=positive_int, metavar="N", default=20,
                         help="timed repeats per measurement (per process when models run in "
                              "separate processes; default 20)")
-    parser.add_argument("--warmup", type=_non_negative_int, metavar="N", default=3,
+    parser.add_argument("--warmup", type=non_negative_int, metavar="N", default=3,
                         help="untimed runs before the repeats (epoch suite: untimed training "
                              "steps on a throwaway model before the epoch; default 3)")
-    parser.add_argument("--batch-size", type=_positive_int, metavar="N", default=None,
+    parser.add_argument("--batch-size", type=positive_int, metavar="N", default=None,
                         help="override every case's batch size (default: 64 for layers, "
                              "64 and 128 for models, 8 in the tiny suite)")
-    parser.add_argument("--threads", type=_positive_int, metavar="N", default=2,
+    parser.add_argument("--threads", type=positive_int, metavar="N", default=2,
                         help="threads for Numba, NumPy's BLAS and PyTorch (default 2)")
     compile_group = parser.add_mutually_exclusive_group()
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
@@ -129,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                     "(default: on for the standard suite only)")
     compile_group.add_argument("--no-compile", dest="compile", action="store_false",
                                help="skip the Numba compile measurement")
-    parser.add_argument("--reference-max-gflop", type=_positive_float, default=0.5,
+    parser.add_argument("--reference-max-gflop", type=positive_float, default=0.5,
                         metavar="GFLOP",
                         help="the reference backend skips layers (and models with a layer) "
                              "needing more forward GFLOP than this (default 0.5); it is timed "
@@ -147,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-interleave", dest="interleave", action="store_false",
                         help="with --in-process (implies it): run each competitor's repeats "
                              "back to back instead of in turns")
-    parser.add_argument("--processes", type=_positive_int, metavar="K", default=3,
+    parser.add_argument("--processes", type=positive_int, metavar="K", default=3,
                         help="separate processes / epoch suite: processes per competitor and "
                              "setting; the median over them is reported (default 3)")
     parser.add_argument("--thread-counts", type=_thread_list, metavar="LIST", default=None,
@@ -165,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="mnist", choices=dataset_names(),
                         help="epoch suite: the data set (default mnist; synthetic needs no "
                              "files)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", default=None,
+    parser.add_argument("--limit", type=positive_int, metavar="N", default=None,
                         help="epoch suite: train on only the first N images (and test on N), "
                              "as minicnn train --limit")
     parser.add_argument("--data-dir", metavar="DIR", default=None,
