@@ -201,12 +201,16 @@ def big_step(onepool_on):
     return step
 
 
+# Each design is timed in a block of its own, one pool first. Not interleaved: after the
+# relay's GEMMs, OpenBLAS's threads keep spinning, and a one-pool layer started right then
+# finds its second core taken -- the very hand-off problem this section is about, which would
+# make the one-pool layer look as if it did not scale at all.
 big_times = {}                                        # (design, threads) -> (median, fastest)
 for n in thread_counts:
-    with threads_at(n):                               # the two designs interleaved, n threads
-        raced = race({"relay": big_step(False), "one pool": big_step(True)},
-                     repeats=max(REPEATS, 8))
-    big_times.update({(design, n): result for design, result in raced.items()})
+    with threads_at(n):
+        for design, onepool_on in (("one pool", True), ("relay", False)):
+            big_times[(design, n)] = median_time(big_step(onepool_on),
+                                                 repeats=max(REPEATS, 8))
 for (design, n), (median, fastest) in big_times.items():
     print(f"{design:<9} {n} thread(s): {median * 1e3:6.1f} ms  (fastest {fastest * 1e3:.1f})")
 
