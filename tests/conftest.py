@@ -10,3 +10,15 @@ import pytest
 def rng() -> np.random.Generator:
     """A fresh, seeded generator per test, so every test is repeatable on its own."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _check_kernel_argument_types():
+    """The parallel kernels are called through compiled entry points without Numba's per-call
+    type dispatch (:mod:`minicnn.kernels.parallel`); in the tests, every call checks that its
+    arguments still have the types the kernels were compiled for."""
+    from minicnn.kernels import parallel
+
+    parallel.CHECK_ARGUMENT_TYPES = True
+    yield
+    parallel.CHECK_ARGUMENT_TYPES = False

@@ -93,11 +93,12 @@ def test_the_grid_reaches_both_paths():
         x = np.zeros((n, cin, h, w), np.float32)
         _, ctx = onepool.conv2d_forward(x, np.zeros((cout, cin, kh, kw), np.float32), None,
                                         stride, pads, dilation)
-        paths.add(ctx[-1] is not None)          # the stacked layout, or None for unroll
-        if stride == (1, 1) and cin >= onepool.SHIFT_MIN_CHANNELS and ctx[-1] is None:
+        shift = ctx[-1]                         # True: the shift path; False: unroll
+        paths.add(shift)
+        if stride == (1, 1) and cin >= onepool.SHIFT_MIN_CHANNELS and not shift:
             paths.add("stack refused")
         chunk = -(-n // 2)
-        if ctx[-1] is not None and chunk > onepool.SHIFT_GROUP:
+        if shift and chunk > onepool.SHIFT_GROUP:
             paths.add("partial group")
     assert paths == {True, False, "partial group", "stack refused"}
 

@@ -38,9 +38,11 @@ def _forward_rows(x, weight, bias, has_bias, y, first, last):
     if last > first:
         _gemm(blas.NO_TRANS, blas.TRANS, last - first, n_out, n_in, x[first:], n_in, weight,
               n_in, 0.0, y[first:], n_out)
-        if has_bias:
+        if has_bias:   # loops, not ``y[n] += bias``: see onepool's note on slice assignment
             for n in range(first, last):
-                y[n] += bias
+                row = y[n]
+                for o in range(n_out):
+                    row[o] += bias[o]
 
 
 @njit(**_JIT)

@@ -28,10 +28,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import onepool
+from . import onepool, parallel
 from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
 from .geometry import output_size, pad_nchw
 from .im2col import im2col
+from .parallel import share
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 
@@ -202,8 +203,10 @@ def _depthwise_forward_flat(x_padded, weight, bias, has_bias, dh, dw, out_h, out
                     src = planes[task, row + j * dw:row + j * dw + length]
                     for q in range(length):
                         grid[q] += tap * src[q]
-            for oh in range(out_h):
-                y[n, c, oh] = grid[oh * padded_w:oh * padded_w + out_w]
+            for oh in range(out_h):   # a loop, not a slice assignment: see _grad_on_grid
+                dest = y[n, c, oh]
+                for ow in range(out_w):
+                    dest[ow] = grid[oh * padded_w + ow]
     return y
 
 
@@ -211,8 +214,12 @@ def _depthwise_forward_flat(x_padded, weight, bias, has_bias, dh, dw, out_h, out
 def _grad_on_grid(dy_plane, padded_w, grid):
     """``grid[oh*Wp + ow] = dy_plane[oh, ow]``; the caller keeps the garbage columns zero."""
     out_h, out_w = dy_plane.shape
+    # Explicit loops, not ``grid[a:b] = dy_plane[oh]``: Numba compiles a slice assignment
+    # with a shape check whose error formatting costs over a second of compile time.
     for oh in range(out_h):
-        grid[oh * padded_w:oh * padded_w + out_w] = dy_plane[oh]
+        src = dy_plane[oh]
+        for ow in range(out_w):
+            grid[oh * padded_w + ow] = src[ow]
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -450,12 +457,17 @@ def _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w):
     return y, argmax
 
 
+# The 2x2 pooling kernels are chunk kernels (:mod:`minicnn.kernels.parallel`): each thread
+# takes its share of the (sample, channel) planes. Forward and backward take the same argument
+# types, ``(source, argmax, destination)``, so they share one compiled parallel loop.
 @njit(**_JIT)
-def _maxpool_2x2_planes(x, y, argmax, first, last):
-    """:func:`_maxpool_forward_unpadded` for the common 2x2 window with stride 2, on the
-    (sample, channel) planes ``[first, last)``: written over row slices with the four cells
-    unrolled (no index can be negative, so Numba adds no wrap-around checks), 3x faster on
-    64x32x28x28. Same tie and NaN rule, cells taken in row-major order."""
+def _maxpool_2x2_planes(args, thread, n_threads):
+    """:func:`_maxpool_forward_unpadded` for the common 2x2 window with stride 2, ``args =
+    (x, argmax, y)``: written over row slices with the four cells unrolled (no index can be
+    negative, so Numba adds no wrap-around checks), 3x faster on 64x32x28x28. Same tie and NaN
+    rule, cells taken in row-major order."""
+    x, argmax, y = args
+    first, last = share(x.shape[0] * x.shape[1], thread, n_threads)
     channels, width = x.shape[1], x.shape[3]
     out_h, out_w = y.shape[2], y.shape[3]
     for task in range(first, last):
@@ -483,10 +495,12 @@ def _maxpool_2x2_planes(x, y, argmax, first, last):
 
 
 @njit(**_JIT)
-def _maxpool_2x2_backward_planes(dy, argmax, dx, first, last):
-    """Backward of :func:`_maxpool_2x2_planes`: the windows tile the input, so each row pair
-    is cleared and scattered while it is in cache, instead of a separate zero-filled array
-    the size of the input."""
+def _maxpool_2x2_backward_planes(args, thread, n_threads):
+    """Backward of :func:`_maxpool_2x2_planes`, ``args = (dy, argmax, dx)``: the windows
+    tile the input, so each row pair is cleared and scattered while it is in cache, instead
+    of a separate zero-filled array the size of the input."""
+    dy, argmax, dx = args
+    first, last = share(dy.shape[0] * dy.shape[1], thread, n_threads)
     channels, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     height, width = dx.shape[2], dx.shape[3]
     zero = dy.dtype.type(0)
@@ -502,21 +516,6 @@ def _maxpool_2x2_backward_planes(dy, argmax, dx, first, last):
             dx[n, c, h] = zero
 
 
-@njit(parallel=True, **_JIT)
-def _parallel_maxpool_2x2(x, y, argmax, n_threads):
-    planes = x.shape[0] * x.shape[1]
-    for t in prange(n_threads):
-        _maxpool_2x2_planes(x, y, argmax, t * planes // n_threads, (t + 1) * planes // n_threads)
-
-
-@njit(parallel=True, **_JIT)
-def _parallel_maxpool_2x2_backward(dy, argmax, dx, n_threads):
-    planes = dy.shape[0] * dy.shape[1]
-    for t in prange(n_threads):
-        _maxpool_2x2_backward_planes(dy, argmax, dx, t * planes // n_threads,
-                                     (t + 1) * planes // n_threads)
-
-
 #: Input elements below which a 2x2 pooling pass runs on the calling thread: waking the pool
 #: costs more than the pass saves (tens of microseconds).
 POOL_PARALLEL_MIN_SIZE = 1 << 17
@@ -530,21 +529,15 @@ def _maxpool_2x2(x, out_h, out_w):
     n_batch, channels = x.shape[0], x.shape[1]
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n_batch, channels, out_h, out_w), dtype=np.int32)
-    n_threads = _pool_threads(x.size, n_batch * channels)
-    if n_threads == 1:
-        _maxpool_2x2_planes(x, y, argmax, 0, n_batch * channels)
-    else:
-        _parallel_maxpool_2x2(x, y, argmax, n_threads)
+    parallel.run(_maxpool_2x2_planes, (x, argmax, y), _pool_threads(x.size, n_batch * channels),
+                 x.dtype)
     return y, argmax
 
 
 def _maxpool_2x2_backward(dy, argmax, height, width):
     dx = np.empty(dy.shape[:2] + (height, width), dtype=dy.dtype)
-    n_threads = _pool_threads(dx.size, dy.shape[0] * dy.shape[1])
-    if n_threads == 1:
-        _maxpool_2x2_backward_planes(dy, argmax, dx, 0, dy.shape[0] * dy.shape[1])
-    else:
-        _parallel_maxpool_2x2_backward(dy, argmax, dx, n_threads)
+    parallel.run(_maxpool_2x2_backward_planes, (dy, argmax, dx),
+                 _pool_threads(dx.size, dy.shape[0] * dy.shape[1]), dy.dtype)
     return dx
 
 

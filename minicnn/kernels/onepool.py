@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
-from . import blas
+from . import blas, parallel
 from . import threads as _threads  # also chooses Numba's threading layer before first use
 from .geometry import output_size
+from .parallel import share
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -88,6 +89,10 @@ def _gemm_overload(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
 # --------------------------------------------------------------------------------------------
 # Data movement, each called by one thread on its own buffers: the unroll path pads one sample
 # at a time into a (C_in, Hp, Wp) buffer, the shift path stacks a group of samples (below).
+# Copies are explicit loops, not slice assignments (``a[i:j] = b[k:l]``): Numba compiles a
+# slice assignment with a shape check whose error-message formatting costs ~1.4 s of compile
+# time in each function (and again in every kernel that calls it), for no speed gain -- LLVM
+# vectorises the loop just the same.
 # --------------------------------------------------------------------------------------------
 @njit(**_JIT)
 def _pad_into(x, n, top, left, xpad):
@@ -96,7 +101,9 @@ def _pad_into(x, n, top, left, xpad):
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     for c in range(channels):
         for h in range(height):
-            xpad[c, top + h, left:left + width] = x[n, c, h]
+            src, dest = x[n, c, h], xpad[c, top + h]
+            for w in range(width):
+                dest[left + w] = src[w]
 
 
 @njit(**_JIT)
@@ -105,7 +112,9 @@ def _crop_from(dxpad, top, left, dx, n):
     channels, height, width = dx.shape[1], dx.shape[2], dx.shape[3]
     for c in range(channels):
         for h in range(height):
-            dx[n, c, h] = dxpad[c, top + h, left:left + width]
+            src, dest = dxpad[c, top + h], dx[n, c, h]
+            for w in range(width):
+                dest[w] = src[left + w]
 
 
 @njit(**_JIT)
@@ -117,7 +126,9 @@ def _stack_into(x, n, xbuf, slot, gap_v, gap_h, block, pitch):
     for c in range(channels):
         for h in range(height):
             start = (gap_v + slot * block + h) * pitch + gap_h
-            xbuf[c, start:start + width] = x[n, c, h]
+            src, dest = x[n, c, h], xbuf[c]
+            for w in range(width):
+                dest[start + w] = src[w]
 
 
 @njit(**_JIT)
@@ -127,7 +138,9 @@ def _unstack_from(dxbuf, slot, gap_v, gap_h, block, pitch, dx, n):
     for c in range(channels):
         for h in range(height):
             start = (gap_v + slot * block + h) * pitch + gap_h
-            dx[n, c, h] = dxbuf[c, start:start + width]
+            src, dest = dxbuf[c], dx[n, c, h]
+            for w in range(width):
+                dest[w] = src[start + w]
 
 
 @njit(**_JIT)
@@ -175,7 +188,8 @@ def _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
                 row = cols[(c * kh + i) * kw + j]
                 if sh == 1 and sw == 1 and pitch == padded_w:
                     start = c * padded_h * padded_w + i * dh * padded_w + j * dw
-                    row[:length] = flat[start:start + length]
+                    for q in range(length):
+                        row[q] = flat[start + q]
                 else:
                     for oh in range(out_h):
                         src = xpad[c, oh * sh + i * dh]
@@ -209,17 +223,23 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
 
 
 # --------------------------------------------------------------------------------------------
-# One thread's work: samples [first, last). Each ``*_chunk`` kernel is plain compiled code; the
-# ``_parallel_*`` drivers below run one chunk per Numba thread, and one thread calls the chunk
-# kernel directly (a parallel region costs tens of microseconds even for one thread).
+# One thread's work. Each ``*_chunk`` kernel follows :mod:`minicnn.kernels.parallel`'s calling
+# convention, ``chunk(args, thread, n_threads)``: it takes its share of the samples and writes
+# its own slice of the per-thread gradient buffers. The two forward paths take the same
+# ``args`` types, and so do the two backward paths, so each pair shares one compiled parallel
+# loop: the weights are always a stack of matrices (the shift path's ``kH*kW`` taps, the unroll
+# path's single unrolled matrix), and ``args`` ends with the same 18 ints, the *plan*
+# (:func:`_plan`; flat, because a parallel loop cannot take a tuple nested in a tuple).
 # --------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, group, first,
-                         last):
+def _forward_shift_chunk(args, thread, n_threads):
     """Stride 1, ``group`` samples per GEMM on the stacked layout: for a group of ``g``
     samples each tap's input is one strided ``(C_in, span)`` view of the buffer, so ``kH*kW``
     GEMMs ``Y += W_tap @ X_tap`` cover the whole group."""
-    gap_v, gap_h, block, pitch, channel_length, row0, col0 = layout
+    x, w_taps, bias, has_bias, y = args[:5]
+    kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
+        group = args[5:]
+    first, last = share(x.shape[0], thread, n_threads)
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
@@ -239,12 +259,15 @@ def _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, g
 
 
 @njit(**_JIT)
-def _backward_shift_chunk(x, dy, w_taps, kh, kw, dh, dw, layout, dx, need_input_grad, group,
-                          first, last, dw_taps, dbias):
+def _backward_shift_chunk(args, thread, n_threads):
     """Backward of :func:`_forward_shift_chunk`, the same groups: ``dW_tap += dY @ X_tapᵀ``
-    into this thread's ``dw_taps`` (kH*kW, C_out, C_in) and ``dbias``; ``dX_tap += W_tapᵀ @ dY``
-    into its own buffer, then unstacked into ``dx``."""
-    gap_v, gap_h, block, pitch, channel_length, row0, col0 = layout
+    into this thread's ``dw_partial[thread]`` (kH*kW, C_out, C_in) and ``db_partial[thread]``;
+    ``dX_tap += W_tapᵀ @ dY`` into its own buffer, then unstacked into ``dx``."""
+    x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial = args[:7]
+    kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
+        group = args[7:]
+    first, last = share(x.shape[0], thread, n_threads)
+    dw_taps, dbias = dw_partial[thread], db_partial[thread]
     channels = x.shape[1]
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
@@ -273,9 +296,13 @@ def _backward_shift_chunk(x, dy, w_taps, kh, kw, dh, dw, layout, dx, need_input_
 
 
 @njit(**_JIT)
-def _forward_unroll_chunk(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw,
-                          padded_h, padded_w, y, first, last):
-    """One sample at a time: unroll its windows into ``cols`` (K, L), ``Y = W @ cols``."""
+def _forward_unroll_chunk(args, thread, n_threads):
+    """One sample at a time: unroll its windows into ``cols`` (K, L), ``Y = W @ cols``
+    (``W`` is ``weights[0]``, the unrolled (C_out, K) matrix)."""
+    x, weights, bias, has_bias, y = args[:5]
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[5:15]
+    first, last = share(x.shape[0], thread, n_threads)
+    w_matrix = weights[0]
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     pitch = padded_w if sh == 1 and sw == 1 else out_w
@@ -293,10 +320,13 @@ def _forward_unroll_chunk(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left
 
 
 @njit(**_JIT)
-def _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h,
-                           padded_w, dx, need_input_grad, first, last, dweight, dbias):
-    """Backward of :func:`_forward_unroll_chunk`: ``dweight += dY @ colsᵀ`` (this thread's
-    partial, (C_out, K)); ``dx = fold(Wᵀ @ dY)``."""
+def _backward_unroll_chunk(args, thread, n_threads):
+    """Backward of :func:`_forward_unroll_chunk`: ``dW += dY @ colsᵀ`` into this thread's
+    partial ``dw_partial[thread, 0]`` (C_out, K); ``dx = fold(Wᵀ @ dY)``."""
+    x, dy, weights, dx, need_input_grad, dw_partial, db_partial = args[:7]
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[7:17]
+    first, last = share(x.shape[0], thread, n_threads)
+    w_matrix, dweight, dbias = weights[0], dw_partial[thread, 0], db_partial[thread]
     channels = x.shape[1]
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     pitch = padded_w if sh == 1 and sw == 1 else out_w
@@ -321,47 +351,6 @@ def _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, p
             dxpad[:] = 0
             _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad)
             _crop_from(dxpad, top, left, dx, n)
-
-
-# Parallel drivers: thread t takes samples [t*N/T, (t+1)*N/T) and, in backward, writes its
-# own slice of the partial-gradient arrays.
-@njit(parallel=True, **_JIT)
-def _parallel_forward_shift(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, group,
-                            n_threads):
-    n_batch = x.shape[0]
-    for t in prange(n_threads):
-        _forward_shift_chunk(x, w_taps, bias, has_bias, kh, kw, dh, dw, layout, y, group,
-                             t * n_batch // n_threads, (t + 1) * n_batch // n_threads)
-
-
-@njit(parallel=True, **_JIT)
-def _parallel_backward_shift(x, dy, w_taps, kh, kw, dh, dw, layout, dx, need_input_grad, group,
-                             n_threads, dw_partial, db_partial):
-    n_batch = x.shape[0]
-    for t in prange(n_threads):
-        _backward_shift_chunk(x, dy, w_taps, kh, kw, dh, dw, layout, dx, need_input_grad,
-                              group, t * n_batch // n_threads, (t + 1) * n_batch // n_threads,
-                              dw_partial[t], db_partial[t])
-
-
-@njit(parallel=True, **_JIT)
-def _parallel_forward_unroll(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw,
-                             padded_h, padded_w, y, n_threads):
-    n_batch = x.shape[0]
-    for t in prange(n_threads):
-        _forward_unroll_chunk(x, w_matrix, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw,
-                              padded_h, padded_w, y, t * n_batch // n_threads,
-                              (t + 1) * n_batch // n_threads)
-
-
-@njit(parallel=True, **_JIT)
-def _parallel_backward_unroll(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h,
-                              padded_w, dx, need_input_grad, n_threads, dw_partial, db_partial):
-    n_batch = x.shape[0]
-    for t in prange(n_threads):
-        _backward_unroll_chunk(x, dy, w_matrix, kh, kw, sh, sw, top, left, dh, dw, padded_h,
-                               padded_w, dx, need_input_grad, t * n_batch // n_threads,
-                               (t + 1) * n_batch // n_threads, dw_partial[t], db_partial[t])
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,6 +408,17 @@ def _stacked_layout(x_shape, padding, out_h, out_w, group):
     return gap_v, gap_h, block, pitch, channel_length, gap_v - top, gap_h - left
 
 
+def _plan(geometry, layout):
+    """The geometry as one tuple of 18 ints, the same for both paths (so their chunk kernels
+    share a compiled parallel loop): ``(kH, kW, sH, sW, dH, dW, top, left, Hp, Wp)`` and the
+    shift path's stacked layout ``(gap_v, gap_h, block, pitch, channel_length, row0, col0,
+    group)``, zeros for the unroll path."""
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, _, _ = geometry
+    stacked = (*layout, SHIFT_GROUP) if layout is not None else (0,) * 8
+    return tuple(int(v) for v in (kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w,
+                                  *stacked))
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     """Convolution forward (see :func:`minicnn.kernels.reference.conv2d_forward`).
 
@@ -426,76 +426,52 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     and unrolls it again, which costs less than keeping an unrolled copy)."""
     x = np.ascontiguousarray(x)
     geometry = _geometry(x.shape, weight.shape, stride, padding, dilation)
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, out_h, out_w = geometry
+    kh, kw, sh, sw, _, _, _, _, _, _, out_h, out_w = geometry
     c_out, c_in = weight.shape[0], weight.shape[1]
     layout = None
     if sh == 1 and sw == 1 and c_in >= SHIFT_MIN_CHANNELS:
         layout = _stacked_layout(x.shape, padding, out_h, out_w, SHIFT_GROUP)
-    shift = layout is not None
-    if shift:   # tap-major (kH*kW, C_out, C_in): each tap's weights are one matrix
-        w_ready = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
-        w_ready = w_ready.reshape(kh * kw, c_out, c_in)
-    else:
-        w_ready = np.ascontiguousarray(weight).reshape(c_out, -1)
+    if layout is not None:   # tap-major (kH*kW, C_out, C_in): each tap's weights are one matrix
+        chunk = _forward_shift_chunk
+        weights = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
+        weights = weights.reshape(kh * kw, c_out, c_in)
+    else:                    # one (C_out, C_in*kH*kW) matrix
+        chunk = _forward_unroll_chunk
+        weights = np.ascontiguousarray(weight).reshape(1, c_out, -1)
+    plan = _plan(geometry, layout)
     has_bias = bias is not None
     bias_arg = np.ascontiguousarray(bias) if has_bias else np.zeros(1, dtype=x.dtype)
     y = np.empty((x.shape[0], c_out, out_h, out_w), dtype=x.dtype)
-    n_batch, n_threads = x.shape[0], _n_threads(x)
     with _threads.blas_single_threaded():
-        if shift and n_threads == 1:
-            _forward_shift_chunk(x, w_ready, bias_arg, has_bias, kh, kw, dh, dw, layout, y,
-                                 SHIFT_GROUP, 0, n_batch)
-        elif shift:
-            _parallel_forward_shift(x, w_ready, bias_arg, has_bias, kh, kw, dh, dw, layout, y,
-                                    SHIFT_GROUP, n_threads)
-        elif n_threads == 1:
-            _forward_unroll_chunk(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left, dh,
-                                  dw, padded_h, padded_w, y, 0, n_batch)
-        else:
-            _parallel_forward_unroll(x, w_ready, bias_arg, has_bias, kh, kw, sh, sw, top, left,
-                                     dh, dw, padded_h, padded_w, y, n_threads)
-    return y, (x, weight.shape, w_ready, has_bias, geometry, layout)
+        parallel.run(chunk, (x, weights, bias_arg, has_bias, y) + plan, _n_threads(x),
+                     x.dtype)
+    return y, (x, weight.shape, weights, has_bias, plan, layout is not None)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
     """Convolution backward: ``(dx or None, dweight, dbias or None)``."""
-    x, weight_shape, w_ready, has_bias, geometry, layout = ctx
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, _, _ = geometry
-    shift = layout is not None
+    x, weight_shape, weights, has_bias, plan, shift = ctx
+    kh, kw = plan[0], plan[1]
     dy = np.ascontiguousarray(dy)
     need_input_grad = bool(need_input_grad)
     dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
-    n_batch, n_threads = x.shape[0], _n_threads(x)
-    c_out, c_in = weight_shape[0], weight_shape[1]
-    # Per-thread partial sums, each thread writing only its own slice: shift keeps dW tap by
-    # tap (kH*kW, C_out, C_in), unroll as the (C_out, C_in*kH*kW) matrix.
-    dw_partial = np.zeros((n_threads, c_out, c_in * kh * kw), dtype=x.dtype)
+    n_threads = _n_threads(x)
+    c_out = weight_shape[0]
+    # Per-thread partial sums, each thread writing only its own slice, in the weights' layout:
+    # shift keeps dW tap by tap (kH*kW, C_out, C_in), unroll as one (C_out, C_in*kH*kW) matrix.
+    dw_partial = np.zeros((n_threads,) + weights.shape, dtype=x.dtype)
     db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
+    chunk = _backward_shift_chunk if shift else _backward_unroll_chunk
     with _threads.blas_single_threaded():
-        if shift and n_threads == 1:
-            _backward_shift_chunk(x, dy, w_ready, kh, kw, dh, dw, layout, dx, need_input_grad,
-                                  SHIFT_GROUP, 0, n_batch,
-                                  dw_partial[0].reshape(kh * kw, c_out, c_in), db_partial[0])
-        elif shift:
-            _parallel_backward_shift(x, dy, w_ready, kh, kw, dh, dw, layout, dx,
-                                     need_input_grad, SHIFT_GROUP, n_threads,
-                                     dw_partial.reshape(n_threads, kh * kw, c_out, c_in),
-                                     db_partial)
-        elif n_threads == 1:
-            _backward_unroll_chunk(x, dy, w_ready, kh, kw, sh, sw, top, left, dh, dw, padded_h,
-                                   padded_w, dx, need_input_grad, 0, n_batch, dw_partial[0],
-                                   db_partial[0])
-        else:
-            _parallel_backward_unroll(x, dy, w_ready, kh, kw, sh, sw, top, left, dh, dw,
-                                      padded_h, padded_w, dx, need_input_grad, n_threads,
-                                      dw_partial, db_partial)
+        parallel.run(chunk, (x, dy, weights, dx, need_input_grad, dw_partial, db_partial) + plan,
+                     n_threads, x.dtype)
     # Add the threads' partial sums in a fixed order: the same result for a given thread count.
     dweight, dbias = dw_partial[0], db_partial[0]
     for t in range(1, n_threads):
         dweight = dweight + dw_partial[t]
         dbias = dbias + db_partial[t]
     if shift:   # tap-major (kH, kW, C_out, C_in) -> (C_out, C_in, kH, kW)
-        dweight = dweight.reshape(kh, kw, c_out, c_in).transpose(2, 3, 0, 1)
+        dweight = dweight.reshape(kh, kw, c_out, -1).transpose(2, 3, 0, 1)
         dweight = np.ascontiguousarray(dweight)
     else:
         dweight = dweight.reshape(weight_shape)

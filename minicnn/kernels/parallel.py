@@ -1,0 +1,95 @@
+"""Run a compiled *chunk kernel* once on every Numba thread, the kernel passed as a pointer.
+
+The one-pool kernels split a layer's work into one chunk per thread. Each chunk kernel is
+plain compiled code with one calling convention::
+
+    chunk(args, thread, n_threads)
+
+where ``args`` is a tuple of the layer's arrays and numbers, and the chunk works out its own
+share of the items (:func:`share`) and writes only its own slice of any per-thread buffer
+(``partial[thread]``). :func:`run` calls it directly for one thread, or from one ``prange``
+loop for several.
+
+Why a pointer and not a call: a ``prange`` loop that calls another ``@njit`` function links
+that function's code into its own, and LLVM optimises all of it again. With one parallel loop
+per chunk kernel, that cost 1-2 s of compile time per kernel in a cold start (an empty kernel
+cache), most of it spent re-optimising code that was already compiled. Called through a
+first-class function pointer, a chunk kernel is compiled once, and one compiled loop serves
+every chunk kernel whose ``args`` have the same types (the convolution's two forward paths
+share one loop, and its two backward paths another).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.core.types.function_type import CompileResultWAP
+
+#: Set by the test suite: check on every call that ``args`` still has the types the kernels
+#: were compiled for (see :func:`run`).
+CHECK_ARGUMENT_TYPES = False
+
+
+@njit(**dict(cache=True, nogil=True))
+def share(n_items, thread, n_threads):
+    """Items ``[first, last)`` of ``n_items`` that thread ``thread`` of ``n_threads`` takes:
+    contiguous, in thread order, sizes differing by at most one."""
+    return thread * n_items // n_threads, (thread + 1) * n_items // n_threads
+
+
+def _run_chunks(chunk, args, n_threads):
+    for thread in prange(n_threads):
+        # The loop index can be unsigned inside the parallel region; a pointer call does not
+        # convert arguments, so make it the intp the chunk was compiled for.
+        chunk(args, np.intp(thread), n_threads)
+
+
+# One dispatcher, compiled on demand for each (chunk signature, args type); cached on disk.
+_run_chunks_jit = njit(parallel=True, cache=True, nogil=True)(_run_chunks)
+
+# (chunk, key) -> (chunk entry point, loop entry point, chunk pointer, args type)
+_compiled: dict = {}
+
+
+def _compile(chunk, args):
+    """Compile ``chunk`` and the parallel loop for the types of ``args``."""
+    args_type = numba.typeof(args)
+    chunk_sig = types.void(args_type, types.intp, types.intp)
+    chunk.compile(chunk_sig.args)
+    pointer = CompileResultWAP(chunk.overloads[chunk_sig.args])
+    loop_args = (types.FunctionType(chunk_sig), args_type, types.intp)
+    _run_chunks_jit.compile(loop_args)
+    return (chunk.overloads[chunk_sig.args].entry_point,
+            _run_chunks_jit.overloads[loop_args].entry_point, pointer, args_type)
+
+
+def run(chunk, args: tuple, n_threads: int, key) -> None:
+    """``chunk(args, t, n_threads)`` for every thread ``t``, in one parallel region.
+
+    Parameters
+    ----------
+    chunk : numba Dispatcher
+        A chunk kernel (see the module docstring).
+    args : tuple
+        Its arguments. Their types must be fixed by ``key``: C-contiguous arrays of one dtype
+        and fixed dimensions, Python ints and bools, tuples of ints of fixed length.
+    n_threads : int
+        Threads to split the work into, at least 1; 1 calls the chunk directly, with no
+        parallel region.
+    key : hashable
+        Whatever, together with ``chunk``, fixes the types of ``args`` (usually the dtype).
+        The compiled entry points are called without Numba's per-call type dispatch (which
+        costs tens of microseconds for a tuple), so they are looked up by this key.
+    """
+    entry = _compiled.get((chunk, key))
+    if entry is None:
+        entry = _compiled[(chunk, key)] = _compile(chunk, args)
+    chunk_entry, loop_entry, pointer, args_type = entry
+    if CHECK_ARGUMENT_TYPES and numba.typeof(args) != args_type:
+        raise TypeError(f"{chunk.__name__}: arguments {numba.typeof(args)} do not match the "
+                        f"compiled {args_type} (key {key!r})")
+    if n_threads == 1:
+        chunk_entry(args, 0, 1)
+    else:
+        loop_entry(pointer, args, n_threads)
