@@ -1,6 +1,7 @@
 """Depthwise convolution (``groups == C_in == C_out``) on the numba backend: its direct kernels
-(row kernels for strides > 1, padded-width-grid kernels for stride 1, with a three-taps-at-once
-pass) against PyTorch, and a float64 gradient check."""
+(row kernels for strides > 1; for stride 1 the one-pool chunk kernels of
+``minicnn.kernels.depthwise``, padded-width grid, three taps at once, padding fused, per-thread
+weight-gradient partials) against PyTorch, and a float64 gradient check."""
 
 import numba
 import numpy as np
@@ -21,6 +22,9 @@ GRID = [
     (4, 6, 3, (1, 1), (0, 0, 0, 0), (2, 2), True, (9, 9)),        # dilation 2, valid
     (5, 7, 3, (2, 2), (1, 1, 1, 1), (1, 1), True, (11, 10)),      # strided: row kernels
     (2, 4, 3, (2, 1), (1, 0, 1, 1), (1, 2), False, (9, 9)),       # mixed stride
+    (1, 2, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (5, 6)),        # batch 1, one plane a thread
+    (3, 5, (1, 7), (1, 1), (0, 0, 3, 3), (1, 1), True, (6, 9)),   # 7 taps; 15 planes: odd split
+    (2, 3, 1, (1, 1), (0, 0, 0, 0), (1, 1), True, (4, 5)),        # 1x1
 ]
 
 
@@ -37,9 +41,10 @@ def test_depthwise_matches_torch(case, dtype, n_threads, rng):
     numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
     try:
         y, ctx = numba_backend.conv2d_forward(x, weight, bias, stride, pads, dilation, channels)
-        assert ctx[0] == "depthwise"
+        assert ctx[0] == ("depthwise-onepool" if stride == (1, 1) else "depthwise")
         dy = rng.standard_normal(y.shape).astype(dtype)
         dx, dweight, dbias = numba_backend.conv2d_backward(dy, ctx, True)
+        no_dx, dweight_only, _ = numba_backend.conv2d_backward(dy, ctx, False)
     finally:
         numba.set_num_threads(previous)
     top, bottom, left, right = pads
@@ -52,6 +57,8 @@ def test_depthwise_matches_torch(case, dtype, n_threads, rng):
     assert_close(y, to_numpy(ty), "y", dtype)
     assert_close(dx, to_numpy(tx.grad), "dx", dtype)
     assert_close(dweight, to_numpy(tw.grad), "dweight", dtype)
+    assert no_dx is None
+    np.testing.assert_array_equal(dweight_only, dweight)   # the same sums without dx
     if has_bias:
         assert_close(dbias, to_numpy(tb.grad), "dbias", dtype)
 

@@ -5,8 +5,10 @@
   called from compiled code, and writes its own samples (backward: its own partial weight
   gradient and input gradient). Nothing is handed to OpenBLAS's thread pool, whose workers
   kept spinning after every GEMM and starved the Numba loops that followed.
-- **Depthwise convolutions** (``groups == channels``) use direct loops (below): their
-  per-channel GEMMs are far too thin for BLAS.
+- **Depthwise convolutions** (``groups == channels``) use direct loops: their per-channel
+  GEMMs are far too thin for BLAS. Stride 1 (the common case) runs as one parallel pass per
+  direction with the padding fused in (:mod:`minicnn.kernels.depthwise`); strided layers use
+  the per-plane loops below.
 - **Other grouped convolutions** keep the im2col + GEMM relay of the first version of this
   backend: NumPy unrolls, ``np.matmul`` multiplies, ``_gemm_to_nchw`` lays the result out and
   adds the bias in one pass, ``_col2im`` folds back race-free (each thread gathers into its
@@ -28,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import onepool, parallel
+from . import depthwise, onepool, parallel
 from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
 from .geometry import output_size, pad_nchw
 from .im2col import im2col
@@ -170,113 +172,6 @@ def _depthwise_input_grad(dy, weight, padded_h, padded_w, sh, sw, dh, dw):
     return dx
 
 
-# Stride 1: the padded-width grid of :mod:`minicnn.kernels.onepool`. Output ``(oh, ow)`` is
-# ``q = oh * Wp + ow`` and tap ``(i, j)`` reads ``plane.flat[q + i*dh*Wp + j*dw]``, so each tap
-# is one long contiguous multiply-add over the whole plane (rows of 14 were too short for
-# the vector units to pay). Thread t takes planes [t*P/T, (t+1)*P/T) with its own buffer.
-@njit(parallel=True, **_JIT)
-def _depthwise_forward_flat(x_padded, weight, bias, has_bias, dh, dw, out_h, out_w, n_threads):
-    n_batch, channels, padded_h, padded_w = x_padded.shape
-    kh, kw = weight.shape[2], weight.shape[3]
-    length = (out_h - 1) * padded_w + out_w
-    planes = x_padded.reshape(n_batch * channels, padded_h * padded_w)
-    y = np.empty((n_batch, channels, out_h, out_w), dtype=x_padded.dtype)
-    total = n_batch * channels
-    for t in prange(n_threads):
-        grid = np.empty(length, dtype=x_padded.dtype)
-        for task in range(t * total // n_threads, (t + 1) * total // n_threads):
-            n, c = task // channels, task % channels
-            grid[:] = bias[c] if has_bias else x_padded.dtype.type(0)
-            for i in range(kh):
-                row = i * dh * padded_w
-                j = 0
-                while j + 3 <= kw:      # three taps per pass: a third of the grid traffic
-                    w0, w1, w2 = weight[c, 0, i, j], weight[c, 0, i, j + 1], weight[c, 0, i, j + 2]
-                    s0 = planes[task, row + j * dw:row + j * dw + length]
-                    s1 = planes[task, row + (j + 1) * dw:row + (j + 1) * dw + length]
-                    s2 = planes[task, row + (j + 2) * dw:row + (j + 2) * dw + length]
-                    for q in range(length):
-                        grid[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
-                    j += 3
-                for j in range(j, kw):
-                    tap = weight[c, 0, i, j]
-                    src = planes[task, row + j * dw:row + j * dw + length]
-                    for q in range(length):
-                        grid[q] += tap * src[q]
-            for oh in range(out_h):   # a loop, not a slice assignment: see _grad_on_grid
-                dest = y[n, c, oh]
-                for ow in range(out_w):
-                    dest[ow] = grid[oh * padded_w + ow]
-    return y
-
-
-@njit(**_JIT)
-def _grad_on_grid(dy_plane, padded_w, grid):
-    """``grid[oh*Wp + ow] = dy_plane[oh, ow]``; the caller keeps the garbage columns zero."""
-    out_h, out_w = dy_plane.shape
-    # Explicit loops, not ``grid[a:b] = dy_plane[oh]``: Numba compiles a slice assignment
-    # with a shape check whose error formatting costs over a second of compile time.
-    for oh in range(out_h):
-        src = dy_plane[oh]
-        for ow in range(out_w):
-            grid[oh * padded_w + ow] = src[ow]
-
-
-@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _depthwise_weight_grad_flat(x_padded, dy, kh, kw, dh, dw, n_threads):
-    """Stride-1 ``dW[c, 0, i, j] = sum_n <dY_grid, X_tap>`` and ``db[c]``; thread t takes
-    channels [t*C/T, (t+1)*C/T), so each filter has one writer."""
-    n_batch, channels, padded_h, padded_w = x_padded.shape
-    out_h, out_w = dy.shape[2], dy.shape[3]
-    length = (out_h - 1) * padded_w + out_w
-    dweight = np.zeros((channels, 1, kh, kw), dtype=dy.dtype)
-    dbias = np.zeros(channels, dtype=dy.dtype)
-    for t in prange(n_threads):
-        grid = np.zeros(length, dtype=dy.dtype)
-        for c in range(t * channels // n_threads, (t + 1) * channels // n_threads):
-            total_bias = dy.dtype.type(0)
-            for n in range(n_batch):
-                _grad_on_grid(dy[n, c], padded_w, grid)
-                plane = x_padded[n, c].reshape(padded_h * padded_w)
-                for q in range(length):
-                    total_bias += grid[q]
-                for i in range(kh):
-                    for j in range(kw):
-                        offset = i * dh * padded_w + j * dw
-                        src = plane[offset:offset + length]
-                        total = dy.dtype.type(0)
-                        for q in range(length):
-                            total += grid[q] * src[q]
-                        dweight[c, 0, i, j] += total
-            dbias[c] = total_bias
-    return dweight, dbias
-
-
-@njit(parallel=True, **_JIT)
-def _depthwise_input_grad_flat(dy, weight, padded_h, padded_w, dh, dw, n_threads):
-    """Stride-1 gradient w.r.t. the padded input: ``dX.flat[q + offset] += tap * dY_grid[q]``
-    per tap, each thread on its own planes."""
-    n_batch, channels, out_h, out_w = dy.shape
-    kh, kw = weight.shape[2], weight.shape[3]
-    length = (out_h - 1) * padded_w + out_w
-    dx = np.zeros((n_batch, channels, padded_h, padded_w), dtype=dy.dtype)
-    planes = dx.reshape(n_batch * channels, padded_h * padded_w)
-    total = n_batch * channels
-    for t in prange(n_threads):
-        grid = np.zeros(length, dtype=dy.dtype)
-        for task in range(t * total // n_threads, (t + 1) * total // n_threads):
-            n, c = task // channels, task % channels
-            _grad_on_grid(dy[n, c], padded_w, grid)
-            for i in range(kh):
-                for j in range(kw):
-                    tap = weight[c, 0, i, j]
-                    offset = i * dh * padded_w + j * dw
-                    dest = planes[task, offset:offset + length]
-                    for q in range(length):
-                        dest[q] += tap * grid[q]
-    return dx
-
-
 def _plane_threads(tasks: int) -> int:
     """Threads for a loop over ``tasks`` planes: one per Numba thread, at least one task each."""
     return max(1, min(numba.get_num_threads(), tasks))
@@ -299,6 +194,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     if USE_ONEPOOL and onepool.supports(x.dtype, weight, groups):
         y, ctx = onepool.conv2d_forward(x, weight, bias, stride, padding, dilation)
         return y, ("onepool", ctx)
+    if depthwise.supports(x.dtype, weight, groups, stride):
+        y, ctx = depthwise.conv2d_forward(x, weight, bias, stride, padding, dilation)
+        return y, ("depthwise-onepool", ctx)
     x = np.ascontiguousarray(x)
     n_batch, _, height, width = x.shape
     c_out, _, kh, kw = weight.shape
@@ -307,15 +205,11 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     out_w = output_size(width, kw, sw, left, right, dw)
     has_bias = bias is not None
     bias_arg = bias.astype(x.dtype, copy=False) if has_bias else np.zeros(1, dtype=x.dtype)
-    if _is_depthwise(weight, groups, x.shape[1]):
+    if _is_depthwise(weight, groups, x.shape[1]):   # strided: the per-plane loops above
         x_padded = pad_nchw(x, padding)
         weight = np.ascontiguousarray(weight)
-        if sh == sw == 1:
-            y = _depthwise_forward_flat(x_padded, weight, bias_arg, has_bias, dh, dw, out_h,
-                                        out_w, _plane_threads(n_batch * x.shape[1]))
-        else:
-            y = _depthwise_forward(x_padded, weight, bias_arg, has_bias, sh, sw, dh, dw, out_h,
-                                   out_w)
+        y = _depthwise_forward(x_padded, weight, bias_arg, has_bias, sh, sw, dh, dw, out_h,
+                               out_w)
         return y, ("depthwise", x.shape, weight, has_bias, x_padded, stride, padding, dilation)
     # NumPy's strided copy unrolls faster than every Numba loop we tried (measured 1.3-3x on
     # the benchmark suite's shapes, even against two Numba threads), so we reuse it.
@@ -335,6 +229,8 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     layers: the direct loops above)."""
     if ctx[0] == "onepool":
         return onepool.conv2d_backward(dy, ctx[1], need_input_grad)
+    if ctx[0] == "depthwise-onepool":
+        return depthwise.conv2d_backward(dy, ctx[1], need_input_grad)
     if ctx[0] == "depthwise":
         return _depthwise_backward(np.ascontiguousarray(dy), ctx, need_input_grad)
     _, x_shape, weight, has_bias, cols, stride, padding, dilation, groups = ctx
@@ -369,21 +265,11 @@ def _depthwise_backward(dy, ctx, need_input_grad):
     _, x_shape, weight, has_bias, x_padded, (sh, sw), (top, _, left, _), (dh, dw) = ctx
     height, width = x_shape[2], x_shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
-    stride_one = sh == sw == 1
-    if stride_one:
-        dweight, dbias = _depthwise_weight_grad_flat(x_padded, dy, kh, kw, dh, dw,
-                                                     _plane_threads(dy.shape[1]))
-    else:
-        dweight, dbias = _depthwise_weight_grad(x_padded, dy, kh, kw, sh, sw, dh, dw)
+    dweight, dbias = _depthwise_weight_grad(x_padded, dy, kh, kw, sh, sw, dh, dw)
     dx = None
     if need_input_grad:
-        if stride_one:
-            dx_padded = _depthwise_input_grad_flat(dy, weight, x_padded.shape[2],
-                                                   x_padded.shape[3], dh, dw,
-                                                   _plane_threads(dy.shape[0] * dy.shape[1]))
-        else:
-            dx_padded = _depthwise_input_grad(dy, weight, x_padded.shape[2], x_padded.shape[3],
-                                              sh, sw, dh, dw)
+        dx_padded = _depthwise_input_grad(dy, weight, x_padded.shape[2], x_padded.shape[3],
+                                          sh, sw, dh, dw)
         dx = np.ascontiguousarray(dx_padded[:, :, top:top + height, left:left + width])
     return dx, dweight, (dbias if has_bias else None)
 
