@@ -21,7 +21,7 @@ from pathlib import Path
 
 # A few strokes per digit, in fractions of the pad (x, y).
 DIGITS = {
-    "1": [[(0.46, 0.18), (0.56, 0.13), (0.56, 0.50), (0.55, 0.86)]],
+    "1": [[(0.53, 0.14), (0.51, 0.50), (0.49, 0.86)]],
     "2": [[(0.28, 0.32), (0.36, 0.18), (0.52, 0.14), (0.67, 0.22), (0.70, 0.36),
            (0.62, 0.52), (0.46, 0.66), (0.30, 0.82), (0.50, 0.80), (0.74, 0.80)]],
     "7": [[(0.26, 0.20), (0.72, 0.20), (0.58, 0.46), (0.45, 0.84)]],
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                 big = driver.find_element(By.ID, "insp-map")
                 ActionChains(driver).move_to_element_with_offset(
                     big, round(big.rect["width"] * 0.08), round(-big.rect["height"] * 0.05)
-                ).perform()
+                ).click().perform()        # a click is a tap on a phone, a hover elsewhere
                 wait_for(driver, "document.querySelector('#insp-math .grid')")
                 time.sleep(0.3)
             if args.scroll:
