@@ -175,6 +175,8 @@ function buildFilters(filters) {
   let scale = 0;
   for (const v of w) scale = Math.max(scale, Math.abs(v));
   $("filters-note").textContent = `${o} kernels of ${i}×${kh}×${kw}` + (i === 3 ? ", shown as colour" : i > 1 ? ", input channel 0 shown" : "");
+  if (i === 3) $("filters-explain").textContent = "Each small square is one kernel of the first convolution, its weights " +
+    "for red, green and blue shown as a colour (stretched to the kernel's own range): the colour and pattern it responds to most.";
   for (let f = 0; f < o; f++) {
     const canvas = el("canvas", { class: "px", title: `kernel ${f}` });
     if (i === 3) {   // colour kernels: each normalised to its own range, as RGB
@@ -315,9 +317,11 @@ function renderSteps(steps) {
   box.replaceChildren();
   steps.forEach((step, i) => {
     const canvas = el("canvas", { class: "px" });
-    if (step.name.startsWith("normalised")) {
-      putValues(canvas, unit(step), step.shape[1], step.shape[0], step.signed);
-      if (step.shape.length === 3) putImage(canvas, step);
+    if (step.name.startsWith("normalised") && step.shape.length === 2) {
+      putValues(canvas, unit(step), step.shape[1], step.shape[0], step.signed);   // signed: a colour map
+    } else if (step.name.startsWith("normalised")) {
+      // Colour: each value v in [-scale, scale] shown as (v / scale + 1) / 2, so 0 is mid-gray.
+      putImage(canvas, { ...step, signed: false, data: btoa(String.fromCharCode(...bytesOf(step.data).map((q) => step.signed ? q : 128 + q / 2))) });
     } else putImage(canvas, step);
     const range = step.name.startsWith("normalised") ? `, ${step.signed ? "−" : "0 to "}${fmt(step.scale, 2)}${step.signed ? " to " + fmt(step.scale, 2) : ""}` : "";
     const fig = el("figure", { class: "step-fig" }, canvas, el("figcaption", { text: `${step.name} (${step.shape[0]}×${step.shape[1]}${range})` }));
