@@ -7,11 +7,9 @@ field equals one found by following index sets back through the layers. Bad requ
 with a message and the server keeps answering. Run folders are trained for a moment on the
 built-in synthetic data set (no data files needed)."""
 
-import base64
 import http.client
 import io
 import json
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -475,22 +473,13 @@ def test_no_file_outside_the_page_is_served(served, path):
 
 
 def test_oversized_uploads_are_refused_unread(served):
+    # Refused on the declared length, before a byte of the body is read.
     status, _, body = served.raw("POST", "/api/analyse", b"",
                                  {"Content-Length": str(MAX_UPLOAD + 1)})
     assert status == 413 and b"at most 8,388,608" in body
     status, _, body = served.raw("POST", "/api/analyse", b"x",
                                  {"Content-Length": "x", "Host": "127.0.0.1"})
     assert status == 400 and b"bad Content-Length" in body
-    # A body too large, sent in full, is refused too (the server stops reading).
-    sock = socket.create_connection((served.host, served.port), timeout=30)
-    sock.sendall(f"POST /api/analyse HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
-                 f"{MAX_UPLOAD + 5}\r\n\r\n".encode())
-    try:
-        sock.sendall(b"\0" * (1 << 20))
-    except OSError:
-        pass
-    assert b" 413 " in sock.recv(4096).split(b"\r\n")[0] + b" "
-    sock.close()
     assert served.alive()
 
 

@@ -13,10 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
