@@ -62,13 +62,14 @@ function putValues(canvas, values, width, height, signed, offset = 0) {
   paint(values, signed, image.data, offset, width * height);
   ctx.putImageData(image, 0, 0);
 }
-/** A gray (H, W) or colour (H, W, 3) picture payload, as an image (not a colour map). */
+/** A gray (H, W) or colour (H, W, 3) picture payload of values in [0, 1], as an image (not a
+ *  colour map): 0 is black, 1 white, whatever the payload's scale. */
 function putImage(canvas, payload) {
   const [h, w, c] = [payload.shape[0], payload.shape[1], payload.shape[2] || 1];
   canvas.width = w; canvas.height = h;
   const ctx = canvas.getContext("2d");
   const image = ctx.createImageData(w, h);
-  const v = unit(payload);
+  const v = unit(payload).map((x) => x * payload.scale);
   for (let i = 0; i < w * h; i++) {
     for (let k = 0; k < 3; k++) {
       const x = c === 3 ? v[i * 3 + k] : v[i];
@@ -321,7 +322,7 @@ function renderSteps(steps) {
       putValues(canvas, unit(step), step.shape[1], step.shape[0], step.signed);   // signed: a colour map
     } else if (step.name.startsWith("normalised")) {
       // Colour: each value v in [-scale, scale] shown as (v / scale + 1) / 2, so 0 is mid-gray.
-      putImage(canvas, { ...step, signed: false, data: btoa(String.fromCharCode(...bytesOf(step.data).map((q) => step.signed ? q : 128 + q / 2))) });
+      putImage(canvas, { ...step, signed: false, scale: 1, data: btoa(String.fromCharCode(...bytesOf(step.data).map((q) => step.signed ? q : 128 + q / 2))) });
     } else putImage(canvas, step);
     const range = step.name.startsWith("normalised") ? `, ${step.signed ? "−" : "0 to "}${fmt(step.scale, 2)}${step.signed ? " to " + fmt(step.scale, 2) : ""}` : "";
     const fig = el("figure", { class: "step-fig" }, canvas, el("figcaption", { text: `${step.name} (${step.shape[0]}×${step.shape[1]}${range})` }));
