@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   minicnn train --out runs/fashion --resume --epochs 8    continue, or extend to 8 epochs
   minicnn evaluate runs/fashion                   accuracy, per-class table, confusion matrix
   minicnn predict runs/fashion shoe.png bag.jpg   top-3 classes per image
+  minicnn explore runs/fashion                    draw or upload, watch every layer (a local page)
   minicnn datasets                                what it knows, where it looks, what it found
   minicnn bench --suite conv --plot conv.png      time layers and models against PyTorch
 """
@@ -176,6 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-preprocess", action="store_true",
                          help="only resize and convert: no inverting, cropping or centring")
     _common(predict)
+
+    from .explore import port_number
+    explore = sub.add_parser("explore", help="a local page: draw an image, watch every layer",
+                             description="Serve a page on this machine where you draw or upload "
+                                         "an image and see the run's preprocessing, every "
+                                         "layer's output, the prediction and its saliency.")
+    explore.add_argument("run", help="a run folder written by `minicnn train`")
+    explore.add_argument("--port", type=port_number, default=8765,
+                         help="port to serve on (default 8765; 0 picks a free one)")
+    explore.add_argument("--host", default="127.0.0.1",
+                         help="interface to bind (default 127.0.0.1, this machine only; "
+                              "anything else prints a warning)")
+    explore.add_argument("--no-browser", action="store_true",
+                         help="only serve; do not open a browser")
+    _common(explore)
 
     datasets = sub.add_parser("datasets", help="known data sets and where they were found")
     datasets.add_argument("--data-dir")
@@ -399,8 +415,18 @@ def cmd_bench(args) -> int:
         raise UserError(str(error)) from error
 
 
+def cmd_explore(args) -> int:
+    from .explore import ExploreError, serve
+
+    try:
+        return serve(args.run, host=args.host, port=args.port,
+                     open_browser=not args.no_browser, data_dir=args.data_dir)
+    except ExploreError as error:
+        raise UserError(str(error)) from error
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "datasets": cmd_datasets, "bench": cmd_bench}
+            "datasets": cmd_datasets, "bench": cmd_bench, "explore": cmd_explore}
 
 
 def _quiet_broken_pipe() -> int:

@@ -3,7 +3,9 @@
 MNIST's digits are light ink on black, cropped to the ink, scaled to fit a 20x20 box and
 centred by their centre of mass in 28x28. A photo of a digit on paper, a drawing with a
 transparent background or a digit in the corner of a large canvas looks nothing like that
-until the same steps are applied. :func:`prepare_image` applies them:
+until the same steps are applied. :func:`prepare_image` applies them (and
+:func:`prepare_rgba` to an image already in memory, keeping each step to show, as
+``minicnn explore`` does):
 
 1. read the file (any size, any channel count; 16-bit and palette images too);
 2. composite transparency onto a background that contrasts with the ink, so black ink on a
@@ -20,7 +22,7 @@ Everything is NumPy plus Pillow (which comes with matplotlib) for decoding and r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +47,15 @@ class Prepared:
     image : ndarray, float32, shape (C, H, W), values in [0, 1]
     inverted : bool
         The image had dark ink on a light background and was inverted.
+    steps : list of (str, ndarray)
+        Only when asked for (``keep_steps=True``): each intermediate image, in order, with a
+        short name ("as drawn", "cropped to the ink", ...); gray steps are ``(H, W)``, colour
+        ones ``(H, W, 3)``, all float32 in [0, 1]. The last step is ``image`` itself.
     """
 
     image: np.ndarray
     inverted: bool = False
+    steps: list = field(default_factory=list)
 
 
 def _pil():
@@ -77,10 +84,45 @@ def read_rgba(path: str | os.PathLike) -> np.ndarray:
     DataError
         Naming the file, when it is missing or cannot be decoded.
     """
-    Image = _pil()
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        return _decode(path, str(path))
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such image file") from exc
+
+
+def decode_rgba(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode the bytes of an image file (an upload) as RGBA, like :func:`read_rgba`.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+    max_pixels : int or None
+        Refuse images with more pixels than this before decoding them (a small file can
+        declare a huge image).
+
+    Returns
+    -------
+    ndarray, float32, shape (H, W, 4), values in [0, 1]
+
+    Raises
+    ------
+    DataError
+        When the bytes are not an image Pillow can decode, or the image is too large.
+    """
+    import io
+
+    return _decode(io.BytesIO(data), "the upload", max_pixels)
+
+
+def _decode(source, name: str, max_pixels: int | None = None) -> np.ndarray:
+    Image = _pil()
+    try:
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise DataError(f"{name}: {img.width}x{img.height} is more than the "
+                                f"{max_pixels:,} pixels allowed")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 gray = np.asarray(img, dtype=np.float32)
@@ -88,10 +130,10 @@ def read_rgba(path: str | os.PathLike) -> np.ndarray:
                 gray = np.clip(gray / top, 0.0, 1.0)
                 return np.dstack([gray, gray, gray, np.ones_like(gray)])
             rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: no such image file") from exc
+    except (FileNotFoundError, DataError):
+        raise
     except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError...
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{name}: cannot read image ({type(exc).__name__}: {exc})") from exc
     return rgba
 
 
@@ -163,7 +205,7 @@ def _paste(canvas: np.ndarray, image: np.ndarray, top: int, left: int) -> np.nda
 
 
 def centre_ink(ink: np.ndarray, size: tuple[int, int], box_fraction: float,
-               by_mass: bool) -> np.ndarray:
+               by_mass: bool, steps: list | None = None) -> np.ndarray:
     """Crop to the ink, scale it to fit the box, centre it in a ``size`` frame.
 
     Parameters
@@ -175,6 +217,9 @@ def centre_ink(ink: np.ndarray, size: tuple[int, int], box_fraction: float,
         MNIST), keeping the aspect ratio.
     by_mass : bool
         Centre the ink's centre of mass (MNIST) rather than its bounding box.
+    steps : list or None
+        When given, ``("cropped to the ink", crop)`` and ``("scaled to HxW", scaled)`` are
+        appended to it (nothing for a blank image, which is only resized).
 
     Returns
     -------
@@ -190,6 +235,8 @@ def centre_ink(ink: np.ndarray, size: tuple[int, int], box_fraction: float,
     h = max(1, round(crop.shape[0] * scale))
     w = max(1, round(crop.shape[1] * scale))
     scaled = np.clip(_resize(crop, h, w), 0.0, 1.0)
+    if steps is not None:
+        steps += [("cropped to the ink", crop), (f"scaled to {h}x{w}", scaled)]
     if by_mass and scaled.sum() > 0:
         ys, xs = np.indices(scaled.shape)
         cy, cx = (ys * scaled).sum() / scaled.sum(), (xs * scaled).sum() / scaled.sum()
@@ -220,20 +267,57 @@ def prepare_image(path: str | os.PathLike, input_shape, dataset: str = "",
     Prepared
         ``image`` float32 ``(C, H, W)`` in [0, 1] and whether it was inverted.
     """
+    return prepare_rgba(read_rgba(path), input_shape, dataset, enhance)
+
+
+def prepare_rgba(rgba: np.ndarray, input_shape, dataset: str = "", enhance: bool = True,
+                 keep_steps: bool = False) -> Prepared:
+    """:func:`prepare_image` for an image already decoded (:func:`read_rgba`,
+    :func:`decode_rgba`), optionally keeping every intermediate image.
+
+    Parameters
+    ----------
+    rgba : ndarray, float32, shape (H, W, 4), values in [0, 1]
+    input_shape, dataset, enhance
+        As for :func:`prepare_image`.
+    keep_steps : bool
+        Fill ``Prepared.steps`` with the intermediate images, named.
+
+    Returns
+    -------
+    Prepared
+    """
     channels, height, width = (int(d) for d in input_shape)
     if channels not in (1, 3):
         raise DataError(f"runs with {channels} input channels are not supported (1 or 3)")
-    rgb = composite(read_rgba(path))
+    steps: list | None = [] if keep_steps else None
+    rgb = composite(rgba)
     if channels == 3:          # colour runs were trained on whole, uncropped photos
         planes = [_resize(rgb[..., c], height, width) for c in range(3)]
-        return Prepared(np.clip(np.stack(planes), 0.0, 1.0).astype(np.float32))
+        image = np.clip(np.stack(planes), 0.0, 1.0).astype(np.float32)
+        if steps is not None:
+            steps += [("as given", rgb), (f"resized to {height}x{width}",
+                                          image.transpose(1, 2, 0))]
+        return Prepared(image, steps=steps or [])
     gray = luminance(rgb)
+    if steps is not None:
+        steps.append(("as drawn", gray))
     if not enhance:
-        return Prepared(np.clip(_resize(gray, height, width), 0.0, 1.0)[None])
+        image = np.clip(_resize(gray, height, width), 0.0, 1.0)[None]
+        if steps is not None:
+            steps.append((f"resized to {height}x{width}", image[0]))
+        return Prepared(image, steps=steps or [])
     ink, inverted = ink_on_black(gray)
+    if steps is not None:
+        steps.append(("inverted: light ink on black" if inverted else "light ink on black",
+                      ink))
     box = DIGIT_DATASETS.get(dataset, 1.0)
-    image = centre_ink(ink, (height, width), box, by_mass=dataset in DIGIT_DATASETS)
-    return Prepared(image[None].astype(np.float32), inverted)
+    by_mass = dataset in DIGIT_DATASETS
+    image = centre_ink(ink, (height, width), box, by_mass=by_mass, steps=steps)
+    if steps is not None:
+        how = "centred by mass" if by_mass else "centred"
+        steps.append((f"{how} in {height}x{width}", image))
+    return Prepared(image[None].astype(np.float32), inverted, steps=steps or [])
 
 
 def image_files(paths) -> list[Path]:
