@@ -53,6 +53,8 @@ def dataset_files(name: str, split: str = "train", data_dir: str | os.PathLike |
     """
     spec = get_spec(name)
     _check_split(spec, split)
+    if spec.format == "scenes":
+        return dataset_files(spec.base, split, data_dir, download, progress)
     if not spec.needs_files:
         return []
     loc = locate_split(spec, split, data_dir)
@@ -125,6 +127,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     spec = get_spec(name)
     _check_split(spec, split)
     limit = _check_limit(limit)
+    if spec.format == "scenes":
+        return _load_scenes(spec, split, data_dir, download, limit, seed, progress)
     if spec.format == "synthetic":
         n = limit if limit is not None else spec.default_sizes[split]
         stream = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split),))
@@ -147,6 +151,22 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         images, labels = images[:limit].copy(), labels[:limit].copy()
     return Dataset(images, labels, spec.classes, spec.mean, spec.std, name=spec.name,
                    split=split, source=str(paths[0].parent))
+
+
+def _load_scenes(spec: DatasetSpec, split: str, data_dir, download: bool, limit, seed: int,
+                 progress):
+    """Scenes made from ``spec.base``'s ``split`` only (train scenes never see a test image);
+    the split and the seed pick the random stream, so the same call gives the same scenes."""
+    from ..detection.scenes import SceneDataset, make_scenes
+
+    base = load_dataset(spec.base, split, data_dir=data_dir, download=download,
+                        progress=progress)
+    count = limit if limit is not None else spec.default_sizes[split]
+    stream = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), 0x5CE4E))
+    images, targets = make_scenes(base.images, base.labels, count, np.random.default_rng(stream),
+                                  canvas=spec.image_shape[1])
+    return SceneDataset(images, targets, spec.classes, spec.mean, spec.std, name=spec.name,
+                        split=split, source=f"generated from {base.source} (seed={seed})")
 
 
 def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -176,7 +196,12 @@ def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
             "mean": spec.mean, "std": spec.std, "homepage": spec.homepage,
             "license": spec.license, "mirrors": list(spec.mirrors),
         }
-        if not spec.needs_files:
+        if spec.format == "scenes":
+            base = next(d for d in describe_datasets(data_dir) if d["name"] == spec.base)
+            info.update(found=base["found"], search_path=base["search_path"],
+                        searched=base["searched"], cache_dir=base["cache_dir"],
+                        mirrors=base["mirrors"], checksum=base["checksum"])
+        elif not spec.needs_files:
             info.update(found={s: "generated" for s in spec.default_sizes}, search_path=[],
                         searched=[], cache_dir=None, checksum="generated")
         else:
