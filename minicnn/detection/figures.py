@@ -67,9 +67,13 @@ def plot_precision_recall(curves, classes, path=None, title="Precision-recall at
     for name, curve in zip(classes, curves):
         if not curve.ground_truths:
             continue
+        label = f"{name}: AP {curve.average_precision:.3f}"
+        if not len(curve.recall):           # objects but no detections: AP 0, no curve
+            ax.plot([], [], label=label)
+            continue
         envelope = np.maximum.accumulate(curve.precision[::-1])[::-1]
         ax.step(np.concatenate([[0], curve.recall]), np.concatenate([envelope[:1], envelope]),
-                where="pre", label=f"{name}: AP {curve.average_precision:.3f}")
+                where="pre", label=label)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", ncol=2)
