@@ -17,6 +17,8 @@ from minicnn.data import load_dataset
 from minicnn.detection import SceneDataset, make_scenes
 from minicnn.train import TrainConfig, fit
 
+pytestmark = pytest.mark.slow          # trains (tiny) detectors on real MNIST scenes
+
 
 @pytest.fixture(scope="module")
 def mnist_dir():

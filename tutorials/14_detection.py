@@ -140,7 +140,7 @@ for k in range(4):
         d = found[k]
         draw_boxes(axes[row, k], scenes.images[k, 0] / 255, d["boxes"],
                    [str(c) for c in d["classes"]], d["scores"])
-        axes[row, k].set_title(f"{title}: {len(d['boxes'])} boxes (score > {shown})",
+        axes[row, k].set_title(f"{title}:\n{len(d['boxes'])} boxes with score > {shown}",
                                fontsize=9)
 show(fig, "nms_before_after")
 

@@ -187,36 +187,38 @@ def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
         (``"content sha256"``, ``"download sha256"``, ``"structure only"`` or
         ``"generated"``), ``homepage``, ``license``.
     """
-    out = []
-    for spec in REGISTRY.values():
-        info = {
-            "name": spec.name, "title": spec.title, "format": spec.format,
-            "image_shape": spec.image_shape, "num_classes": len(spec.classes),
-            "classes": list(spec.classes), "num_samples": dict(spec.num_samples),
-            "mean": spec.mean, "std": spec.std, "homepage": spec.homepage,
-            "license": spec.license, "mirrors": list(spec.mirrors),
-        }
-        if spec.format == "scenes":
-            base = next(d for d in describe_datasets(data_dir) if d["name"] == spec.base)
-            info.update(found=base["found"], search_path=base["search_path"],
-                        searched=base["searched"], cache_dir=base["cache_dir"],
-                        mirrors=base["mirrors"], checksum=base["checksum"])
-        elif not spec.needs_files:
-            info.update(found={s: "generated" for s in spec.default_sizes}, search_path=[],
-                        searched=[], cache_dir=None, checksum="generated")
+    return [_describe(spec, data_dir) for spec in REGISTRY.values()]
+
+
+def _describe(spec: DatasetSpec, data_dir) -> dict:
+    """One entry of :func:`describe_datasets`."""
+    info = {
+        "name": spec.name, "title": spec.title, "format": spec.format,
+        "image_shape": spec.image_shape, "num_classes": len(spec.classes),
+        "classes": list(spec.classes), "num_samples": dict(spec.num_samples),
+        "mean": spec.mean, "std": spec.std, "homepage": spec.homepage,
+        "license": spec.license, "mirrors": list(spec.mirrors),
+    }
+    if spec.format == "scenes":
+        # Generated from another data set's files: where those are is where these come from.
+        base = _describe(get_spec(spec.base), data_dir)
+        info.update({key: base[key] for key in ("found", "search_path", "searched",
+                                                "cache_dir", "mirrors", "checksum")})
+    elif not spec.needs_files:
+        info.update(found={s: "generated" for s in spec.default_sizes}, search_path=[],
+                    searched=[], cache_dir=None, checksum="generated")
+    else:
+        found = {}
+        for split in spec.splits:
+            loc = locate_split(spec, split, data_dir)
+            found[split] = str(loc.directory) if loc.found else None
+        if any(r.content_sha256 for r in spec.remote):
+            checksum = "content sha256"
+        elif any(r.sha256 for r in spec.remote):
+            checksum = "download sha256"
         else:
-            found = {}
-            for split in spec.splits:
-                loc = locate_split(spec, split, data_dir)
-                found[split] = str(loc.directory) if loc.found else None
-            if any(r.content_sha256 for r in spec.remote):
-                checksum = "content sha256"
-            elif any(r.sha256 for r in spec.remote):
-                checksum = "download sha256"
-            else:
-                checksum = "structure only"
-            places = [str(d) for d, _ in candidate_dirs(spec, data_dir)]
-            info.update(found=found, search_path=places, searched=places,
-                        cache_dir=str(cache_dir() / spec.dirnames[0]), checksum=checksum)
-        out.append(info)
-    return out
+            checksum = "structure only"
+        places = [str(d) for d, _ in candidate_dirs(spec, data_dir)]
+        info.update(found=found, search_path=places, searched=places,
+                    cache_dir=str(cache_dir() / spec.dirnames[0]), checksum=checksum)
+    return info

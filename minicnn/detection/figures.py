@@ -81,19 +81,25 @@ def plot_precision_recall(curves, classes, path=None, title="Precision-recall at
 
 
 def plot_detection_history(history: list[dict], path=None):
-    """Training loss per epoch (and validation loss and mAP when a validation set was held)."""
+    """Training loss per epoch, and validation loss and mAP when a validation set was held
+    out (``--val-size``)."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
+    validated = bool(history) and "val_map" in history[0]
+    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(10 if validated else 5, 4),
+                             squeeze=False)
+    ax_loss = axes[0, 0]
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    if history and "val_loss" in history[0]:
+    if validated:
         ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
-    ax_loss.set(title="Loss", xlabel="epoch", ylabel="objectness + box + class")
-    if history and "val_map" in history[0]:
+        ax_map = axes[0, 1]
         ax_map.plot(epochs, [h["val_map"] for h in history], "s-", label="validation")
-    ax_map.set(title="mAP@0.5", xlabel="epoch", ylabel="mAP", ylim=(0, 1))
-    for ax in (ax_loss, ax_map):
+        ax_map.set(title="mAP@0.5", xlabel="epoch", ylabel="mAP", ylim=(0, 1))
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="objectness + box + class")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.ravel():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+        ax.legend()
     return _finish(fig, path)
