@@ -92,8 +92,9 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     Parameters
     ----------
     name : str
-        ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"``, ``"cifar10"`` or ``"synthetic"``
-        (see :func:`describe_datasets`).
+        ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"``, ``"cifar10"``, ``"synthetic"``, or the
+        detection scenes ``"mnist-scenes"`` and ``"fashion-mnist-scenes"`` (see
+        :func:`describe_datasets`).
     split : {"train", "test"}
     data_dir : path-like, optional
         Searched first; then ``$MINICNN_DATA_DIR``, the user cache and
@@ -104,16 +105,19 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         Keep only the first ``limit`` samples (the files' order; for ``synthetic`` only
         ``limit`` images are generated).
     seed : int
-        Only for ``synthetic``: the train and test splits are generated from different
-        streams of this seed, so they never coincide.
+        Only for generated sets (``synthetic``, the scenes): the train and test splits are
+        generated from different streams of this seed, so they never coincide. Scenes use
+        ``limit`` as their number (default ``spec.default_sizes``) and take their objects
+        from the same split of their base data set only.
     progress : bool or None
         Download progress bar; ``None``: only on a terminal.
 
     Returns
     -------
-    Dataset
-        ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``, ``classes``, ``mean``
-        and ``std`` of the training split.
+    Dataset, or SceneDataset for scenes
+        ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)`` (scenes: ``(N, 4, 5)``
+        rows ``(class, x0, y0, x1, y1)``, see :mod:`minicnn.detection.scenes`), ``classes``,
+        ``mean`` and ``std`` of the training split.
 
     Raises
     ------
