@@ -122,10 +122,10 @@ def tiny_detector(in_channels: int = 1, num_classes: int = 10, image_size: int =
                   backend: str | None = None, rng=None, width: int = 16) -> nn.Sequential:
     """A single-shot grid detector (YOLO v1 style, see :mod:`minicnn.detection.head`).
 
-    Four stages of 3x3 conv(-BN)-ReLU and 2x2 max pooling (16, 32, 64, 64 channels at the
-    default ``width``) take a 96x96 scene to a 6x6 grid of 16-pixel cells, whose receptive
-    field (about 100 pixels after the last 3x3 conv) sees a whole 40-pixel digit; a 3x3
-    conv-BN-ReLU (128) mixes neighbouring cells and a 1x1 conv predicts, per cell,
+    Four stages of a 3x3 conv, ReLU and 2x2 max pooling (16, 32, 64, 64 channels at the
+    default ``width``; batch norm in the last two) take a 96x96 scene to a 6x6 grid of
+    16-pixel cells; a 3x3 conv-BN-ReLU (128) mixes neighbouring cells, so that each cell
+    sees 78x78 pixels around it (a whole 40-pixel digit), and a 1x1 conv predicts, per cell,
     objectness, box (4) and ``num_classes`` class logits: output ``(N, 5 + classes, 6, 6)``.
 
     The returned network carries ``stride`` (pixels per cell) and ``prior`` (the box size
