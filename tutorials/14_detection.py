@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from minicnn import gradcheck, models
+from minicnn import gradcheck, load, models
 from minicnn.data import load_dataset
-from minicnn.detection import (DetectionLoss, box_iou, decode, encode_targets, nms,
-                               class_curves, average_precision)
+from minicnn.detection import (DetectionLoss, average_precision, box_iou, decode,
+                               encode_targets, nms)
 from minicnn.detection.figures import draw_boxes, plot_detections, plot_precision_recall
 from minicnn.train import TrainConfig, fit
 from tutorial_tools import FAST, check, check_exercise, exercise, output_dir, show
@@ -111,8 +111,7 @@ config = TrainConfig(dataset="mnist-scenes", model="tiny-detector", epochs=2 if 
                      test_limit=200 if FAST else 2000, seed=0)
 run = fit(config, output_dir() / "run", progress=False)
 detector = models.build("tiny-detector", 1, 10, 96, rng=0)
-from minicnn import load  # noqa: E402  (the trained weights)
-load(output_dir() / "run" / "model.npz", detector)
+load(output_dir() / "run" / "model.npz", detector)          # the trained weights
 detector.eval()
 
 # %% [markdown]
@@ -133,7 +132,6 @@ x = ((scenes.images[:8] / 255 - scenes.mean[0]) / scenes.std[0]).astype(np.float
 shown = 0.02 if FAST else 0.1
 raw = decode(detector(x), stride, prior, score_threshold=shown, iou_threshold=1.0)  # no NMS
 after = decode(detector(x), stride, prior, score_threshold=shown, iou_threshold=0.5)
-truth = [{"boxes": scenes.boxes(k)[0]} for k in range(8)]
 fig, axes = plt.subplots(2, 4, figsize=(11, 6))
 for k in range(4):
     for row, found, title in ((0, raw, "before NMS"), (1, after, "after NMS")):

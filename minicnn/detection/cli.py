@@ -73,6 +73,7 @@ def cmd_detect(args) -> int:
     from ..preprocess import image_files
     from ..train import load_run
     from .figures import plot_detections
+    from .inference import detect_file
 
     config, model, meta = load_run(args.run, data_dir=args.data_dir)
     require_task(config, "detection", "detect")
@@ -84,7 +85,6 @@ def cmd_detect(args) -> int:
     results, failures = [], 0
     for path in paths:
         try:
-            from .inference import detect_file
             found = detect_file(model, meta, path, enhance=not args.no_preprocess,
                                 threshold=args.threshold)
         except (DataError, OSError) as error:
