@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   minicnn train --out runs/fashion --resume --epochs 8    continue, or extend to 8 epochs
   minicnn evaluate runs/fashion                   accuracy, per-class table, confusion matrix
   minicnn predict runs/fashion shoe.png bag.jpg   top-3 classes per image
+  minicnn train --dataset mnist-scenes --model tiny-detector --out runs/scenes
+  minicnn detect runs/scenes scene.png --out boxes.png   find every digit: boxes, labels, scores
   minicnn explore runs/fashion                    draw or upload, watch every layer (a local page)
   minicnn datasets                                what it knows, where it looks, what it found
   minicnn bench --suite conv --plot conv.png      time layers and models against PyTorch
@@ -178,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only resize and convert: no inverting, cropping or centring")
     _common(predict)
 
+    from .detection.cli import EXAMPLES as DETECT_EXAMPLES, add_detect_arguments
+    detect = sub.add_parser("detect", help="find and classify every object in image files",
+                            description="Find every object (digit) in image files of any size "
+                                        "with a trained detection run; needs no data set.",
+                            epilog=DETECT_EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_detect_arguments(detect)
+    _common(detect)
+
     from .explore import port_number
     explore = sub.add_parser("explore", help="a local page: draw an image, watch every layer",
                              description="Serve a page on this machine where you draw or upload "
@@ -222,8 +233,13 @@ def _config_from_args(args):
     """The TrainConfig of a new run: the command line over the defaults."""
     from .train import TrainConfig
 
+    from .detection import cli as detection_cli
+    from .models import task_of
+
+    detection = task_of(args.model or TRAIN_DEFAULTS["model"]) == "detection"
+    defaults = {**TRAIN_DEFAULTS, **(detection_cli.TRAIN_DEFAULTS if detection else {})}
     values = {key: getattr(args, key) if getattr(args, key) is not None else default
-              for key, default in TRAIN_DEFAULTS.items()}
+              for key, default in defaults.items()}
     if args.quick:
         values.update(epochs=args.epochs or QUICK["epochs"], limit=args.limit or QUICK["limit"],
                       test_limit=QUICK["test_limit"],
@@ -234,7 +250,8 @@ def _config_from_args(args):
     if args.nesterov is None:      # the default applies where Nesterov momentum exists
         values["nesterov"] = (TRAIN_DEFAULTS["nesterov"] and optimizer == "sgd"
                               and values["momentum"] > 0)
-    values["lr"] = args.lr if args.lr is not None else LR_DEFAULT[optimizer]
+    values["lr"] = args.lr if args.lr is not None else (
+        detection_cli.LR_DEFAULT if detection else LR_DEFAULT)[optimizer]
     values["weight_decay"] = (args.weight_decay if args.weight_decay is not None
                               else WEIGHT_DECAY_DEFAULT[optimizer])
     return TrainConfig(**values, backend=args.backend, data_dir=args.data_dir)
@@ -292,6 +309,12 @@ def cmd_train(args) -> int:
     result = fit(config, out, resume=args.resume, progress=not args.no_progress,
                  epochs=args.epochs if args.resume else None,
                  data_dir=args.data_dir if args.resume else None)
+    if result["task"] == "detection":
+        from .detection.cli import write_figures
+        write_figures(out, result["history"], result["evaluation"], result["test_set"])
+        print(f"run folder: {out}  (test mAP@0.5 {result['test_map']:.4f}, "
+              f"{result['seconds']:.0f} s)")
+        return 0
     _write_figures(out, result["history"], result["evaluation"], result["test_set"])
     print(f"run folder: {out}  (test accuracy {result['test_accuracy']:.2%}, "
           f"{result['seconds']:.0f} s)")
@@ -320,6 +343,10 @@ def cmd_evaluate(args) -> int:
     from .train import evaluate, load_run
 
     config, model, meta = load_run(args.run, data_dir=args.data_dir)
+    from .models import task_of
+    if task_of(config.model) == "detection":
+        from .detection.cli import evaluate_run
+        return evaluate_run(args, config, model, meta)
     test_set = load_dataset(config.dataset, "test", data_dir=args.data_dir or config.data_dir,
                             limit=config.test_limit, seed=config.seed)
     # Normalise with the run's own training statistics, whatever copy of the data is used.
@@ -358,6 +385,8 @@ def cmd_predict(args) -> int:
     from .train import load_run
 
     config, model, meta = load_run(args.run, data_dir=args.data_dir)
+    from .detection.cli import require_task
+    require_task(config, "classification", "predict")
     mean = np.asarray(meta.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(meta.std, dtype=np.float32).reshape(-1, 1, 1)
     model.eval()
@@ -387,6 +416,12 @@ def cmd_predict(args) -> int:
     if failures:
         raise UserError(f"{failures} of {len(paths)} image(s) could not be classified")
     return 0
+
+
+def cmd_detect(args) -> int:
+    from .detection.cli import cmd_detect as detect
+
+    return detect(args)
 
 
 def cmd_datasets(args) -> int:
@@ -426,7 +461,8 @@ def cmd_explore(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "datasets": cmd_datasets, "bench": cmd_bench, "explore": cmd_explore}
+            "detect": cmd_detect, "datasets": cmd_datasets, "bench": cmd_bench,
+            "explore": cmd_explore}
 
 
 def _quiet_broken_pipe() -> int:

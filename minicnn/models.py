@@ -118,13 +118,59 @@ def separable_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int =
     return nn.Sequential(*layers)
 
 
+def tiny_detector(in_channels: int = 1, num_classes: int = 10, image_size: int = 96,
+                  backend: str | None = None, rng=None, width: int = 16) -> nn.Sequential:
+    """A single-shot grid detector (YOLO v1 style, see :mod:`minicnn.detection.head`).
+
+    Four stages of a 3x3 conv, ReLU and 2x2 max pooling (16, 32, 64, 64 channels at the
+    default ``width``; batch norm in the last two) take a 96x96 scene to a 6x6 grid of
+    16-pixel cells; a 3x3 conv-BN-ReLU (128) mixes neighbouring cells, so that each cell
+    sees 78x78 pixels around it (a whole 40-pixel digit), and a 1x1 conv predicts, per cell,
+    objectness, box (4) and ``num_classes`` class logits: output ``(N, 5 + classes, 6, 6)``.
+
+    The returned network carries ``stride`` (pixels per cell) and ``prior`` (the box size
+    that ``tw = th = 0`` means, twice the stride) for the loss and the decoder.
+    """
+    if image_size % 16:
+        raise ValueError(f"tiny-detector needs an input side divisible by 16, got {image_size}")
+    rng = init.resolve_rng(rng)
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for stage, c_out in enumerate((width, 2 * width, 4 * width, 4 * width)):
+        if stage < 2:
+            # No batch norm at the two large resolutions: there it cost half of a training
+            # step (NumPy passes over 64x16x96x96 values) for little gain in convergence.
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, backend=backend, rng=rng),
+                       nn.ReLU(backend=backend)]
+        else:
+            layers += _conv_bn_relu(c_in, c_out, backend, rng)
+        layers.append(nn.MaxPool2d(2, backend=backend))
+        c_in = c_out
+    layers += _conv_bn_relu(c_in, 8 * width, backend, rng)
+    layers.append(nn.Conv2d(8 * width, 5 + num_classes, 1, backend=backend, rng=rng))
+    net = nn.Sequential(*layers)
+    net.stride = 16
+    net.prior = 32.0
+    return net
+
+
 MODELS = {
     "lenet5": lenet5,
     "mnist-cnn": mnist_cnn,
     "vgg-small": vgg_small,
     "resnet-small": resnet_small,
     "separable-cnn": separable_cnn,
+    "tiny-detector": tiny_detector,
 }
+
+#: Models that find objects (output a grid of boxes, train on scene data sets); the others
+#: classify whole images.
+DETECTION_MODELS = frozenset({"tiny-detector"})
+
+
+def task_of(name: str) -> str:
+    """``"detection"`` or ``"classification"``: what model ``name`` is for."""
+    return "detection" if name in DETECTION_MODELS else "classification"
 
 
 def build(name: str, in_channels: int, num_classes: int, image_size: int = 28,

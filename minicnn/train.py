@@ -10,13 +10,18 @@ A run lives in one folder::
     model.npz         the trained model's state dict
     history.json      per-epoch loss, accuracy, validation accuracy, learning rate, images/s,
                       wall time of the epoch's loop and the part of it spent in the steps
-    result.json       test accuracy and loss
+    result.json       test accuracy and loss (detection: mAP@0.5, per-class AP and loss)
 
 Every file is written atomically (:func:`minicnn.serialize.atomic_write`), so a kill at any
 moment leaves each file either as it was or complete. The checkpoint is the source of truth:
 resuming rewrites ``history.json`` from it and removes temporary files a kill left behind.
 The folder is created only once the data set is loaded and the model built, so a run that is
 refused (unknown model, missing data, a training set smaller than one batch) leaves nothing.
+
+What is trained is a *task*: a model, its loss, its metric and its data. Classification
+(:class:`ClassificationTask`: cross-entropy, accuracy) and detection
+(:class:`minicnn.detection.task.DetectionTask`: the grid detector's loss, mAP@0.5) go through
+the same loop, checkpoints and resume; :func:`task_for` picks one from the model's name.
 
 Exact resume works because nothing random is carried in hidden state: the weights come from
 ``rng=seed``, and epoch ``e`` shuffles (and augments) with ``default_rng((seed, e))``.
@@ -120,6 +125,26 @@ class TrainConfig:
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of "
                              f"{', '.join(models.MODELS)}")
+        self._check_task()
+
+    def _check_task(self) -> None:
+        """A detector needs a scene data set and a classifier a classification one."""
+        from .data import get_spec
+        from .data.errors import UnknownDatasetError
+
+        try:
+            spec = get_spec(self.dataset)
+        except UnknownDatasetError:
+            return          # refused with the list of names when the data set is loaded
+        task = models.task_of(self.model)
+        if spec.task != task:
+            fitting = [name for name in models.MODELS if models.task_of(name) == spec.task]
+            raise ValueError(f"model {self.model!r} is for {task} but data set {spec.name!r} "
+                             f"is for {spec.task}; use one of these models with it: "
+                             f"{', '.join(fitting)}")
+        if task == "detection" and self.augment:
+            raise ValueError("augment must be off for detection: shifting a scene's pixels "
+                             "would move its objects away from their boxes")
 
 
 @dataclass
@@ -267,6 +292,41 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256, transform=None) -
                       loss=float(-log_probs[np.arange(len(labels)), labels].mean()),
                       confusion=confusion, predictions=predictions,
                       probabilities=np.exp(log_probs), labels=labels)
+
+
+class ClassificationTask:
+    """Whole-image classification: cross-entropy loss, accuracy, a confusion matrix."""
+
+    name = "classification"
+
+    def loss(self, model: nn.Module):
+        return nn.CrossEntropyLoss()
+
+    def batch_correct(self, outputs: np.ndarray, targets: np.ndarray) -> float | None:
+        """How many of a batch's images are right (for the running training accuracy)."""
+        return float(np.count_nonzero(outputs.argmax(axis=1) == targets))
+
+    def evaluate(self, model: nn.Module, dataset, transform=None,
+                 batch_size: int = 256) -> Evaluation:
+        return evaluate(model, dataset, batch_size=batch_size, transform=transform)
+
+    def validation_record(self, evaluation: Evaluation) -> dict:
+        return {"val_loss": evaluation.loss, "val_accuracy": evaluation.accuracy}
+
+    def result(self, evaluation: Evaluation) -> dict:
+        return {"test_accuracy": evaluation.accuracy, "test_loss": evaluation.loss}
+
+    def summary(self, evaluation: Evaluation, count: int) -> str:
+        return f"test accuracy {evaluation.accuracy:.4f} ({count} images)"
+
+
+def task_for(model_name: str):
+    """The task that model ``model_name`` is trained for (see :func:`models.task_of`)."""
+    if models.task_of(model_name) == "detection":
+        from .detection.task import DetectionTask
+
+        return DetectionTask()
+    return ClassificationTask()
 
 
 def _checkpoint_state(model, optimizer, schedule, epoch, batch, partial, history):
@@ -435,8 +495,11 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
 
     Returns
     -------
-    dict with ``history`` (list of per-epoch dicts), ``test_accuracy``, ``test_loss``,
-    ``seconds``, ``evaluation`` (:class:`Evaluation` on the test split) and ``test_set``.
+    dict with ``history`` (list of per-epoch dicts), ``seconds``, ``task`` (its name),
+    ``evaluation`` (on the test split: :class:`Evaluation`, or for detection
+    :class:`~minicnn.detection.task.DetectionEvaluation`), ``test_set``, and what
+    ``result.json`` holds: ``test_accuracy`` and ``test_loss`` (classification) or
+    ``test_map``, ``test_ap`` and ``test_loss`` (detection).
 
     Raises
     ------
@@ -454,8 +517,10 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
     if config.backend is not None:
         kernels.get(config.backend)
 
+    task = task_for(config.model)
     train_full, train_set, val_set, test_set = _load_data(config)
-    augment = config.augment if config.augment is not None else train_set.images.shape[1] == 3
+    augment = config.augment if config.augment is not None else (
+        task.name == "classification" and train_set.images.shape[1] == 3)
     train_transform = default_transform(train_full, augment=augment)
     eval_transform = default_transform(train_full, augment=False)
     meta = RunMeta.from_dataset(config, train_full)
@@ -464,7 +529,7 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
     steps_per_epoch = len(train_set) // config.batch_size      # the loader drops the rest
     schedule = make_schedule(config, optimizer, steps_per_epoch)
     per_step = schedule is not None and SCHEDULES[config.schedule]
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = task.loss(model)
 
     # Everything that can refuse the run has run: only now does the folder appear.
     out.mkdir(parents=True, exist_ok=True)
@@ -530,16 +595,18 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
                     # metrics reuse the step's logits; the bar's text is formatted only when
                     # tqdm is about to redraw (at most 4 times a second).
                     loss_sum += loss * len(y)
-                    correct += float(np.count_nonzero(logits.argmax(axis=1) == y))
+                    right = task.batch_correct(logits, y)
+                    correct += right or 0.0
                     seen += len(y)
                     images += len(y)
                     if bar is not None:
                         now = bar._time()
                         if now - bar.last_print_t >= bar.mininterval:
                             rate = images / max(time.perf_counter() - epoch_start, 1e-9)
-                            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                                            acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}",
-                                            refresh=False)
+                            shown = {"loss": f"{loss_sum / seen:.4f}"}
+                            if right is not None:
+                                shown["acc"] = f"{correct / seen:.3f}"
+                            bar.set_postfix(**shown, img_s=f"{rate:.0f}", refresh=False)
                         bar.update(1)
                     if interrupt.requested:
                         # Ctrl-C arrived during this batch: the step is complete, so the state
@@ -562,9 +629,11 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
                   "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "images_per_second": images / max(seconds, 1e-9), "seconds": seconds,
                   "step_seconds": step_seconds}
+        if task.name != "classification":
+            del record["train_accuracy"]        # no per-image right or wrong to count
         if val_set is not None:
-            val = evaluate(model, val_set, transform=eval_transform)
-            record.update(val_loss=val.loss, val_accuracy=val.accuracy)
+            val = task.evaluate(model, val_set, transform=eval_transform)
+            record.update(task.validation_record(val))
         history.append(record)
         if schedule is not None and not per_step:
             schedule.step()
@@ -574,12 +643,13 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         log(_epoch_line(record))
         start_batch = 0
 
-    test = evaluate(model, test_set, transform=eval_transform)
+    test = task.evaluate(model, test_set, transform=eval_transform)
     save(model, out / "model.npz")
-    write_json(out / "result.json", {"test_accuracy": test.accuracy, "test_loss": test.loss})
-    log(f"test accuracy {test.accuracy:.4f} ({len(test_set)} images)")
-    return {"history": history, "test_accuracy": test.accuracy, "test_loss": test.loss,
-            "seconds": time.perf_counter() - started, "evaluation": test, "test_set": test_set}
+    result = task.result(test)
+    write_json(out / "result.json", result)
+    log(task.summary(test, len(test_set)))
+    return {"history": history, **result, "seconds": time.perf_counter() - started,
+            "evaluation": test, "test_set": test_set, "task": task.name}
 
 
 def _log_beside(bar, log, message: str) -> None:
@@ -620,10 +690,13 @@ class _DeferredInterrupt:
 
 
 def _epoch_line(record: dict) -> str:
-    line = (f"epoch {record['epoch']}: loss {record['train_loss']:.4f}, "
-            f"train acc {record['train_accuracy']:.4f}")
+    line = f"epoch {record['epoch']}: loss {record['train_loss']:.4f}"
+    if "train_accuracy" in record:
+        line += f", train acc {record['train_accuracy']:.4f}"
     if "val_accuracy" in record:
         line += f", val acc {record['val_accuracy']:.4f}"
+    if "val_map" in record:
+        line += f", val mAP@0.5 {record['val_map']:.4f}"
     return line + f", {record['images_per_second']:.0f} img/s"
 
 

@@ -80,3 +80,56 @@ def check(what: str, answer, expected, rtol: float = 1e-5, atol: float = 1e-6) -
         raise AssertionError(f"{what}: not quite -- got {answer!r}, expected {expected!r}")
     print(f"{what}: correct!")
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Code-writing exercises (the exercise contract shared by the tutorials)
+# ---------------------------------------------------------------------------------------------
+SOLUTIONS = os.environ.get("MINICNN_TUTORIAL_SOLUTIONS", "") not in ("", "0")
+STRICT = os.environ.get("MINICNN_TUTORIAL_STRICT", "") not in ("", "0")
+
+
+def _solution(tutorial: str, name: str):
+    """The function ``name`` from ``tutorials/solutions/<tutorial>.py`` (loaded by path: the
+    file name starts with a digit, so it cannot be imported by name)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "solutions" / f"{tutorial}.py"
+    spec = importlib.util.spec_from_file_location(f"solutions_{tutorial}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def exercise(tutorial: str):
+    """Decorator for a learner's stub: returns the stub as written, or with
+    ``MINICNN_TUTORIAL_SOLUTIONS=1`` the function of the same name from
+    ``tutorials/solutions/<tutorial>.py``. ``tutorial`` is the file stem, e.g.
+    ``"02_convolution"`` (explicit, because in a notebook ``__main__`` has no ``__file__``)."""
+    def decorate(stub):
+        return _solution(tutorial, stub.__name__) if SOLUTIONS else stub
+    return decorate
+
+
+def check_exercise(name: str, learner_fn, check, reference):
+    """Run ``check(learner_fn)`` and return the callable the tutorial goes on with.
+
+    - the stub is not filled in yet (``NotImplementedError``): say so and go on with
+      ``reference``;
+    - the check fails: print its message; re-raise with ``MINICNN_TUTORIAL_SOLUTIONS=1`` or
+      ``MINICNN_TUTORIAL_STRICT=1``, else go on with ``reference``;
+    - the check passes: say so and return ``learner_fn``.
+    """
+    try:
+        check(learner_fn)
+    except NotImplementedError:
+        print(f"{name}: not filled in yet -- the tutorial carries on with the library's version")
+        return reference
+    except AssertionError as error:
+        print(f"{name}: not right yet -- {error}")
+        if SOLUTIONS or STRICT:
+            raise
+        print(f"{name}: the tutorial carries on with the library's version")
+        return reference
+    print(f"{name}: correct!")
+    return learner_fn

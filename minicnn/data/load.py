@@ -53,6 +53,8 @@ def dataset_files(name: str, split: str = "train", data_dir: str | os.PathLike |
     """
     spec = get_spec(name)
     _check_split(spec, split)
+    if spec.format == "scenes":
+        return dataset_files(spec.base, split, data_dir, download, progress)
     if not spec.needs_files:
         return []
     loc = locate_split(spec, split, data_dir)
@@ -90,8 +92,9 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     Parameters
     ----------
     name : str
-        ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"``, ``"cifar10"`` or ``"synthetic"``
-        (see :func:`describe_datasets`).
+        ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"``, ``"cifar10"``, ``"synthetic"``, or the
+        detection scenes ``"mnist-scenes"`` and ``"fashion-mnist-scenes"`` (see
+        :func:`describe_datasets`).
     split : {"train", "test"}
     data_dir : path-like, optional
         Searched first; then ``$MINICNN_DATA_DIR``, the user cache and
@@ -102,16 +105,19 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         Keep only the first ``limit`` samples (the files' order; for ``synthetic`` only
         ``limit`` images are generated).
     seed : int
-        Only for ``synthetic``: the train and test splits are generated from different
-        streams of this seed, so they never coincide.
+        Only for generated sets (``synthetic``, the scenes): the train and test splits are
+        generated from different streams of this seed, so they never coincide. Scenes use
+        ``limit`` as their number (default ``spec.default_sizes``) and take their objects
+        from the same split of their base data set only.
     progress : bool or None
         Download progress bar; ``None``: only on a terminal.
 
     Returns
     -------
-    Dataset
-        ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``, ``classes``, ``mean``
-        and ``std`` of the training split.
+    Dataset, or SceneDataset for scenes
+        ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)`` (scenes: ``(N, 4, 5)``
+        rows ``(class, x0, y0, x1, y1)``, see :mod:`minicnn.detection.scenes`), ``classes``,
+        ``mean`` and ``std`` of the training split.
 
     Raises
     ------
@@ -125,6 +131,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     spec = get_spec(name)
     _check_split(spec, split)
     limit = _check_limit(limit)
+    if spec.format == "scenes":
+        return _load_scenes(spec, split, data_dir, download, limit, seed, progress)
     if spec.format == "synthetic":
         n = limit if limit is not None else spec.default_sizes[split]
         stream = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split),))
@@ -149,6 +157,22 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
                    split=split, source=str(paths[0].parent))
 
 
+def _load_scenes(spec: DatasetSpec, split: str, data_dir, download: bool, limit, seed: int,
+                 progress):
+    """Scenes made from ``spec.base``'s ``split`` only (train scenes never see a test image);
+    the split and the seed pick the random stream, so the same call gives the same scenes."""
+    from ..detection.scenes import SceneDataset, make_scenes
+
+    base = load_dataset(spec.base, split, data_dir=data_dir, download=download,
+                        progress=progress)
+    count = limit if limit is not None else spec.default_sizes[split]
+    stream = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), 0x5CE4E))
+    images, targets = make_scenes(base.images, base.labels, count, np.random.default_rng(stream),
+                                  canvas=spec.image_shape[1])
+    return SceneDataset(images, targets, spec.classes, spec.mean, spec.std, name=spec.name,
+                        split=split, source=f"generated from {base.source} (seed={seed})")
+
+
 def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
     """What minicnn knows about each registered data set and where its files are.
 
@@ -167,31 +191,38 @@ def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
         (``"content sha256"``, ``"download sha256"``, ``"structure only"`` or
         ``"generated"``), ``homepage``, ``license``.
     """
-    out = []
-    for spec in REGISTRY.values():
-        info = {
-            "name": spec.name, "title": spec.title, "format": spec.format,
-            "image_shape": spec.image_shape, "num_classes": len(spec.classes),
-            "classes": list(spec.classes), "num_samples": dict(spec.num_samples),
-            "mean": spec.mean, "std": spec.std, "homepage": spec.homepage,
-            "license": spec.license, "mirrors": list(spec.mirrors),
-        }
-        if not spec.needs_files:
-            info.update(found={s: "generated" for s in spec.default_sizes}, search_path=[],
-                        searched=[], cache_dir=None, checksum="generated")
+    return [_describe(spec, data_dir) for spec in REGISTRY.values()]
+
+
+def _describe(spec: DatasetSpec, data_dir) -> dict:
+    """One entry of :func:`describe_datasets`."""
+    info = {
+        "name": spec.name, "title": spec.title, "format": spec.format,
+        "image_shape": spec.image_shape, "num_classes": len(spec.classes),
+        "classes": list(spec.classes), "num_samples": dict(spec.num_samples),
+        "mean": spec.mean, "std": spec.std, "homepage": spec.homepage,
+        "license": spec.license, "mirrors": list(spec.mirrors),
+    }
+    if spec.format == "scenes":
+        # Generated from another data set's files: where those are is where these come from.
+        base = _describe(get_spec(spec.base), data_dir)
+        info.update({key: base[key] for key in ("found", "search_path", "searched",
+                                                "cache_dir", "mirrors", "checksum")})
+    elif not spec.needs_files:
+        info.update(found={s: "generated" for s in spec.default_sizes}, search_path=[],
+                    searched=[], cache_dir=None, checksum="generated")
+    else:
+        found = {}
+        for split in spec.splits:
+            loc = locate_split(spec, split, data_dir)
+            found[split] = str(loc.directory) if loc.found else None
+        if any(r.content_sha256 for r in spec.remote):
+            checksum = "content sha256"
+        elif any(r.sha256 for r in spec.remote):
+            checksum = "download sha256"
         else:
-            found = {}
-            for split in spec.splits:
-                loc = locate_split(spec, split, data_dir)
-                found[split] = str(loc.directory) if loc.found else None
-            if any(r.content_sha256 for r in spec.remote):
-                checksum = "content sha256"
-            elif any(r.sha256 for r in spec.remote):
-                checksum = "download sha256"
-            else:
-                checksum = "structure only"
-            places = [str(d) for d, _ in candidate_dirs(spec, data_dir)]
-            info.update(found=found, search_path=places, searched=places,
-                        cache_dir=str(cache_dir() / spec.dirnames[0]), checksum=checksum)
-        out.append(info)
-    return out
+            checksum = "structure only"
+        places = [str(d) for d, _ in candidate_dirs(spec, data_dir)]
+        info.update(found=found, search_path=places, searched=places,
+                    cache_dir=str(cache_dir() / spec.dirnames[0]), checksum=checksum)
+    return info
