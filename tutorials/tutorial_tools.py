@@ -76,11 +76,12 @@ def show(fig, name: str) -> None:
     import matplotlib.pyplot as plt
 
     if _IN_NOTEBOOK:
-        # Display explicitly (works with any matplotlib backend, Agg included), then close, so
-        # the inline backend does not draw the same figure a second time at the cell's end.
-        from IPython.display import display
+        # Display the saved PNG: it works with any matplotlib backend (Agg included), and the
+        # notebook shows exactly the file on disk. Closing the figure below keeps the inline
+        # backend from drawing it a second time at the end of the cell.
+        from IPython.display import Image, display
 
-        display(fig)
+        display(Image(filename=str(path)))
     else:
         print(f"[figure saved: {path}]")
     plt.close(fig)
