@@ -346,3 +346,62 @@ def test_show_and_check_return_nothing_to_echo(tmp_path, monkeypatch):
     assert tutorial_tools.show(fig, "empty") is None
     assert list(tmp_path.rglob("empty.png"))
     assert tutorial_tools.check("two", 2, 2) is None
+
+
+# ---- 08, 12, 13 ------------------------------------------------------------------------------
+
+initial_loss = _solution("08_training_lenet_mnist", "expected_initial_loss")
+decay_step = _solution("12_training_dynamics", "sgd_step_with_weight_decay")
+residual_backward = _solution("13_deeper_networks", "residual_backward")
+
+
+@pytest.mark.parametrize("check, solution, library", [
+    (ec.check_expected_initial_loss, initial_loss, ec.library_expected_initial_loss),
+    (ec.check_weight_decay_step, decay_step, ec.library_weight_decay_step),
+    (ec.check_residual_backward, residual_backward, ec.library_residual_backward),
+], ids=["initial_loss", "weight_decay", "residual_backward"])
+def test_later_checks_accept_the_solution_and_the_library(check, solution, library):
+    check(solution)
+    check(library)
+
+
+def test_initial_loss_check_rejects_a_neighbouring_class_count():
+    import math
+    _rejects(ec.check_expected_initial_loss, lambda c: math.log(c + 1), "expected_initial_loss(2)")
+    _rejects(ec.check_expected_initial_loss, lambda c: 1 / c, "all-zero logits")
+
+
+def test_weight_decay_check_rejects_a_missing_or_misplaced_decay():
+    def no_decay(parameters, lr, weight_decay):
+        for p in parameters:
+            p.data -= lr * p.grad
+
+    def decay_not_scaled_by_lr(parameters, lr, weight_decay):
+        for p in parameters:
+            p.data -= lr * p.grad + weight_decay * p.data
+
+    def returns_instead_of_updating(parameters, lr, weight_decay):
+        return [p.data - lr * (p.grad + weight_decay * p.data) for p in parameters]
+
+    _rejects(ec.check_weight_decay_step, no_decay, "weight after one step", "relative error")
+    _rejects(ec.check_weight_decay_step, decay_not_scaled_by_lr, "relative error")
+    _rejects(ec.check_weight_decay_step, returns_instead_of_updating, "did not change")
+
+
+def test_residual_check_rejects_a_forgotten_skip_gradient():
+    def body_only(block, dy):
+        d = block.relu_out.backward(dy)
+        for layer in (block.bn2, block.conv2, block.relu, block.bn1, block.conv1):
+            d = layer.backward(d)
+        return d
+    _rejects(ec.check_residual_backward, body_only, "residual_backward: dx", "relative error")
+
+
+def test_residual_check_rejects_a_skip_that_bypasses_the_final_relu():
+    def skip_before_relu(block, dy):
+        d_sum = block.relu_out.backward(dy)
+        d = d_sum
+        for layer in (block.bn2, block.conv2, block.relu, block.bn1, block.conv1):
+            d = layer.backward(d)
+        return d + dy                                   # dy instead of d_sum on the skip
+    _rejects(ec.check_residual_backward, skip_before_relu, "dx")

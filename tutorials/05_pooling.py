@@ -236,23 +236,27 @@ pool_backward = check_exercise("maxpool2d_backward", maxpool2d_backward,
 # Use it (yours, or the library's until yours passes) to answer a question: an 8×8 map of
 # distinct values goes through `MaxPool2d(2)` and every output gets `dy = 1`. How many
 # pixels receive a gradient? One per window, 16. With 3×3 windows at stride 1 the answer is
-# not obvious any more; count it on a real digit, where the same stroke pixel wins many
-# windows.
+# not obvious any more: count it on a real digit, giving `dy = 1` to every window that sees
+# some ink (the all-black windows are left out: they are four-way ties of zeros). Bright
+# stroke pixels win many overlapping windows each, and most pixels win none.
 
 # %%
 distinct = rng.permutation(64).reshape(1, 1, 8, 8).astype(np.float64)
 assert np.count_nonzero(pool_backward(distinct, np.ones((1, 1, 4, 4)), 2, 2)) == 16
-stroke = digits[1:2].astype(np.float64) + rng.uniform(0, 1e-3, digits[1:2].shape)  # no ties
-overlapping = pool_backward(stroke, np.ones((1, 1, 26, 26)), 3, 1)
-print(f"3x3/stride 1 on the digit: {np.count_nonzero(overlapping)} of 784 pixels get a "
-      f"gradient; the busiest wins {overlapping.max():.0f} of the 9 windows around it")
-assert overlapping.sum() == 26 * 26 and overlapping.max() <= 9
+stroke = digits[1:2].astype(np.float64)                          # (1, 1, 28, 28)
+pooled_3x3 = nn.MaxPool2d(3, stride=1)(stroke)                   # (1, 1, 26, 26)
+touches_ink = (pooled_3x3 > 0).astype(np.float64)               # dy = 1 where a window sees ink
+overlapping = pool_backward(stroke, touches_ink, 3, 1)
+print(f"3x3/stride 1 on the digit: {int(touches_ink.sum())} windows see ink; they send their "
+      f"gradient to only {np.count_nonzero(overlapping)} pixels; the busiest wins "
+      f"{overlapping.max():.0f} of the 9 windows around it")
+assert overlapping.sum() == touches_ink.sum() and overlapping.max() <= 9
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), layout="constrained")
 axes[0].imshow(digits[1, 0], cmap="gray")
 axes[0].set(title="input digit", xticks=[], yticks=[])
 shown = axes[1].imshow(overlapping[0, 0], cmap="magma", vmin=0, vmax=9)
-axes[1].set(title="MaxPool2d(3, stride=1) backward, dy = 1:\nwindows each pixel won",
+axes[1].set(title="MaxPool2d(3, stride=1) backward\n(dy = 1 for each window that sees ink)",
             xticks=[], yticks=[])
 fig.colorbar(shown, ax=axes[1], shrink=0.8, label="number of windows won (0-9)")
 show(fig, "overlapping_max_pool_gradient")

@@ -25,6 +25,7 @@ from minicnn import models, nn, optim
 from minicnn.data import DataLoader, default_transform, load_dataset
 from minicnn.train import TrainConfig, evaluate, fit, load_run, split_validation
 from minicnn.viz import plot_history, plot_image_grid, plot_misclassified
+from exercise_checks import check_expected_initial_loss, library_expected_initial_loss
 from tutorial_tools import FAST, check_exercise, exercise, show
 
 # %% [markdown]
@@ -234,19 +235,9 @@ def expected_initial_loss(num_classes):
     raise NotImplementedError("fill in expected_initial_loss")
 
 
-def check_expected_initial_loss(fn):
-    for classes in (2, 10, 47, 1000):
-        truth = nn.CrossEntropyLoss()(np.zeros((3, classes)), np.array([0, 1, classes - 1]))
-        answer = fn(classes)
-        assert answer is not None, f"expected_initial_loss({classes}) returned None"
-        assert abs(answer - truth) <= 1e-9 * truth, (
-            f"expected_initial_loss({classes}) = {answer!r}, but all-zero logits give a loss "
-            f"of {truth:.6f}")
-
-
-initial_loss_for = check_exercise(
-    "expected_initial_loss", expected_initial_loss, check_expected_initial_loss,
-    reference=lambda classes: nn.CrossEntropyLoss()(np.zeros((1, classes)), np.array([0])))
+initial_loss_for = check_exercise("expected_initial_loss", expected_initial_loss,
+                                  check_expected_initial_loss,
+                                  reference=library_expected_initial_loss)
 
 model_47 = models.lenet5(num_classes=47, rng=0)
 random_labels = np.random.default_rng(0).integers(0, 47, size=len(x0))

@@ -24,6 +24,7 @@ import numpy as np
 from minicnn import init, nn, optim
 from minicnn.data import DataLoader, default_transform, load_dataset
 from minicnn.train import evaluate, split_validation
+from exercise_checks import check_weight_decay_step, library_weight_decay_step
 from tutorial_tools import FAST, check_exercise, exercise, show
 
 train_full = load_dataset("fashion-mnist", "train", limit=6000 if FAST else 30000)
@@ -309,28 +310,13 @@ assert not bn_runs["LeNet + BatchNorm2d"][1] < plain_accuracy   # nan (diverged)
 # %%
 @exercise("12_training_dynamics")
 def sgd_step_with_weight_decay(parameters, lr, weight_decay):
-    """One plain SGD step with L2 weight decay, in place: for every Parameter p,
-    p.data -= lr * (p.grad + weight_decay * p.data)."""
+    """One plain SGD step with L2 weight decay (no momentum), in place.
+
+    parameters: a list of minicnn Parameters, each with .data and .grad (same shape);
+    lr, weight_decay: floats. Returns nothing: it changes each p.data.
+    """
     # YOUR CODE HERE
     raise NotImplementedError("fill in sgd_step_with_weight_decay")
-
-
-def check_weight_decay_step(fn):
-    mine = nn.Linear(4, 3, rng=0, dtype=np.float64)
-    theirs = nn.Linear(4, 3, rng=0, dtype=np.float64)
-    for layer in (mine, theirs):
-        for p in layer.parameters():
-            p.grad[...] = np.random.default_rng(p.data.size).standard_normal(p.data.shape)
-    fn(mine.parameters(), 0.1, 0.05)
-    optim.SGD(theirs.parameters(), lr=0.1, weight_decay=0.05).step()
-    for name, (a, b) in zip(("weight", "bias"), zip(mine.parameters(), theirs.parameters())):
-        error = np.abs(a.data - b.data).max() / np.abs(b.data).max()
-        assert error < 1e-12, (f"{name} after one step: relative error {error:.1e} against "
-                               f"optim.SGD(lr=0.1, weight_decay=0.05)")
-
-
-def library_weight_decay_step(parameters, lr, weight_decay):
-    optim.SGD(parameters, lr=lr, weight_decay=weight_decay).step()
 
 
 decay_step = check_exercise("sgd_step_with_weight_decay", sgd_step_with_weight_decay,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 import minicnn
-from minicnn import nn
+from minicnn import nn, optim
 from minicnn.kernels import reference
 from minicnn.nn.module import Module, Parameter
 from tutorial_tools import compare
@@ -304,3 +304,88 @@ def check_batchnorm2d_backward(fn) -> None:
     x = rng.standard_normal((4, 2, 3, 3)) * 2 + 1
     _gradcheck("batchnorm2d_backward",
                BatchNormWithBackward(np.array([1.5, -0.5]), np.array([0.1, -0.2]), fn), x)
+
+
+# --------------------------------------------------------------------------------------------
+# 08: the initial loss of a fresh classifier
+
+
+def library_expected_initial_loss(num_classes):
+    """The loss of all-zero logits, from ``nn.CrossEntropyLoss``."""
+    return nn.CrossEntropyLoss()(np.zeros((1, num_classes)), np.array([0]))
+
+
+def check_expected_initial_loss(fn) -> None:
+    """``fn(C) -> float`` against the loss of all-zero logits, to 1e-9 (ln(C ± 1) fails)."""
+    for classes in (2, 10, 47, 1000):
+        truth = nn.CrossEntropyLoss()(np.zeros((3, classes)), np.array([0, 1, classes - 1]))
+        answer = fn(classes)
+        assert answer is not None, f"expected_initial_loss({classes}) returned None"
+        assert abs(float(answer) - truth) <= 1e-9 * truth, (
+            f"expected_initial_loss({classes}) = {answer!r}, but all-zero logits give a loss "
+            f"of {truth:.6f}")
+
+
+# --------------------------------------------------------------------------------------------
+# 12: an SGD step with weight decay
+
+
+def library_weight_decay_step(parameters, lr, weight_decay):
+    """One step of ``optim.SGD(lr=lr, weight_decay=weight_decay)`` (no momentum)."""
+    optim.SGD(parameters, lr=lr, weight_decay=weight_decay).step()
+
+
+def check_weight_decay_step(fn) -> None:
+    """``fn(parameters, lr, weight_decay)`` (in place) against one ``optim.SGD`` step."""
+    mine = nn.Linear(4, 3, rng=0, dtype=np.float64)
+    theirs = nn.Linear(4, 3, rng=0, dtype=np.float64)
+    for layer in (mine, theirs):
+        for index, p in enumerate(layer.parameters()):
+            p.grad[...] = _rng(index).standard_normal(p.data.shape)
+    before = [p.data.copy() for p in mine.parameters()]
+    fn(mine.parameters(), 0.1, 0.05)
+    library_weight_decay_step(theirs.parameters(), 0.1, 0.05)
+    for name, a, b, start in zip(("weight", "bias"), mine.parameters(), theirs.parameters(),
+                                 before):
+        if np.array_equal(a.data, start):
+            raise AssertionError(f"{name} did not change: update each p.data in place "
+                                 "(p.data -= ...)")
+        compare(f"{name} after one step of lr 0.1, weight_decay 0.05", a.data, b.data,
+                rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# 13: a residual block's backward pass
+
+
+class LearnerBlock(nn.BasicBlock):
+    """A ``BasicBlock`` whose backward is the learner's ``residual_backward`` (for gradcheck)."""
+
+    backward_fn = None
+
+    def backward(self, dy, need_input_grad=True):
+        return type(self).backward_fn(self, dy)
+
+
+def library_residual_backward(block, dy):
+    """``BasicBlock.backward``, with the exercise's signature."""
+    return nn.BasicBlock.backward(block, dy)
+
+
+def check_residual_backward(fn) -> None:
+    """``fn(block, dy) -> dx`` against ``BasicBlock.backward`` (input and every parameter
+    gradient) and against ``minicnn.gradcheck``."""
+    rng = _rng(13)
+    x = rng.standard_normal((3, 4, 5, 5))
+    dy = rng.standard_normal((3, 4, 5, 5))
+    theirs = nn.BasicBlock(4, 4, rng=0, dtype=np.float64)
+    mine = nn.BasicBlock(4, 4, rng=0, dtype=np.float64)
+    for block in (theirs, mine):
+        block(x)
+        block.zero_grad()
+    expected = theirs.backward(dy)
+    compare("residual_backward: dx", fn(mine, dy), expected, rtol=1e-9)
+    for (name, a), (_, b) in zip(mine.named_parameters(), theirs.named_parameters()):
+        compare(f"residual_backward: gradient of {name}", a.grad, b.grad, rtol=1e-9)
+    LearnerBlock.backward_fn = staticmethod(fn)
+    _gradcheck("residual_backward", LearnerBlock(2, 2, rng=1), rng.standard_normal((2, 2, 4, 4)))
