@@ -14,7 +14,7 @@
 #   the train/validation gap;
 # - weigh accuracy against **parameters** and **FLOPs** (`minicnn.models.profile`).
 #
-# Fast mode trains each network for a hundred or so steps: enough to see the curves part,
+# Fast mode trains each network for 80 to 160 steps: enough to see the curves part,
 # not to reach good accuracy.
 
 # %%
@@ -33,7 +33,7 @@ train_set, val_set = split_validation(train_full, 1000 if FAST else 5000, seed=0
 normalise = Normalize(train_set.mean, train_set.std)
 print(train_set, val_set, sep="\n")
 loss_fn = nn.CrossEntropyLoss()
-STEPS = 100 if FAST else 1200
+STEPS = 80 if FAST else 1200
 
 # %% [markdown]
 # ## 1. A plain deep stack and its residual twin
@@ -247,7 +247,7 @@ show(fig, "augmentation_examples")
 # Train a small ResNet (a stem and three `BasicBlock`s of 8, 16 and 32 channels, the last two
 # halving the resolution) without and with augmentation, on the same steps. To make
 # memorising possible in a short run, it gets only 500 training images (so each is seen
-# about 25 times); then compare the accuracy on those 500 *un-augmented* images with the
+# about 20 times); then compare the accuracy on those 500 *un-augmented* images with the
 # validation accuracy.
 
 # %%
