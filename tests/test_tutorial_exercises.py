@@ -405,3 +405,15 @@ def test_residual_check_rejects_a_skip_that_bypasses_the_final_relu():
             d = layer.backward(d)
         return d + dy                                   # dy instead of d_sum on the skip
     _rejects(ec.check_residual_backward, skip_before_relu, "dx")
+
+
+def test_check_compares_counts_and_shapes_exactly(capsys):
+    tutorial_tools.check("bytes", 1_572_864, np.int64(1_572_864))
+    tutorial_tools.check("shape", (27, 32), (27, 32))
+    with pytest.raises(AssertionError, match="expected 1572864"):
+        tutorial_tools.check("bytes", 1_572_860, 1_572_864)      # within rtol 1e-5, still wrong
+    with pytest.raises(AssertionError, match="expected"):
+        tutorial_tools.check("shape", (27, 31), (27, 32))
+    tutorial_tools.check("a float", 0.25 + 1e-9, 0.25)            # floats keep a tolerance
+    with pytest.raises(AssertionError):
+        tutorial_tools.check("a float", 0.26, 0.25)
