@@ -11,6 +11,12 @@
 # - that every minicnn layer keeps the dtype it is given.
 #
 # Run it as a script (`python 01_images_as_arrays.py`) or open it as a notebook.
+#
+# **The first run is slow, once.** minicnn's default backend (`numba`) compiles its kernels
+# the first time a layer of each kind runs: from a few seconds to a minute on a busy machine,
+# and a cell that builds its first `Conv2d` may seem to hang meanwhile. The compiled code is
+# cached on disk (in `__pycache__` folders next to minicnn's kernels), so every later run, and
+# every later tutorial, starts at once.
 
 # %%
 import time

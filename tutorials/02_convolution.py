@@ -8,7 +8,14 @@
 # - see how several input channels and several filters combine;
 # - learn why deep learning's "convolution" is really **cross-correlation** (no kernel flip);
 # - work out the output size from **stride**, **padding** and **dilation**, and see where the
-#   windows land.
+#   windows land;
+# - **write** the batched, strided forward pass yourself (the exercise) and have it checked;
+# - see why convolutions suit images: **translation equivariance** (shift the image, the
+#   feature map shifts with it) and **receptive fields** (how much of the image one output
+#   pixel sees, growing layer by layer).
+#
+# The first call to a layer on the default `numba` backend compiles its kernels: up to a
+# minute on a busy machine, once. They are cached on disk, so later runs start at once.
 
 # %%
 import matplotlib.pyplot as plt
@@ -18,7 +25,8 @@ from minicnn import nn
 from minicnn.data import load_dataset
 from minicnn.kernels import reference
 from minicnn.kernels.geometry import output_size
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_conv2d_forward, library_conv2d_forward
+from tutorial_tools import FAST, check_exercise, exercise, show
 
 rng = np.random.default_rng(0)
 
@@ -106,6 +114,41 @@ print("weight", layer.weight.shape, "bias", layer.bias.shape, "->", y.shape, "ma
 y_kernel, _ = reference.conv2d_forward(x, layer.weight.data, layer.bias.data, stride=(1, 1),
                                        padding=(0, 0, 0, 0), dilation=(1, 1), groups=1)
 assert np.array_equal(y_kernel, y)
+
+# %% [markdown]
+# ## Exercise: write the forward pass
+#
+# Now the whole layer: a batch of `N` images with `C` channels, `O` filters, a bias per
+# filter, **stride** and zero **padding** (both the same along H and W; the formulas are in
+# the next section). Fill in `conv2d_forward_loop` below. Hints:
+#
+# - pad once with `np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))`;
+# - output `(i, j)` reads the window starting at row `i * stride`, column `j * stride`;
+# - one window `(N, C, kH, kW)` against all filters `(O, C, kH, kW)` is one
+#   `np.einsum("nchw,ochw->no", window, weight)` (or `np.tensordot` over three axes); loop
+#   only over the output positions.
+#
+# `check_conv2d_forward` (in `exercise_checks.py`) runs your function on three cases (stride
+# 1; stride 2 with padding; a 2×3 kernel on a 6×5 image) and compares with `Conv2d`: it says
+# which case is wrong and whether the *shape* or the *values* are (with the index of the
+# worst element). Until your version passes, the tutorial carries on with the library's
+# (`MINICNN_TUTORIAL_STRICT=1` makes a wrong answer stop it instead). A worked solution is in
+# `solutions/02_convolution.py`; try without it first.
+
+# %%
+@exercise("02_convolution")
+def conv2d_forward_loop(x, weight, bias, stride=1, padding=0):
+    """Cross-correlate a batch with a bank of filters.
+
+    x (N, C, H, W), weight (O, C, kH, kW), bias (O,) -> y (N, O, H_out, W_out), with
+    H_out = (H + 2 * padding - kH) // stride + 1 (and W_out likewise).
+    """
+    # YOUR CODE HERE: pad x, allocate y, loop over the output positions (i, j).
+    raise NotImplementedError("fill in conv2d_forward_loop")
+
+
+conv2d_forward = check_exercise("conv2d_forward_loop", conv2d_forward_loop,
+                                check_conv2d_forward, reference=library_conv2d_forward)
 
 # %% [markdown]
 # ## Cross-correlation, not convolution
@@ -233,15 +276,150 @@ for ax in axes:
     ax.set(xlabel="column (padded)", ylabel="row (padded)")
 show(fig, "window_positions")
 
+
 # %% [markdown]
-# ## Exercise
+# ## Why convolutions suit images (1): translation equivariance
 #
-# A layer `Conv2d(1, 8, kernel_size=5, stride=2, padding=2)` receives 28×28 MNIST digits.
-# How wide is its output? Use the formula, then let the check compare with the layer.
+# A convolution applies the *same* weights at every position. So if the image moves, the
+# feature map moves with it, by the same amount: "shift, then convolve" equals "convolve,
+# then shift". That is **translation equivariance**, and it is why one filter can find an
+# edge (or, deeper in a network, an eye or a wheel) wherever it is: the network does not have
+# to learn the same detector separately for every position, as a fully connected layer must.
+#
+# Check it with `conv2d_forward` (yours if you filled in the exercise above, the library's
+# otherwise) on the digit, shifted 3 rows up and 2 columns right. The digit's border is
+# black there, so the shift loses nothing.
 
 # %%
-# Your answer here (the worked answer is filled in; try changing it)
-output_width = (28 + 2 * 2 - 1 * (5 - 1) - 1) // 2 + 1
+def shift(image, rows, cols):
+    """Move the last two axes by `rows` (down if positive) and `cols` (right if positive).
 
-probe = nn.Conv2d(1, 8, kernel_size=5, stride=2, padding=2)
-check("output width", output_width, probe(np.zeros((1, 1, 28, 28), np.float32)).shape[-1])
+    np.roll wraps around; that is a plain shift here because the rows and columns that wrap
+    are all zero (checked)."""
+    moved = np.roll(image, (rows, cols), axis=(-2, -1))
+    wrapped = np.roll(np.ones(image.shape[-2:], bool), (rows, cols), axis=(0, 1)) ^ \
+        np.pad(np.ones((image.shape[-2] - abs(rows), image.shape[-1] - abs(cols)), bool),
+               ((max(rows, 0), max(-rows, 0)), (max(cols, 0), max(-cols, 0))))
+    assert not moved[..., wrapped].any(), "the shift would wrap non-zero pixels around"
+    return moved
+
+
+sobel_bank = np.stack([sobel_x, sobel_y])[:, None]                   # (2, 1, 3, 3)
+no_bias = np.zeros(2, dtype=np.float32)
+image = digit[None, None]                                            # (1, 1, 28, 28)
+maps = conv2d_forward(image, sobel_bank, no_bias, stride=1, padding=1)
+maps_of_shifted = conv2d_forward(shift(image, -3, 2), sobel_bank, no_bias, stride=1, padding=1)
+assert np.allclose(maps_of_shifted, shift(maps, -3, 2), atol=1e-5)    # equivariant
+print("conv(shift(x)) == shift(conv(x)): the feature map moved with the digit")
+
+# A stride-2 convolution is equivariant only to shifts by a multiple of 2: a 1-pixel shift
+# of the input would be a half-pixel shift of the output, which does not exist.
+strided = lambda x: conv2d_forward(x, sobel_bank, no_bias, stride=2, padding=1)  # noqa: E731
+assert np.allclose(strided(shift(image, -2, 2)), shift(strided(image), -1, 1), atol=1e-5)
+one_pixel = strided(shift(image, -1, 1))
+assert not any(np.allclose(one_pixel, shift(strided(image), rows, cols), atol=1e-2)
+               for rows in (-1, 0) for cols in (0, 1))      # no whole-pixel shift matches
+
+fig, axes = plt.subplots(2, 3, figsize=(11, 7.2), layout="constrained")
+limit = np.abs(maps[0, 0]).max()
+panels = [(image[0, 0], "digit", "gray", None),
+          (maps[0, 0], "sobel_x response", "RdBu_r", limit),
+          (shift(maps, -3, 2)[0, 0], "response, then shifted", "RdBu_r", limit),
+          (shift(image, -3, 2)[0, 0], "digit shifted 3 up, 2 right", "gray", None),
+          (maps_of_shifted[0, 0], "response of the shifted digit", "RdBu_r", limit),
+          (maps_of_shifted[0, 0] - shift(maps, -3, 2)[0, 0], "difference of the two",
+           "RdBu_r", limit)]
+for ax, (picture, title, cmap, lim) in zip(axes.ravel(), panels):
+    shown = ax.imshow(picture, cmap=cmap, vmin=-lim if lim else None, vmax=lim)
+    ax.set(title=title, xticks=[], yticks=[])
+fig.colorbar(shown, ax=axes[:, 2], shrink=0.6, label="filter response (same scale)")
+fig.suptitle("Shift then convolve = convolve then shift (the difference is exactly 0)")
+show(fig, "translation_equivariance")
+
+# %% [markdown]
+# ## Why convolutions suit images (2): locality and receptive fields
+#
+# Each output pixel of a 3×3 convolution depends on a 3×3 patch of its input: pixels far
+# apart rarely matter to each other in the first layers of vision, so a layer need not
+# connect them (a 3×3 filter has 9 weights per channel pair; a fully connected layer from a
+# 28×28 image to a 28×28 map would have 614,656). Depth recovers the big picture: the output
+# of a *second* 3×3 layer depends on a 5×5 patch of the image, a third on 7×7. The patch of
+# input an output pixel depends on is its **receptive field**. Layer by layer, with kernel
+# $k_l$ and stride $s_l$,
+#
+# $$r_l = r_{l-1} + (k_l - 1)\, j_{l-1}, \qquad j_l = j_{l-1}\, s_l, \qquad r_0 = j_0 = 1,$$
+#
+# where $j$ is the *jump*: how many input pixels apart neighbouring outputs of layer $l$
+# are. Strides (and pooling) multiply the jump, so every later layer grows the field faster.
+#
+# We can also *measure* it with backward: put a gradient of 1 on one output pixel and see
+# which input pixels receive anything. (Positive weights and average pooling, so nothing
+# cancels; max pooling would route to one pixel per window.) Here for LeNet-5's geometry:
+# conv 5×5 (padding 2), pool 2, conv 5×5, pool 2.
+
+# %%
+def receptive_fields(layers):
+    """[(name, r, j)] after each (name, kernel, stride) of a stack, by the formula above."""
+    r, j, rows = 1, 1, []
+    for name, k, s in layers:
+        r, j = r + (k - 1) * j, j * s
+        rows.append((name, r, j))
+    return rows
+
+
+lenet_geometry = [("conv1 5x5", 5, 1), ("pool1 2x2", 2, 2), ("conv2 5x5", 5, 1),
+                  ("pool2 2x2", 2, 2)]
+paddings = (2, 0, 0, 0)
+probe_layers = []
+for (name, k, s), padding in zip(lenet_geometry, paddings):
+    if name.startswith("conv"):
+        layer = nn.Conv2d(1, 1, k, padding=padding, bias=False, dtype=np.float64)
+        layer.weight.data[:] = 1.0
+    else:
+        layer = nn.AvgPool2d(k, stride=s)
+    probe_layers.append(layer)
+
+# Which output pixel to probe in each layer: the centre one of the last layer, and going
+# back, a pixel in the middle of what that one reads. A pixel feeding another sees a part of
+# what the other sees, so the four fields nest (as they do inside a real network).
+pixel = [0] * len(lenet_geometry)
+pixel[-1] = nn.Sequential(*probe_layers)(np.ones((1, 1, 28, 28))).shape[2] // 2
+for index in range(len(lenet_geometry) - 1, 0, -1):
+    _, k, s = lenet_geometry[index]
+    pixel[index - 1] = pixel[index] * s - paddings[index] + (k - 1) // 2
+
+measured = []                                        # (top-left corner, extent) per layer
+for depth in range(1, len(probe_layers) + 1):
+    stack = nn.Sequential(*probe_layers[:depth])
+    out = stack(np.ones((1, 1, 28, 28)))
+    upstream = np.zeros_like(out)
+    upstream[0, 0, pixel[depth - 1], pixel[depth - 1]] = 1.0        # one output pixel
+    reached = np.argwhere(stack.backward(upstream)[0, 0] != 0)
+    measured.append((reached.min(axis=0), reached.max(axis=0) - reached.min(axis=0) + 1))
+
+print(f"{'after':<10} {'r (formula)':>11} {'measured':>9} {'jump':>5}")
+for (name, r, j), (_, extent) in zip(receptive_fields(lenet_geometry), measured):
+    print(f"{name:<10} {r:>11} {extent[0]:>9} {j:>5}")
+    assert extent[0] == extent[1] == r
+
+fig, ax = plt.subplots(figsize=(5.4, 5.6))
+ax.imshow(digit, cmap="gray")
+colours = ("tab:red", "tab:blue", "tab:green", "tab:orange")          # largest field first
+rows = list(zip(receptive_fields(lenet_geometry), measured))[::-1]
+for ((name, r, _), (corner, _)), colour in zip(rows, colours):
+    ax.add_patch(plt.Rectangle((corner[1] - 0.5, corner[0] - 0.5), r, r, color=colour,
+                               alpha=0.25, lw=0))
+    ax.add_patch(plt.Rectangle((corner[1] - 0.5, corner[0] - 0.5), r, r, fill=False, lw=2.2,
+                               color=colour, label=f"after {name}: {r}x{r} pixels"))
+ax.set(title="What one output pixel sees, layer by layer\n(LeNet-5 geometry on a 28x28 digit)",
+       xlabel="column", ylabel="row")
+handles, labels = ax.get_legend_handles_labels()
+ax.legend(handles[::-1], labels[::-1], loc="upper center", bbox_to_anchor=(0.5, -0.12),
+          ncol=2, fontsize=9)
+show(fig, "receptive_fields")
+
+# %% [markdown]
+# After LeNet-5's two conv/pool blocks one feature sees a 16×16 patch: more than half the
+# digit, enough for the fully connected layers to combine strokes into digits. Deeper
+# networks (tutorial 13) stack many small 3×3 layers for the same reason: two 3×3 layers see
+# 5×5 with 18 weights instead of 25, and three see 7×7 with 27 instead of 49.

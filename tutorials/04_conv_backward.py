@@ -9,8 +9,12 @@
 # - derive `db`, `dW` and `dx` for a convolution from its forward formula;
 # - check each one against minicnn's `Conv2d.backward`, and see that two of them are
 #   themselves convolutions;
+# - see what changes with **stride > 1** (the gradient `dy` gets *dilated*: zeros between
+#   its entries);
 # - check gradients numerically with `minicnn.gradcheck`, read its **relative error**, and
-#   see why gradient checks run in float64 and what tolerance to expect in float32.
+#   see why gradient checks run in float64 and what tolerance to expect in float32;
+# - **write** the whole backward pass yourself, strides and padding included (the exercise),
+#   and have it checked against the library and against `gradcheck`.
 
 # %%
 import matplotlib.pyplot as plt
@@ -19,7 +23,8 @@ import numpy as np
 import minicnn
 from minicnn import nn
 from minicnn.kernels.im2col import col2im, im2col
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_conv2d_backward, library_conv2d_backward
+from tutorial_tools import FAST, check_exercise, exercise, show
 
 rng = np.random.default_rng(0)
 
@@ -84,10 +89,13 @@ dw_as_conv = as_conv(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)   # (c, o, 3
 assert np.allclose(conv.weight.grad, dw_as_conv)
 
 # %% [markdown]
-# **dx**: the formula reads `w[o, c, p-i, q-j]`, with the index running *backwards* — the
-# kernel is flipped. Padding `dy` with `k-1` zeros lets every input pixel collect from every
-# window that covered it. So `dx` is a "full" convolution of `dy` with the flipped kernel,
-# input and output channels swapped (this is also what a *transposed convolution* computes):
+# **dx**: the formula reads `w[o, c, p-i, q-j]`: as the output position `i` grows, the
+# kernel index `p-i` *falls*. In tutorial 02's words, that is a **true convolution** of `dy`
+# with `w` (the kernel is flipped), not the cross-correlation the forward pass computes.
+# Padding `dy` with `k-1` zeros on each side lets every input pixel collect from every window
+# that covered it (a "full" convolution), and the input and output channels swap roles.
+# `Conv2d` only cross-correlates, so to compute it with a `Conv2d` we hand it the kernel
+# flipped along both axes (this is also what a *transposed convolution* computes):
 
 # %%
 back = nn.Conv2d(4, 3, kernel_size=3, padding=2, bias=False, dtype=np.float64)
@@ -108,6 +116,51 @@ assert np.allclose(conv.weight.grad, (dy_matrix @ cols.T).reshape(conv.weight.sh
 assert np.allclose(dx, col2im(w_matrix.T @ dy_matrix, x.shape, *geometry))
 
 # %% [markdown]
+# ## Stride > 1: dilate `dy`
+#
+# With stride `s` output `(i, j)` reads the window starting at `(s·i, s·j)`, so in the three
+# formulas `x[n, c, i+u, j+v]` becomes `x[n, c, s·i+u, s·j+v]`. For `dx`: each input pixel
+# still collects `dy · w` from every window that covered it, but the windows now start `s`
+# pixels apart. Spread `dy` out accordingly, putting `s - 1` zeros between neighbouring
+# entries (**dilating** it), and the stride-1 recipe above applies unchanged: a full true
+# convolution of the dilated `dy` with `w`.
+#
+# One detail: when `(H + 2p - k)` is not a multiple of `s`, the last rows (or columns) of the
+# input are read by no window. Their gradient is zero, and the full convolution comes out
+# that many rows short: pad it with zeros at the end.
+
+# %%
+strided = nn.Conv2d(3, 4, kernel_size=3, stride=2, backend="reference", rng=0,
+                    dtype=np.float64)
+x_odd = rng.standard_normal((2, 3, 8, 8))                        # (8 - 3) % 2 == 1: a row left
+y_strided = strided(x_odd)
+dy_strided = rng.standard_normal(y_strided.shape)                # (2, 4, 3, 3)
+strided.zero_grad()
+dx_strided = strided.backward(dy_strided)
+
+dilated = np.zeros((2, 4, 2 * 3 - 1, 2 * 3 - 1))                 # 3 entries -> 5 with gaps
+dilated[:, :, ::2, ::2] = dy_strided
+back = nn.Conv2d(4, 3, kernel_size=3, padding=2, bias=False, dtype=np.float64)
+back.weight.data[:] = strided.weight.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+dx_dilated = back(dilated)                                       # (2, 3, 7, 7): one row short
+dx_dilated = np.pad(dx_dilated, ((0, 0), (0, 0), (0, 1), (0, 1)))  # the unread row and column
+assert np.allclose(dx_strided, dx_dilated)
+assert not dx_strided[:, :, -1, :].any() and not dx_strided[:, :, :, -1].any()
+print("stride 2: dx == full convolution of the dilated dy (last row/column unread: zero)")
+
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.9), layout="constrained")
+limit = np.abs(dx_strided[0, 0]).max()
+panels = [(dy_strided[0, 0], "dy (3x3), output channel 0"),
+          (dilated[0, 0], "dy dilated: zeros between (5x5)"),
+          (dx_strided[0, 0], "dx (8x8), input channel 0\n(row and column 7 read by no window: 0)")]
+for ax, (picture, title) in zip(axes, panels):
+    lim = np.abs(picture).max()
+    shown = ax.imshow(picture, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set(title=title, xticks=range(picture.shape[1]), yticks=range(picture.shape[0]))
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+show(fig, "stride2_dilated_dy")
+
+# %% [markdown]
 # ## Gradients accumulate
 #
 # Like PyTorch, `backward` *adds* to `param.grad`: call it twice and the gradient doubles.
@@ -115,10 +168,13 @@ assert np.allclose(dx, col2im(w_matrix.T @ dy_matrix, x.shape, *geometry))
 # training step starts with `zero_grad()`.)
 
 # %%
-first = conv.weight.grad.copy()
+conv.zero_grad()                  # start from zero, so the cell can be run again
 conv(x)
 conv.backward(dy)
-assert np.allclose(conv.weight.grad, 2 * first)
+first = conv.weight.grad.copy()
+conv(x)
+conv.backward(dy)                 # the same gradient once more ...
+assert np.allclose(conv.weight.grad, 2 * first)   # ... is added, not stored
 conv.zero_grad()
 assert not conv.weight.grad.any()
 
@@ -221,16 +277,46 @@ assert best64 < 1e-8 and best32 > 1e-6      # float32 cannot even reach the 1e-6
 # while float32 results (for example minicnn against PyTorch, or one backend against another)
 # are compared with tolerances around 1e-4 to 1e-5.
 #
-# ## Exercise
+# ## Exercise: write the backward pass
 #
-# Over which axes of `dy` (shape `(N, C_out, H_out, W_out)`) must you sum to get the bias
-# gradient? Give a tuple of axes.
+# Write `conv2d_backward(x, weight, dy, stride, padding)` returning `(dx, dweight, dbias)`:
+# the three formulas from the top of this tutorial with stride and padding. The plan that
+# keeps it short is a loop over the kernel taps `(u, v)` (as in the dW cell above):
+#
+# - pad `x` once (`np.pad`), and allocate `dx_padded = np.zeros_like(x_padded)`;
+# - the input pixels tap `(u, v)` reads are `x_padded[:, :, u : u + s·H_out : s, v : v + s·W_out : s]`
+#   -- one `(N, C, H_out, W_out)` block per tap;
+# - `dweight[:, :, u, v]` pairs that block with `dy` (an `einsum` summing over n, h, w);
+# - the same block of `dx_padded` receives `dy` times the tap's weights -- with `+=`, since
+#   neighbouring taps read overlapping pixels;
+# - crop the padding off `dx_padded`; `dbias` is the easy one.
+#
+# `check_conv2d_backward` compares all three gradients with `Conv2d.backward` on four cases
+# (stride 1; stride 2 with padding; stride 2 with a row left over; a 2×3 kernel) and then runs
+# `minicnn.gradcheck` on a layer whose backward is *yours*, so a mistake is reported by the
+# name of the gradient that is wrong, with its relative error. Solution:
+# `solutions/04_conv_backward.py`.
 
 # %%
-# Your answer here (the worked answer is filled in; try changing it)
-bias_axes = (0, 2, 3)
+@exercise("04_conv_backward")
+def conv2d_backward(x, weight, dy, stride=1, padding=0):
+    """Gradients of y = conv2d(x, weight) + bias.
 
-layer = nn.Conv2d(3, 5, 3, padding=1, rng=0, dtype=np.float64)
-upstream = rng.standard_normal(layer(x).shape)
-layer.backward(upstream)
-check("bias gradient = dy summed over your axes", upstream.sum(axis=bias_axes), layer.bias.grad)
+    x (N, C, H, W), weight (O, C, kH, kW), dy (N, O, H_out, W_out)
+    -> dx (N, C, H, W), dweight (O, C, kH, kW), dbias (O,).
+    """
+    # YOUR CODE HERE: loop over the taps (u, v); fill dweight[:, :, u, v] and add into dx.
+    raise NotImplementedError("fill in conv2d_backward")
+
+
+conv_backward = check_exercise("conv2d_backward", conv2d_backward, check_conv2d_backward,
+                               reference=library_conv2d_backward)
+
+# %% [markdown]
+# Whichever version passed, use it once more: the gradient of a stride-2 layer from the
+# section above.
+
+# %%
+dx_mine, dw_mine, db_mine = conv_backward(x_odd, strided.weight.data, dy_strided, stride=2)
+assert np.allclose(dx_mine, dx_strided) and np.allclose(dw_mine, strided.weight.grad)
+print("conv_backward reproduces the stride-2 layer's dx and dW")

@@ -10,7 +10,8 @@
 # - see max pooling's backward **route** each gradient to the one input that won (the argmax),
 #   and average pooling's backward **share** it equally;
 # - see why overlapping windows make gradients add up, how ties are broken, and check both
-#   layers with `minicnn.gradcheck`.
+#   layers with `minicnn.gradcheck`;
+# - **write** max pooling's backward pass yourself (the exercise).
 
 # %%
 import matplotlib.pyplot as plt
@@ -20,7 +21,8 @@ from matplotlib.patches import ConnectionPatch
 import minicnn
 from minicnn import nn
 from minicnn.data import load_dataset
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_maxpool2d_backward, library_maxpool2d_backward
+from tutorial_tools import FAST, check_exercise, exercise, show
 
 rng = np.random.default_rng(0)
 
@@ -198,16 +200,63 @@ for layer in (nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1),
 assert np.allclose(nn.AdaptiveAvgPool2d(1)(x_check)[:, :, 0, 0], x_check.mean(axis=(2, 3)))
 
 # %% [markdown]
-# ## Exercise
+# ## Exercise: write max pooling's backward pass
 #
-# An 8×8 map of distinct random values goes through `MaxPool2d(2)`, and every output gets
-# `dy = 1`. How many input pixels receive a non-zero gradient?
+# Write `maxpool2d_backward(x, dy, kernel_size, stride)` returning `dx` (no padding). Loop
+# over the output positions `(i, j)`; for each, find the winner of the window
+# `x[:, :, i·s : i·s+k, j·s : j·s+k]` for every image and channel at once, and give it
+# `dy[:, :, i, j]`. Three things the check (`check_maxpool2d_backward`) tries on purpose:
+#
+# - **overlapping windows** (3×3, stride 1): one input can win several windows, so use `+=`;
+# - **ties**: the first maximum in row-major order wins (`argmax` of the window flattened to
+#   `(N, C, k·k)` does exactly that; `np.divmod(index, k)` turns it into a row and column);
+# - a `minicnn.gradcheck` of a layer whose backward is yours.
+#
+# Writing into `dx` at per-image, per-channel positions is fancy indexing: build index arrays
+# with `np.meshgrid(np.arange(N), np.arange(C), indexing="ij")`, and add with `np.add.at`
+# (plain `dx[idx] += v` adds only once when an index repeats). Or loop over n and c, if you
+# prefer: slower, just as right. Solution: `solutions/05_pooling.py`.
 
 # %%
-# Your answer here (the worked answer is filled in; try changing it)
-pixels_with_gradient = (8 // 2) * (8 // 2)
+@exercise("05_pooling")
+def maxpool2d_backward(x, dy, kernel_size, stride):
+    """Backward of max pooling with square windows and no padding.
 
-pool = nn.MaxPool2d(2)
-pooled = pool(rng.permutation(64).reshape(1, 1, 8, 8).astype(np.float32))
-check("pixels with a gradient", pixels_with_gradient,
-      np.count_nonzero(pool.backward(np.ones_like(pooled))))
+    x (N, C, H, W), dy (N, C, H_out, W_out) -> dx (N, C, H, W): each dy[n, c, i, j] goes to
+    the input that was the maximum of window (i, j) (the first one if several tie).
+    """
+    # YOUR CODE HERE: dx = zeros like x; for each (i, j): find the winners, add dy there.
+    raise NotImplementedError("fill in maxpool2d_backward")
+
+
+pool_backward = check_exercise("maxpool2d_backward", maxpool2d_backward,
+                               check_maxpool2d_backward, reference=library_maxpool2d_backward)
+
+# %% [markdown]
+# Use it (yours, or the library's until yours passes) to answer a question: an 8×8 map of
+# distinct values goes through `MaxPool2d(2)` and every output gets `dy = 1`. How many
+# pixels receive a gradient? One per window, 16. With 3×3 windows at stride 1 the answer is
+# not obvious any more: count it on a real digit, giving `dy = 1` to every window that sees
+# some ink (the all-black windows are left out: they are four-way ties of zeros). Bright
+# stroke pixels win many overlapping windows each, and most pixels win none.
+
+# %%
+distinct = rng.permutation(64).reshape(1, 1, 8, 8).astype(np.float64)
+assert np.count_nonzero(pool_backward(distinct, np.ones((1, 1, 4, 4)), 2, 2)) == 16
+stroke = digits[1:2].astype(np.float64)                          # (1, 1, 28, 28)
+pooled_3x3 = nn.MaxPool2d(3, stride=1)(stroke)                   # (1, 1, 26, 26)
+touches_ink = (pooled_3x3 > 0).astype(np.float64)               # dy = 1 where a window sees ink
+overlapping = pool_backward(stroke, touches_ink, 3, 1)
+print(f"3x3/stride 1 on the digit: {int(touches_ink.sum())} windows see ink; they send their "
+      f"gradient to only {np.count_nonzero(overlapping)} pixels; the busiest wins "
+      f"{overlapping.max():.0f} of the 9 windows around it")
+assert overlapping.sum() == touches_ink.sum() and overlapping.max() <= 9
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), layout="constrained")
+axes[0].imshow(digits[1, 0], cmap="gray")
+axes[0].set(title="input digit", xticks=[], yticks=[])
+shown = axes[1].imshow(overlapping[0, 0], cmap="magma", vmin=0, vmax=9)
+axes[1].set(title="MaxPool2d(3, stride=1) backward\n(dy = 1 for each window that sees ink)",
+            xticks=[], yticks=[])
+fig.colorbar(shown, ax=axes[1], shrink=0.8, label="number of windows won (0-9)")
+show(fig, "overlapping_max_pool_gradient")

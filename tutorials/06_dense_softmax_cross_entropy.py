@@ -9,7 +9,10 @@
 # - see the naive softmax overflow, and the stable one (subtract the max) that does not;
 # - derive the famous fused gradient `softmax - onehot` and check it against
 #   `nn.CrossEntropyLoss().backward()`;
-# - train a one-layer classifier on MNIST and look at the weights it learns.
+# - **write** softmax cross-entropy, loss and gradient, yourself (the exercise), stable for
+#   huge logits;
+# - train a one-layer classifier on MNIST (with your loss, once it passes) and look at the
+#   weights it learns.
 
 # %%
 import matplotlib.pyplot as plt
@@ -18,7 +21,8 @@ import numpy as np
 import minicnn
 from minicnn import nn
 from minicnn.data import load_dataset
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_softmax_cross_entropy, library_softmax_cross_entropy
+from tutorial_tools import FAST, check_exercise, exercise, show
 
 rng = np.random.default_rng(0)
 
@@ -150,12 +154,40 @@ axes[0].set_ylabel(f"example 0 (true class {labels[0]}, green)")
 show(fig, "softmax_gradient")
 
 # %% [markdown]
+# ## Exercise: write softmax cross-entropy
+#
+# Write `softmax_cross_entropy(logits, labels)` returning `(loss, dlogits)`: the *mean*
+# cross-entropy over the batch (a Python float) and its gradient with respect to the logits
+# (shape `(N, C)`). Everything you need is above: the max-subtraction, log-sum-exp, and
+# `(softmax − onehot) / N`. `check_softmax_cross_entropy` compares both with
+# `nn.CrossEntropyLoss` on ordinary logits, on a single example and on logits in the
+# thousands (where `np.exp` overflows unless you subtract the max), then gradient-checks it.
+# Solution: `solutions/06_dense_softmax_cross_entropy.py`.
+
+# %%
+@exercise("06_dense_softmax_cross_entropy")
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    logits (N, C) floats, labels (N,) ints in [0, C) -> (loss: float, dlogits (N, C)).
+    """
+    # YOUR CODE HERE: shift by the row max, log-softmax, pick the labels' entries, average;
+    # then the gradient (softmax - onehot) / N.
+    raise NotImplementedError("fill in softmax_cross_entropy")
+
+
+cross_entropy = check_exercise("softmax_cross_entropy", softmax_cross_entropy,
+                               check_softmax_cross_entropy,
+                               reference=library_softmax_cross_entropy)
+
+# %% [markdown]
 # ## Putting it together: a one-layer classifier
 #
 # `Flatten → Linear(784, 10)` is multinomial logistic regression. Before training, a sanity
 # check: with small random weights every class gets probability ≈ 1/10, so the loss should
 # start near $\log 10 \approx 2.30$. Then plain gradient descent: forward, loss, backward,
-# `param.data -= lr * param.grad`.
+# `param.data -= lr * param.grad`, with `cross_entropy` from the exercise (yours if it
+# passed) computing the loss and the gradient that starts the backward pass.
 
 # %%
 count = 1000 if FAST else 5000
@@ -175,9 +207,10 @@ for param in model.parameters():
 losses, lr = [], 0.1
 for step in range(60 if FAST else 150):
     logits = model(images)                                  # full batch
-    losses.append(loss_fn(logits, train.labels))
+    loss, dlogits = cross_entropy(logits, train.labels)
+    losses.append(loss)
     model.zero_grad()
-    model.backward(loss_fn.backward())
+    model.backward(dlogits.astype(np.float32))
     for param in model.parameters():
         param.data -= lr * param.grad
 accuracy = np.mean(model(images).argmax(axis=1) == train.labels)
@@ -209,15 +242,3 @@ show(fig, "training_loss")
 # Red pixels vote *for* a class, blue *against*: each row of `W` is a template of its digit.
 # A convolutional network (tutorial 08) beats this easily, because its features are local
 # and shared across positions rather than one fixed template per class.
-#
-# ## Exercise
-#
-# A freshly initialised classifier with `C` classes outputs all-zero logits. What is the
-# cross-entropy loss, as a formula in `C`? Fill it in for `C = 10`.
-
-# %%
-# Your answer here (the worked answer is filled in; try changing it)
-zero_logit_loss = np.log(10)
-
-check("loss for all-zero logits", zero_logit_loss,
-      nn.CrossEntropyLoss()(np.zeros((4, 10), np.float32), np.array([0, 3, 7, 9])))

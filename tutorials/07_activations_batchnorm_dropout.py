@@ -10,14 +10,17 @@
 #   training, keeps *running* estimates, and uses those estimates in eval mode;
 # - how inverted dropout zeroes activations at random and rescales the survivors, and why it
 #   does nothing at all in eval mode;
-# - how to prove every backward pass right with a float64 gradient check.
+# - how to prove every backward pass right with a float64 gradient check;
+# - how batch norm's backward pass is **derived**, and then **write** it yourself (the
+#   exercise).
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
 from minicnn import gradcheck, nn
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_batchnorm2d_backward, library_batchnorm2d_backward
+from tutorial_tools import FAST, check, check_exercise, exercise, show
 
 rng = np.random.default_rng(0)
 
@@ -42,10 +45,14 @@ for name, layer in activations.items():
     values[name] = layer(x)
     derivatives[name] = layer.backward(np.ones_like(x))   # dy = 1  ->  f'(x)
 
+# ReLU and LeakyReLU coincide for x > 0: draw ReLU wide and LeakyReLU dashed on top, so
+# neither hides the other.
+styles = {"ReLU": dict(lw=4, alpha=0.55), "LeakyReLU(0.1)": dict(lw=1.8, ls="--"),
+          "Sigmoid": dict(lw=1.8), "Tanh": dict(lw=1.8)}
 fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
 for name in activations:
-    ax_f.plot(x, values[name], label=name)
-    ax_d.plot(x, derivatives[name], label=name)
+    ax_f.plot(x, values[name], label=name, **styles[name])
+    ax_d.plot(x, derivatives[name], label=name, **styles[name])
 ax_f.set(title="Activation f(x)", xlabel="x", ylabel="f(x)", ylim=(-1.5, 4))
 ax_d.set(title="Derivative f'(x) from backward(dy=1)", xlabel="x", ylabel="f'(x)",
          ylim=(-0.1, 1.1))
@@ -212,6 +219,101 @@ for mode in ("train", "eval"):
     result = gradcheck(bn_check, x_bn)
     print(f"BatchNorm2d ({mode}):\n{result}")
     assert result.max_error < 1e-6
+
+# %% [markdown]
+# ### Deriving batch norm's backward pass
+#
+# Take one channel and write its `n` values (over batch and pixels) as $x_i$. Forward:
+#
+# $$\mu = \tfrac1n \textstyle\sum_i x_i,\quad \sigma^2 = \tfrac1n \sum_i (x_i - \mu)^2,\quad
+# \hat x_i = (x_i - \mu)\,s \;\text{ with } s = (\sigma^2 + \epsilon)^{-1/2},\quad
+# y_i = \gamma \hat x_i + \beta.$$
+#
+# **γ and β** are easy: $\partial L/\partial\gamma = \sum_i dy_i\, \hat x_i$ and
+# $\partial L/\partial\beta = \sum_i dy_i$. Then $d\hat x_i = \gamma\, dy_i$.
+#
+# **x** is the interesting one, because $x_j$ reaches the loss three ways: directly through
+# $\hat x_j$, through $\mu$ (which every $\hat x_i$ uses) and through $\sigma^2$. The chain
+# rule adds the three:
+#
+# - directly: $\partial \hat x_j / \partial x_j = s$, giving $s\, d\hat x_j$;
+# - through the mean: $\partial \hat x_i / \partial \mu = -s$ and $\partial\mu/\partial x_j =
+#   1/n$, giving $-\tfrac{s}{n} \sum_i d\hat x_i$ (the $\mu$ inside $\sigma^2$ contributes
+#   nothing, since $\sum_i (x_i - \mu) = 0$);
+# - through the variance: $\partial \hat x_i / \partial \sigma^2 = -\tfrac12 (x_i - \mu)
+#   s^3$ and $\partial \sigma^2 / \partial x_j = \tfrac2n (x_j - \mu)$, giving
+#   $-\tfrac{s}{n}\, \hat x_j \sum_i d\hat x_i\, \hat x_i$.
+#
+# Together:
+#
+# $$dx_j = s \Big( d\hat x_j - \operatorname{mean}_i(d\hat x_i) - \hat x_j \operatorname{mean}_i(d\hat x_i\,\hat x_i) \Big).$$
+#
+# The two subtracted means remove from the gradient exactly the directions that batch norm
+# itself removes from its output: a shift of the whole channel and a rescaling of it. In eval
+# mode $\mu$ and $\sigma^2$ are constants and only the first term remains. Check the formula
+# numerically on one channel before you write it for real:
+
+# %%
+xs = rng.standard_normal(50) * 3 + 2                              # one channel, n = 50
+dys = rng.standard_normal(50)
+gamma_1, eps_1 = 1.7, 1e-5
+
+
+def one_channel_loss(values):
+    x_hat = (values - values.mean()) / np.sqrt(values.var() + eps_1)
+    return np.sum(dys * gamma_1 * x_hat)                          # L with dL/dy = dys
+
+
+s_1 = 1 / np.sqrt(xs.var() + eps_1)
+x_hat_1 = (xs - xs.mean()) * s_1
+dx_hat_1 = gamma_1 * dys
+formula = s_1 * (dx_hat_1 - dx_hat_1.mean() - x_hat_1 * (dx_hat_1 * x_hat_1).mean())
+numeric = np.array([(one_channel_loss(xs + 1e-6 * e) - one_channel_loss(xs - 1e-6 * e)) / 2e-6
+                    for e in np.eye(50)])
+print(f"formula vs central differences: max relative error "
+      f"{np.abs(formula - numeric).max() / np.abs(numeric).max():.1e}")
+assert np.allclose(formula, numeric, atol=1e-7)
+
+# %% [markdown]
+# ### Exercise: write batch norm's backward pass
+#
+# Write `batchnorm2d_backward(dy, x, gamma, eps)` returning `(dx, dgamma, dbeta)` for
+# training mode, for `(N, C, H, W)` inputs: the formula above for every channel at once
+# (statistics over the axes `(0, 2, 3)`; `keepdims=True` keeps them broadcastable).
+# Recompute `mean`, `inv_std` and `x_hat` from `x`. `check_batchnorm2d_backward` compares
+# with `BatchNorm2d.backward` on two shapes (γ of both signs) and gradient-checks it. A
+# classic wrong answer, treating μ and σ² as constants (`dx = dy·γ·s`), fails on `dx`.
+# Solution: `solutions/07_activations_batchnorm_dropout.py`.
+
+# %%
+@exercise("07_activations_batchnorm_dropout")
+def batchnorm2d_backward(dy, x, gamma, eps=1e-5):
+    """Backward of training-mode batch norm, y = gamma * x_hat + beta, per channel.
+
+    dy, x (N, C, H, W), gamma (C,) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
+    """
+    # YOUR CODE HERE: mean, inv_std and x_hat over axes (0, 2, 3); dgamma, dbeta; then dx.
+    raise NotImplementedError("fill in batchnorm2d_backward")
+
+
+bn_backward = check_exercise("batchnorm2d_backward", batchnorm2d_backward,
+                             check_batchnorm2d_backward, reference=library_batchnorm2d_backward)
+
+# %% [markdown]
+# With it, one more fact from the derivation: in training mode the gradient reaching a
+# channel's input always sums to zero (the mean term removes any shift), and it is
+# uncorrelated with $\hat x$ (the variance term removes any rescaling; exactly so for
+# $\epsilon = 0$, to within $\epsilon / \sigma^2$ here).
+
+# %%
+x_demo = make_batch(16, rng).astype(np.float64)
+dx_demo, _, _ = bn_backward(rng.standard_normal(x_demo.shape), x_demo, np.ones(3))
+x_hat_demo = (x_demo - x_demo.mean(axis=per_channel, keepdims=True)) / x_demo.std(
+    axis=per_channel, keepdims=True)
+print("sum of dx per channel:", dx_demo.sum(axis=per_channel).round(10))
+assert np.allclose(dx_demo.sum(axis=per_channel), 0, atol=1e-9)
+overlap = np.abs((dx_demo * x_hat_demo).sum(axis=per_channel))
+assert np.all(overlap < 1e-4 * np.abs(dx_demo * x_hat_demo).sum(axis=per_channel))
 
 # %% [markdown]
 # ## 4. Inverted dropout

@@ -20,7 +20,7 @@ import numpy as np
 from minicnn import nn, optim
 from minicnn.data import DataLoader, default_transform, load_dataset
 from minicnn.train import evaluate
-from minicnn.viz import plot_feature_maps, plot_filters
+from minicnn.viz import plot_feature_maps
 from tutorial_tools import FAST, check, show
 
 # %% [markdown]
@@ -64,16 +64,34 @@ assert accuracy > (0.85 if FAST else 0.97)
 # Each filter is a 5x5 weight pattern slid over the image; it responds most where the image
 # looks like the filter. At initialisation the weights are independent random numbers. After
 # training the filters are smoother (neighbouring weights more alike) and several show a
-# light region next to a dark one at some orientation: edge and stroke detectors. Longer
-# training (run without `MINICNN_FAST`) makes the patterns clearer. (`plot_filters` scales each
-# filter to its own range: white = its most positive weight, black = its most negative.)
+# light region next to a dark one at some orientation: edge and stroke detectors. But training
+# *adds* to the random start rather than replacing it, so the trained filters still carry
+# much of their initial noise, more so after a short run. So the figure draws the filters at
+# initialisation and after training on **one shared colour scale** (red positive, blue
+# negative, white zero), and below them the difference, which is what training put there, on
+# a scale of its own (it is smaller). Drawn each on its own scale, as
+# `minicnn.viz.plot_filters` does, the first two rows would look alike: every filter would
+# fill the whole colour range whatever its size. The changes are smooth strokes and edges;
+# longer training (run without `MINICNN_FAST`) makes them stronger.
 
 # %%
-show(plot_filters(initial_filters, title="First-layer filters at initialisation"),
-     "filters_initial")
 trained_filters = model[0].weight.data
-show(plot_filters(trained_filters, title=f"First-layer filters after {steps} steps"),
-     "filters_trained")
+change_filters = trained_filters - initial_filters
+shared = max(np.abs(initial_filters).max(), np.abs(trained_filters).max())
+own = np.abs(change_filters).max()
+rows = [("initial", initial_filters, shared), (f"after {steps} steps", trained_filters, shared),
+        ("change\n(own scale)", change_filters, own)]
+fig, axes = plt.subplots(3, 8, figsize=(11, 4.9), layout="constrained")
+for index, (row, (name, weights, limit)) in enumerate(zip(axes, rows)):
+    for ax, w in zip(row, weights[:, 0]):
+        shown = ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set(xticks=[], yticks=[])
+    row[0].set_ylabel(name, fontsize=9)
+    if index == 1:
+        fig.colorbar(shown, ax=axes[:2], shrink=0.8, label="weight (rows 1-2)")
+fig.colorbar(shown, ax=axes[2], shrink=0.9, label="change")
+fig.suptitle("First-layer 5x5 filters, one column per filter")
+show(fig, "filters_before_after")
 assert trained_filters.shape == (8, 1, 5, 5)
 change = np.linalg.norm(trained_filters - initial_filters) / np.linalg.norm(initial_filters)
 print(f"relative change of the filters during training: {change:.0%}")
@@ -88,8 +106,10 @@ def roughness(filters):
 
 
 print(f"roughness: {roughness(initial_filters):.2f} at initialisation, "
-      f"{roughness(trained_filters):.2f} after training")
+      f"{roughness(trained_filters):.2f} after training, {roughness(change_filters):.2f} for "
+      f"the change alone")
 assert change > 0.1 and roughness(trained_filters) < roughness(initial_filters)
+assert roughness(change_filters) < roughness(trained_filters)    # training adds smooth patterns
 
 # %% [markdown]
 # ## 3. Feature maps
