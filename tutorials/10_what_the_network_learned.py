@@ -179,6 +179,13 @@ fig.suptitle("Saliency of the predicted class")
 show(fig, "saliency")
 
 # %% [markdown]
+# **Try it live.** `minicnn explore RUN` (with a run folder from `minicnn train`) serves a page
+# on your own machine where you draw a digit and watch all of this update as you draw: every
+# layer's feature maps, the prediction, and this saliency map, computed by minicnn's own
+# `forward` and `backward`. Hover over a convolution's output to see the window it reads and
+# the dot product that makes it (README: "See inside a trained network").
+
+# %% [markdown]
 # Plain gradients are noisy, but the large values cluster on and around the strokes: that is
 # where the score is sensitive. Let's measure it: the mean saliency within 2 pixels of a stroke
 # against the mean over the rest of the image.

@@ -112,7 +112,7 @@ config = TrainConfig(dataset="mnist-scenes", model="tiny-detector", epochs=2 if 
 run = fit(config, output_dir() / "run", progress=False)
 detector = models.build("tiny-detector", 1, 10, 96, rng=0)
 load(output_dir() / "run" / "model.npz", detector)          # the trained weights
-detector.eval()
+detector = detector.eval()                              # eval(): batch norm uses running stats
 
 # %% [markdown]
 # ## 4. From cells to boxes, and NMS
