@@ -536,9 +536,19 @@ assert call_cost["parallel region, 1 thread"] > call_cost["plain call"]
 # Tens of microseconds (more on a busy machine) are nothing next to a 10 ms layer, but a small
 # layer or a small batch takes only a few hundred microseconds, and a training step has a
 # dozen layers times two passes. So the kernels avoid regions that cannot pay: with one
-# thread, `onepool.conv2d_forward` calls the chunk function (`_forward_shift_chunk`, ...)
-# directly instead of the `prange` driver, and ReLU stays on one thread below
-# `pointwise.PARALLEL_MIN_SIZE` elements.
+# thread, `parallel.run` (in `minicnn/kernels/parallel.py`) calls the chunk function
+# (`_forward_shift_chunk`, ...) directly instead of starting the `prange` loop, and ReLU stays
+# on one thread below `pointwise.PARALLEL_MIN_SIZE` elements.
+#
+# **Compile time is part of the cost.** A new process with an empty kernel cache compiles
+# every kernel it meets, and a user waits for that before the first step. Two things halved
+# it here: copies written as loops instead of slice assignments (`a[i:j] = b[k:l]` makes
+# Numba compile a shape check whose error message alone costs over a second per function),
+# and the `prange` loop calling each chunk function through a *function pointer*
+# (`parallel.run`): a `prange` loop that calls a jitted function directly links that
+# function's code into its own and LLVM optimises it all again, about a second per kernel;
+# through a pointer, one compiled loop serves every chunk function with the same argument
+# types. `minicnn bench --compile` measures the cold and warm start on your machine.
 #
 # **Loop over slices, not over `range(first, last)`.** Each thread works on its part of an
 # array, `first` to `last`. The obvious loop is `for i in range(first, last)`. But Numba cannot
