@@ -23,8 +23,9 @@ def _pyplot():
     return plt
 
 
-def _finish(fig, path):
-    fig.tight_layout()
+def _finish(fig, path, tight=True):
+    if tight:
+        fig.tight_layout()
     if path is not None:
         from .serialize import atomic_write
 
@@ -57,21 +58,28 @@ def plot_history(history: list[dict], path=None):
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path=None, title="Confusion matrix"):
-    """Counts of (true class, predicted class); the diagonal is what the model got right."""
+    """Counts of (true class, predicted class). The colour shows the *mistakes* only: on one
+    scale with the diagonal (hundreds or thousands right per class against a handful wrong)
+    every mistake would be the same pale colour. Correct counts are written on a neutral
+    background."""
     plt = _pyplot()
+    confusion = np.asarray(confusion)
     n = len(classes)
+    mistakes = np.ma.masked_array(confusion.astype(np.float64), mask=np.eye(n, dtype=bool))
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.6 + 0.55 * n))
-    image = ax.imshow(confusion, cmap="Blues")
+    cmap = plt.get_cmap("Reds").with_extremes(bad="#e6efe6")   # the diagonal: not coloured
+    top = max(float(mistakes.max()) if mistakes.count() else 0.0, 1.0)
+    image = ax.imshow(mistakes, cmap=cmap, vmin=0, vmax=top)
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class",
            title=title)
     ax.set_xticklabels(classes, rotation=45, ha="right")
     ax.set_yticklabels(classes)
-    threshold = confusion.max() / 2 if confusion.size else 0
     for i in range(n):
         for j in range(n):
+            dark = i != j and confusion[i, j] > top / 2
             ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if confusion[i, j] > threshold else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+                    color="white" if dark else "black", weight="bold" if i == j else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="mistakes (off the diagonal)")
     return _finish(fig, path)
 
 
@@ -120,10 +128,32 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.n
 
 def plot_filters(weight: np.ndarray, path=None, title="First-layer filters"):
     """Each output channel's kernel; for multi-channel kernels the channels are averaged
-    (grayscale) unless there are exactly three (shown as RGB)."""
+    (grayscale) unless there are exactly three (shown as RGB). Grayscale filters share one
+    colour scale, symmetric around 0 (gray = 0), so a filter's strength is visible and two
+    plots of the same layer (say before and after training) compare."""
+    weight = np.asarray(weight, dtype=np.float64)
     titles = [f"filter {i}" for i in range(len(weight))]
     images = weight if weight.shape[1] in (1, 3) else weight.mean(axis=1, keepdims=True)
-    return plot_image_grid(images, titles, path, suptitle=title)
+    if images.shape[1] == 3:
+        return plot_image_grid(images, titles, path, suptitle=title)
+    plt = _pyplot()
+    count = max(len(images), 1)
+    columns = min(8, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.7 * rows + 0.5),
+                             squeeze=False)
+    limit = max(float(np.abs(images).max()) if images.size else 0.0, 1e-12)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, name in zip(axes.ravel(), images, titles):
+        shown = ax.imshow(image[0], cmap="gray", vmin=-limit, vmax=limit)
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))       # leave room on the right for the colour bar
+    if len(images):
+        fig.colorbar(shown, cax=fig.add_axes((0.92, 0.15, 0.012, 0.65)),
+                     label="weight (one scale)")
+    return _finish(fig, path, tight=False)
 
 
 def plot_feature_maps(maps: np.ndarray, path=None, title="Feature maps", limit: int = 32):
