@@ -572,8 +572,9 @@ function renderMath(d) {
 // Detection runs: the boxes `minicnn detect` finds, and why one of them is there
 // ---------------------------------------------------------------------------------------------
 const HEAD = 5;   // objectness, tx, ty, tw, th; the class logits follow (minicnn/detection/head.py)
-const BOX_COLOURS = ["#ff7a45", "#36cfc9", "#ffd666", "#95de64", "#ff85c0", "#69c0ff", "#b37feb",
-  "#ffc069", "#5cdbd3", "#f759ab"];
+// One colour per class, far apart in hue so that neighbouring boxes of two classes differ.
+const BOX_COLOURS = ["#ff6b6b", "#ffa94d", "#ffd43b", "#a9e34b", "#38d9a9", "#4dabf7", "#9775fa",
+  "#f783ac", "#e599f7", "#69db7c"];
 const boxColour = (k) => BOX_COLOURS[k % BOX_COLOURS.length];
 const percent = (p) => `${(100 * p).toFixed(1)} %`;
 
