@@ -262,3 +262,12 @@ def test_a_classifier_is_not_a_detection_run(rng):
     model.stride, model.prior = 16, 32.0
     with pytest.raises(ExploreError, match=r"output has shape \(15,\), expected \(15, S, S\)"):
         DetectionExplorer(model, meta)
+
+
+def test_a_colour_detector_is_refused_as_detect_refuses_it(rng):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=rng), nn.MaxPool2d(4))
+    model.stride, model.prior = 4, 8.0
+    meta = RunMeta(input_shape=(3, 16, 16), mean=[0.0] * 3, std=[1.0] * 3,
+                   classes=["a", "b", "c"], model="x", dataset="x")
+    with pytest.raises(ExploreError, match="3 input channels are not supported"):
+        DetectionExplorer(model, meta)

@@ -87,6 +87,9 @@ class DetectionExplorer(Explorer):
         super().__init__(model, meta, name=name, keep=keep)
 
     def _check_output(self) -> None:
+        if self.input_shape[0] != 1:    # detect_image reads pictures as gray
+            raise ExploreError(f"detection runs with {self.input_shape[0]} input channels are "
+                               "not supported (1)")
         shape = self._shapes[-1]
         expected = HEAD_CHANNELS + len(self.meta.classes)
         if len(shape) != 3 or shape[0] != expected:
