@@ -195,3 +195,106 @@ def test_an_uploaded_image_is_classified_as_predict_classifies_the_file(page, ru
     expected = json.loads(capsys.readouterr().out)[0]
     assert driver.find_element("id", "predicted-label").text == expected["top"][0]["label"]
     assert expected["inverted"] and "inverted" in driver.find_element("id", "draw-note").text
+
+
+# ---------------------------------------------------------------------------------------------
+# A detection run: the page shows the boxes `minicnn detect` finds
+# ---------------------------------------------------------------------------------------------
+LOW = 0.02      # a detector trained for two steps scores everything low (about 0.05)
+
+
+@pytest.fixture(scope="module")
+def detection_page(tmp_path_factory):
+    """A tiny detector trained for two steps on real MNIST scenes, served with boxes shown
+    down to a low score so that a barely trained network still shows some."""
+    if not HAVE_MNIST:
+        pytest.skip("real MNIST not found in $MINICNN_DATA_DIR (detection scenes are made "
+                    "from it)")
+    from minicnn.explore import start_in_thread
+    from minicnn.explore.detection import DetectionExplorer
+    from minicnn.train import TrainConfig, fit, load_run
+
+    out = tmp_path_factory.mktemp("explore-browser-detect") / "run"
+    fit(TrainConfig(dataset="mnist-scenes", data_dir=DATA_DIR, model="tiny-detector",
+                    epochs=1, batch_size=32, lr=2e-3, optimizer="adam", weight_decay=0.0,
+                    augment=False, limit=64, test_limit=8, val_size=0, seed=3),
+        out, progress=False, log=None)
+    _, model, meta = load_run(out)
+    script = load_screenshot_script()
+    server, _ = start_in_thread(DetectionExplorer(model, meta, threshold=LOW))
+    profile = tempfile.mkdtemp(prefix="minicnn-chromium-")
+    driver = script.chromium(1366, 768, profile)
+    try:
+        driver.get(server.url)
+        script.wait_for(driver, "document.getElementById('status').dataset.state === 'ready'")
+        yield driver, script, server, out
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def shown_boxes(driver) -> list[tuple[str, float]]:
+    """(label, score) of each box listed on the page; the score as the row's data says it."""
+    rows = driver.execute_script("""return Array.from(document.querySelectorAll('.det-box'))
+        .map((row) => [row.querySelector('b').textContent,
+                       state.result.boxes[Number(row.dataset.box)].score]);""")
+    return [(label, score) for label, score in rows]
+
+
+def test_an_uploaded_scene_shows_the_boxes_detect_finds(detection_page, tmp_path, capsys):
+    from PIL import Image
+
+    from minicnn.cli import main
+    from minicnn.data import load_dataset
+
+    driver, script, server, run = detection_page
+    assert driver.find_element("id", "predict-title").text == "Detections"
+    assert driver.execute_script("return document.getElementById('pad').width") == 288
+    scene = load_dataset("mnist-scenes", "test", data_dir=DATA_DIR, limit=1, seed=5).images[0, 0]
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene).save(path)
+    upload = driver.find_element("id", "upload")
+    driver.execute_script("arguments[0].style.display = 'block'", upload)
+    upload.send_keys(str(path))
+    script.wait_for(driver, "state.result && document.getElementById('status').dataset.state "
+                            "=== 'ready' && document.querySelectorAll('.det-box').length > 0")
+    assert main(["detect", str(run), str(path), "--json", "--threshold", str(LOW)]) == 0
+    expected = json.loads(capsys.readouterr().out)[0]["boxes"]
+    assert len(expected) >= 2
+    assert shown_boxes(driver) == [(b["label"], b["score"]) for b in expected]
+    left_to_right = sorted(expected, key=lambda b: b["box"][0])
+    assert driver.find_element("id", "predicted-label").text == \
+        " ".join(b["label"] for b in left_to_right)
+    # The picture with its boxes, the saliency and every convolution's maps are painted.
+    assert canvas_spread(driver, "#det-view")[0] > 5.0
+    assert canvas_spread(driver, "#why-saliency")[0] > 5.0
+    for index, layer in enumerate(server.info["layers"]):
+        if layer["conv"]:
+            spreads = canvas_spread(driver, f"canvas.fmap[data-layer='{index}']")
+            assert len(spreads) == layer["shape"][0] and max(spreads) > 1.0, index
+    # Choosing another box shows its saliency.
+    driver.find_element("css selector", ".det-box[data-box='1']").click()
+    script.wait_for(driver, "document.querySelector(\".det-box[data-box='1']\")"
+                            ".classList.contains('chosen')")
+    assert f"“{expected[1]['label']}”" in driver.find_element("id", "why-caption").text
+
+
+def test_digits_drawn_on_the_pad_get_the_boxes_detect_finds_in_them(detection_page, tmp_path,
+                                                                    capsys):
+    from minicnn.cli import main
+
+    driver, script, _, run = detection_page
+    driver.find_element("id", "clear").click()
+    for digit, (dx, dy) in (("7", (0.0, 0.05)), ("1", (0.35, 0.1)), ("2", (0.55, 0.5))):
+        strokes = [[(dx + x * 0.4, dy + y * 0.4) for x, y in stroke]
+                   for stroke in script.DIGITS[digit]]
+        script.draw(driver, strokes)
+    script.settled(driver)
+    drawn = tmp_path / "drawn.png"
+    drawn.write_bytes(pad_png(driver))
+    assert main(["detect", str(run), str(drawn), "--json", "--threshold", str(LOW)]) == 0
+    expected = json.loads(capsys.readouterr().out)[0]["boxes"]
+    assert len(expected) >= 1
+    assert shown_boxes(driver) == [(b["label"], b["score"]) for b in expected]

@@ -6,8 +6,11 @@ the drawing to a small server on this machine; the server prepares it exactly as
 forward for every layer's output and the probabilities, ``backward`` for the saliency, im2col
 for the inside of a convolution.
 
-Modules: :mod:`.analysis` (the computation), :mod:`.geometry` (receptive fields),
-:mod:`.encode` (arrays as JSON), :mod:`.server` (HTTP).
+For a detection run the page shows the boxes ``minicnn detect`` finds (the same function
+finds them), every layer, and the saliency of a box's score.
+
+Modules: :mod:`.analysis` (the computation), :mod:`.detection` (the same for a detection run),
+:mod:`.geometry` (receptive fields), :mod:`.encode` (arrays as JSON), :mod:`.server` (HTTP).
 """
 
 from __future__ import annotations

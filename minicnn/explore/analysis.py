@@ -71,6 +71,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def decode_upload(data: bytes) -> np.ndarray:
+    """An uploaded image file's bytes as RGBA ``(H, W, 4)`` float32 in [0, 1].
+
+    Raises
+    ------
+    ExploreError
+        415 when the bytes are not an image, 413 when it has too many pixels.
+    """
+    try:
+        return decode_rgba(data, max_pixels=MAX_PIXELS)
+    except DataError as error:
+        status = 413 if "pixels allowed" in str(error) else 415
+        raise ExploreError(f"not a usable image: {error}", status) from error
+
+
 class Explorer:
     """A trained run, ready to answer the page's questions.
 
@@ -85,6 +100,8 @@ class Explorer:
     keep : int
         How many recent analyses to keep for follow-up questions.
     """
+
+    task = "classification"
 
     def __init__(self, model: nn.Module, meta, name: str = "", keep: int = 32):
         self.model = model.eval()
@@ -102,20 +119,34 @@ class Explorer:
         self._lock = threading.Lock()
         self._summary = models.profile(model, self.input_shape)
         self._shapes = self._layer_shapes()
-        if self._shapes[-1] != (len(meta.classes),):
+        self._check_output()
+
+    def _check_output(self) -> None:
+        """Refuse a network whose output is not one logit per class."""
+        classes = len(self.meta.classes)
+        if self._shapes[-1] != (classes,):
             raise ExploreError(f"not a classification run: the network's output has shape "
-                               f"{self._shapes[-1]}, expected ({len(meta.classes)},) for its "
-                               f"{len(meta.classes)} classes")
+                               f"{self._shapes[-1]}, expected ({classes},) for its "
+                               f"{classes} classes")
 
     @classmethod
     def from_run(cls, run, data_dir=None) -> "Explorer":
-        """Load a run folder written by ``minicnn train`` (see :func:`minicnn.train.load_run`)."""
+        """Load a run folder written by ``minicnn train`` (see :func:`minicnn.train.load_run`).
+
+        A detection run gives a :class:`minicnn.explore.detection.DetectionExplorer`.
+        """
         from pathlib import Path
 
+        from ..models import task_of
         from ..train import load_run
 
-        _, model, meta = load_run(run, data_dir=data_dir)
-        return cls(model, meta, name=Path(run).resolve().name)
+        config, model, meta = load_run(run, data_dir=data_dir)
+        name = Path(run).resolve().name
+        if task_of(config.model) == "detection":
+            from .detection import DetectionExplorer
+
+            return DetectionExplorer(model, meta, name=name)
+        return cls(model, meta, name=name)
 
     # -----------------------------------------------------------------------------------------
     # The model: names, summary, first-layer filters
@@ -174,11 +205,7 @@ class Explorer:
         ExploreError
             415 when the bytes are not an image, 413 when it has too many pixels.
         """
-        try:
-            rgba = decode_rgba(data, max_pixels=MAX_PIXELS)
-        except DataError as error:
-            status = 413 if "pixels allowed" in str(error) else 415
-            raise ExploreError(f"not a usable image: {error}", status) from error
+        rgba = decode_upload(data)
         prepared = prepare_rgba(rgba, self.input_shape, self.meta.dataset, enhance=enhance,
                                 keep_steps=True)
         key = hashlib.sha256(data).hexdigest()[:16] + ("" if enhance else "-raw")

@@ -12,7 +12,11 @@ these questions about the run it was started with:
 ``GET  /api/conv?input=ID&layer=N&channel=C&y=Y&x=X``
                                         how one output of a Conv2d layer is made
 ``GET  /api/saliency?input=ID&class=K`` saliency for another class
+``GET  /api/saliency?input=ID&box=N``   (a detection run) saliency for another box's score
 ======================================  ====================================================
+
+For a detection run, ``/api/analyse`` answers with the boxes ``minicnn detect`` finds instead
+of probabilities (see :func:`detection_payload`).
 
 A bad request gets a 4xx status and ``{"error": "..."}``; an unexpected failure a 500 with a
 one-line reason. Neither stops the server.
@@ -55,13 +59,17 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def analysis_payload(explorer: Explorer, analysis: Analysis, gradient: np.ndarray,
-                     predicted: int) -> dict:
-    """The answer to ``POST /api/analyse``."""
+def steps_payload(analysis: Analysis) -> list[dict]:
+    """The preprocessing steps as pictures, the normalised network input last."""
     steps = [{"name": name, **encode.picture(encode.thumbnail(image))}
              for name, image in analysis.steps]
     steps.append({"name": "normalised: (x - mean) / std",
                   **encode.picture(_hwc(analysis.network_input[0]))})
+    return steps
+
+
+def layers_payload(explorer: Explorer, analysis: Analysis) -> list[dict]:
+    """Every layer's output: feature maps as pictures, vectors as exact values."""
     layers = []
     for name, layer, output in zip(explorer.layer_names, explorer.layers, analysis.outputs):
         entry = {"name": name, "kind": type(layer).__name__, "shape": list(output.shape)}
@@ -70,10 +78,37 @@ def analysis_payload(explorer: Explorer, analysis: Analysis, gradient: np.ndarra
         else:
             entry["values"] = encode.exact(output)
         layers.append(entry)
+    return layers
+
+
+def analysis_payload(explorer: Explorer, analysis: Analysis, gradient: np.ndarray,
+                     predicted: int) -> dict:
+    """The answer to ``POST /api/analyse``."""
+    steps, layers = steps_payload(analysis), layers_payload(explorer, analysis)
     return {"id": analysis.id, "inverted": analysis.inverted, "predicted": predicted,
             "probabilities": [float(p) for p in analysis.probabilities],
             "steps": steps, "layers": layers,
             "saliency": {"class": predicted, **encode.exact(gradient)}}
+
+
+def detection_payload(explorer, analysis: Analysis, found, scale: float,
+                      gradient: np.ndarray, top) -> dict:
+    """The answer to ``POST /api/analyse`` for a detection run.
+
+    ``boxes`` are ``minicnn detect --json``'s (label, score, box in the picture's pixels), each
+    with ``class`` and ``input_box``: the same box on the network's input canvas. ``picture``
+    is the picture as the detector saw it (gray, light on black; shrunk for showing) and
+    ``picture_size`` its own ``[height, width]``, the pixels the boxes are in.
+    """
+    steps, layers = steps_payload(analysis), layers_payload(explorer, analysis)
+    boxes = [{**shown, "class": int(k), "input_box": [float(v) * scale for v in box]}
+             for shown, k, box in zip(found.to_json(), found.classes, found.boxes)]
+    return {"id": analysis.id, "task": "detection", "inverted": analysis.inverted,
+            "boxes": boxes, "scale": scale, "picture_size": list(found.image.shape),
+            "picture": encode.picture(encode.thumbnail(found.image, 288)),
+            "cell_scores": encode.exact(analysis.probabilities),
+            "steps": steps, "layers": layers,
+            "saliency": {"box": top, **encode.exact(gradient)}}
 
 
 def _hwc(chw: np.ndarray) -> np.ndarray:
@@ -185,6 +220,10 @@ class ExploreHandler(BaseHTTPRequestHandler):
                                             self._text(query, "layer"),
                                             self._int(query, "channel"), self._int(query, "y"),
                                             self._int(query, "x")))
+        elif path == "/api/saliency" and explorer.task == "detection":
+            box = self._int(query, "box")
+            gradient = explorer.saliency(self._text(query, "input"), box)
+            self._json({"box": box, **encode.exact(gradient)})
         elif path == "/api/saliency":
             class_index = self._int(query, "class")
             gradient = explorer.saliency(self._text(query, "input"), class_index)
@@ -200,7 +239,8 @@ class ExploreHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         enhance = self._query().get("enhance", "1") not in ("0", "false", "no")
         explorer = self.server.explorer
-        self._json(analysis_payload(explorer, *explorer.analyse(body, enhance=enhance)))
+        payload = detection_payload if explorer.task == "detection" else analysis_payload
+        self._json(payload(explorer, *explorer.analyse(body, enhance=enhance)))
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")

@@ -116,7 +116,7 @@ async function loadInfo() {
     `input ${info.input_shape.join("×")} · ${info.classes.length} classes`;
   document.title = `minicnn explore · ${info.run}`;
   if (info.input_shape[0] === 3) $("draw-note").textContent = "A colour run: upload a photo for a fair test (a drawing is white on black).";
-  buildBars(info.classes);
+  if (info.task === "detection") setUpDetection(info); else buildBars(info.classes);
   buildLayers(info);
   buildFilters(info.filters);
   buildSummary(info);
@@ -146,7 +146,8 @@ function buildLayers(info) {
       el("span", { class: "idx", text: layer.name }),
       el("span", { class: "kind" + (layer.conv ? " conv" : ""), text: layer.kind }),
       el("span", { class: "shape", text: "→ " + layer.shape.join(" × ") }),
-      el("span", { class: "explain", text: EXPLAIN[layer.kind] || "" }));
+      el("span", { class: "explain", text: info.task === "detection" && index === info.layers.length - 1 ?
+        `per ${info.stride}-pixel cell: 0 objectness · 1, 2 centre · 3, 4 size · ${HEAD}… class logits` : EXPLAIN[layer.kind] || "" }));
     const body = el("div", { class: layer.shape.length === 3 ? "maps" : "vector", id: `layer-${index}` });
     if (layer.shape.length === 3) {
       const [c, h, w] = layer.shape, size = mapSize(h);
@@ -293,10 +294,13 @@ async function send(blob) {
 // ---------------------------------------------------------------------------------------------
 function showEmpty() {
   $("predicted-label").textContent = "?"; $("predicted-prob").textContent = "";
+  $("det-list").replaceChildren();
+  if (state.info && state.info.task === "detection") { const v = $("det-view"); v.width = v.width; }
   document.querySelectorAll(".bar").forEach((bar) => { bar.querySelector(".fill").style.width = "0"; bar.querySelector(".value").textContent = ""; bar.classList.remove("best", "chosen"); });
 }
 
 function render(result) {
+  if (result.task === "detection") { renderDetection(result); return; }
   const classes = state.info.classes;
   $("predicted-label").textContent = classes[result.predicted];
   $("predicted-prob").textContent = `${(100 * result.probabilities[result.predicted]).toFixed(1)} % sure`;
@@ -393,6 +397,11 @@ function renderSaliency(payload) {
   const classes = state.info.classes;
   document.querySelectorAll(".bar").forEach((bar, k) => bar.classList.toggle("chosen", k === payload.class));
   $("why-caption").textContent = `saliency for “${classes[payload.class]}”`;
+  paintSaliency(payload);
+}
+
+/** The input and, beside it, d score / d pixel over the dimmed input. */
+function paintSaliency(payload) {
   const input = prepared();
   putImage($("why-input"), input);
   const [c, h, w] = payload.shape, g = floats(payload);
@@ -557,6 +566,120 @@ function renderMath(d) {
   const unrolled = Array.from(windowValues.subarray(0, 12), (v) => fmt(v, 2)).join(", ");
   math.append(el("p", { class: "note", text: `im2col unrolls this window into one column of ${products.length} numbers ` +
     `[${unrolled}${products.length > 12 ? ", …" : ""}]; the kernel is one row of the weight matrix, so the whole layer is one matrix product.` }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Detection runs: the boxes `minicnn detect` finds, and why one of them is there
+// ---------------------------------------------------------------------------------------------
+const HEAD = 5;   // objectness, tx, ty, tw, th; the class logits follow (minicnn/detection/head.py)
+// One colour per class, far apart in hue so that neighbouring boxes of two classes differ.
+const BOX_COLOURS = ["#ff6b6b", "#ffa94d", "#ffd43b", "#a9e34b", "#38d9a9", "#4dabf7", "#9775fa",
+  "#f783ac", "#e599f7", "#69db7c"];
+const boxColour = (k) => BOX_COLOURS[k % BOX_COLOURS.length];
+const percent = (p) => `${(100 * p).toFixed(1)} %`;
+
+function setUpDetection(info) {
+  const [, h, w] = info.input_shape;
+  pad.width = 3 * w; pad.height = 3 * h;      // three pad pixels per input pixel
+  clearPad();                                 // resizing a canvas empties it
+  $("brush").min = 4; $("brush").max = 20; $("brush").value = 9;
+  $("pad-hint").textContent = "draw a few digits";
+  $("draw-tip").textContent = `A scene is ${w}×${h} pixels with digits 20 to 40 pixels tall: draw two or three ` +
+    "digits apart from each other, each a quarter to two fifths of the pad's height, or upload a scene.";
+  $("enhance-label").textContent = "invert & stretch";
+  $("enhance-check").title = "as `minicnn detect` does; off is --no-preprocess";
+  $("predict-title").textContent = "Detections";
+  $("bars").hidden = true;
+  $("det").hidden = false;
+  $("predict-note").textContent = `Each ${info.stride}-pixel cell of the last layer's grid says whether an object's ` +
+    `centre is in it, where its box is and which class. Boxes scoring at least ${info.threshold} are kept and ` +
+    "overlapping ones removed (non-maximum suppression): the same boxes as minicnn detect finds. Click a box to ask “why” for it.";
+  $("why-note").textContent = "Saliency: how much the box's score (its cell's objectness × class probability) " +
+    "changes per unit of ink at each pixel (∂ score / ∂ pixel, from the layers' own backward), the box drawn on top.";
+  $("steps-command").textContent = "minicnn detect";
+}
+
+function renderDetection(result) {
+  const boxes = result.boxes;
+  const leftToRight = [...boxes].sort((a, b) => a.box[0] - b.box[0]);
+  $("predicted-label").textContent = boxes.length ? leftToRight.map((b) => b.label).join(" ") : "–";
+  $("predicted-prob").textContent = boxes.length ? `${boxes.length} box${boxes.length > 1 ? "es" : ""}, left to right`
+    : `nothing scores ${state.info.threshold} or more`;
+  $("draw-note").textContent = result.inverted ? "Dark objects on a light background: inverted, as the scenes are light on dark." : "";
+  drawBoxes($("det-view"), result);
+  const list = $("det-list");
+  list.replaceChildren();
+  boxes.forEach((b, k) => {
+    const swatch = el("i", { class: "swatch" });
+    swatch.style.background = boxColour(b.class);
+    const item = el("li", { class: "det-box", "data-box": k, title: "saliency for this box" }, swatch,
+      el("b", { text: b.label }), el("span", { class: "score", text: percent(b.score) }),
+      el("span", { class: "where", text: `x ${Math.round(b.box[0])}–${Math.round(b.box[2])}, y ${Math.round(b.box[1])}–${Math.round(b.box[3])}` }));
+    item.addEventListener("click", () => chooseBox(k));
+    list.append(item);
+  });
+  renderSteps(result.steps);
+  renderLayers(result.layers);
+  renderBoxSaliency(result.saliency);
+  if (state.inspect) openInspector(state.inspect.layer, state.inspect.channel);
+}
+
+/** The picture as the detector saw it, its boxes drawn on it with label and score. */
+function drawBoxes(view, result) {
+  const [ph, pw] = result.picture_size, source = document.createElement("canvas");
+  putImage(source, result.picture);
+  const cssScale = 288 / Math.max(ph, pw), dpr = window.devicePixelRatio || 1;
+  view.width = Math.round(pw * cssScale * dpr); view.height = Math.round(ph * cssScale * dpr);
+  view.style.width = `${Math.round(pw * cssScale)}px`;
+  const ctx = view.getContext("2d"), s = view.width / pw;    // canvas pixels per picture pixel
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(source, 0, 0, view.width, view.height);
+  ctx.font = `bold ${Math.round(12 * dpr)}px system-ui, sans-serif`;
+  ctx.textBaseline = "top";
+  for (const b of result.boxes) {
+    const [x0, y0, x1, y1] = b.box.map((v) => v * s), colour = boxColour(b.class);
+    ctx.strokeStyle = colour; ctx.lineWidth = 2 * dpr;
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    const text = `${b.label} ${Math.round(100 * b.score)}%`, tw = ctx.measureText(text).width + 6 * dpr, th = 16 * dpr;
+    const ty = y0 >= th ? y0 - th : y0;             // above the box when there is room
+    ctx.fillStyle = colour; ctx.fillRect(x0 - dpr, ty, tw, th);
+    ctx.fillStyle = "#111"; ctx.fillText(text, x0 + 2 * dpr, ty + 2 * dpr);
+  }
+}
+
+/** A box (network-input pixels, x0 y0 x1 y1) outlined on a canvas of the network's input. */
+function outline(canvas, [x0, y0, x1, y1], colour) {
+  const scale = Math.max(1, Math.floor(336 / canvas.width)), copy = document.createElement("canvas");
+  copy.width = canvas.width; copy.height = canvas.height;
+  copy.getContext("2d").drawImage(canvas, 0, 0);
+  canvas.width = copy.width * scale; canvas.height = copy.height * scale;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(copy, 0, 0, canvas.width, canvas.height);
+  ctx.strokeStyle = colour; ctx.lineWidth = Math.max(2, scale);
+  ctx.strokeRect(x0 * scale, y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale);
+}
+
+function renderBoxSaliency(payload) {
+  const boxes = state.result.boxes;
+  document.querySelectorAll(".det-box").forEach((item, k) => item.classList.toggle("chosen", k === payload.box));
+  if (payload.box === null) {
+    const best = floats(state.result.cell_scores).reduce((m, v) => Math.max(m, v), 0);
+    $("why-caption").textContent = `no box: saliency for the best cell's score (${percent(best)})`;
+    paintSaliency(payload);
+    return;
+  }
+  const b = boxes[payload.box];
+  $("why-caption").textContent = `saliency for the box “${b.label}” (${percent(b.score)})`;
+  paintSaliency(payload);
+  for (const id of ["why-input", "why-saliency"]) outline($(id), b.input_box, boxColour(b.class));
+}
+
+function chooseBox(k) {
+  if (!state.result) return;
+  fetch(`/api/saliency?input=${state.result.id}&box=${k}`).then((r) => r.json()).then((payload) => {
+    if (!payload.error) renderBoxSaliency(payload);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
