@@ -40,9 +40,9 @@ def _pad_plane(x, n, c, top, left, xpad):
     """``xpad[top:top+H, left:left+W] = x[n, c]`` inside the zero border the caller made."""
     height, width = x.shape[2], x.shape[3]
     for h in range(height):
-        src, dest = x[n, c, h], xpad[top + h]
-        for w in range(width):
-            dest[left + w] = src[w]
+        src, dest = x[n, c, h], xpad[top + h, left:left + width]
+        for w in range(width):     # from 0: see onepool's note on copies
+            dest[w] = src[w]
 
 
 @njit(**_JIT)
@@ -81,9 +81,9 @@ def _forward_chunk(args, thread, n_threads):
                 for q in range(length):
                     grid[q] += tap * src[q]
         for oh in range(out_h):
-            dest = y[n, c, oh]
+            src, dest = grid[oh * padded_w:oh * padded_w + out_w], y[n, c, oh]
             for ow in range(out_w):
-                dest[ow] = grid[oh * padded_w + ow]
+                dest[ow] = src[ow]
 
 
 # Reassociation lets LLVM vectorise the dot products of the weight gradient (it changes
@@ -163,9 +163,9 @@ def _backward_chunk(args, thread, n_threads):
                 for q in range(span):
                     acc[q] += tap * src[q]
         for h in range(height):
-            dest = dx[n, c, h]
+            src, dest = acc[h * padded_w:h * padded_w + width], dx[n, c, h]
             for w in range(width):
-                dest[w] = acc[h * padded_w + w]
+                dest[w] = src[w]
 
 
 def supports(x_dtype, weight, groups, stride) -> bool:
