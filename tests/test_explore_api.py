@@ -227,7 +227,12 @@ def finite_differences(explorer, pixels: np.ndarray, class_index: int, eps=1e-4)
     def score(p):
         return model64(((p - mean) / std)[None])[0, class_index]
 
-    grad = np.zeros_like(pixels, dtype=np.float64)
+    return central_differences(score, pixels, eps)
+
+
+def central_differences(score, pixels: np.ndarray, eps: float) -> np.ndarray:
+    """``d score / d pixels`` by central differences in float64, one pixel at a time."""
+    grad = np.zeros(pixels.shape, dtype=np.float64)
     for index in np.ndindex(pixels.shape):
         plus, minus = pixels.astype(np.float64), pixels.astype(np.float64)
         plus[index] += eps

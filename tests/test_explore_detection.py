@@ -25,7 +25,7 @@ from minicnn.explore import Explorer, ExploreError, encode, start_in_thread
 from minicnn.explore.detection import DetectionExplorer, cell_scores
 from minicnn.preprocess import decode_rgba, ink_on_black
 from minicnn.train import RunMeta, TrainConfig, fit, load_run
-from test_explore_api import Client, half_step, png_bytes
+from test_explore_api import Client, central_differences, half_step, png_bytes
 
 pytestmark = pytest.mark.slow          # trains a (tiny) detector on real MNIST scenes
 
@@ -170,13 +170,7 @@ def score_differences(explorer, canvas: np.ndarray, cell, eps=1e-4) -> np.ndarra
         head = model64(((pixels - mean) / std)[None, None])[0]
         return cell_scores(head)[0][cell]
 
-    grad = np.zeros(canvas.shape, dtype=np.float64)
-    for index in np.ndindex(canvas.shape):
-        plus, minus = canvas.astype(np.float64), canvas.astype(np.float64)
-        plus[index] += eps
-        minus[index] -= eps
-        grad[index] = (score(plus) - score(minus)) / (2 * eps)
-    return grad
+    return central_differences(score, canvas, eps)
 
 
 def test_box_saliency_equals_central_differences(rng):
