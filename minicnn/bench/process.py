@@ -100,6 +100,16 @@ def _rotate(items: list, shift: int) -> list:
     return items[shift:] + items[:shift]
 
 
+def _round(cases, thread_counts, names, round_index: int):
+    """One round of child processes: ``(case, threads, competitor)`` for every case and
+    thread count, the competitors in turn and starting one further on each round, so that
+    no library always runs first (or right after another)."""
+    for case in cases:
+        for threads in thread_counts:
+            for name in _rotate(list(names), round_index):
+                yield case, threads, name
+
+
 def step_competitors(backends) -> list[str]:
     """The process-mode competitors for ``backends``: the minicnn backends asked for (the
     default backend when none), then ``torch`` and ``torch-cl`` when ``torch`` is asked."""
@@ -144,21 +154,19 @@ def bench_models(cases, backends, thread_counts, processes: int, repeats: int, w
     env = child_environment(blas_native)
     results: dict[tuple, list[dict]] = {}
     for round_index in range(processes):
-        for case in cases:
-            for threads in thread_counts:
-                for name in _rotate(list(names), round_index):
-                    job = {"kind": "steps", "competitor": name, "model": case.model,
-                           "batch": case.batch, "in_channels": case.in_channels,
-                           "image_size": case.image_size, "num_classes": case.num_classes,
-                           "threads": threads, "repeats": repeats, "warmup": warmup,
-                           "logits": round_index == 0}
-                    record = run_child(job, env, STEP_TIMEOUT_S)
-                    results.setdefault((case, threads, name), []).append(record)
-                    say(f"  process {round_index + 1}/{processes} {case.name:<10} batch "
-                        f"{case.batch:<4} {threads} thr {name:<9} train "
-                        f"{record['modes']['train']['median_ms']:8.2f} ms  inference "
-                        f"{record['modes']['inference']['median_ms']:8.2f} ms  "
-                        f"(pid {record['pid']}, {record['process_wall_s']:.1f} s)")
+        for case, threads, name in _round(cases, thread_counts, names, round_index):
+            job = {"kind": "steps", "competitor": name, "model": case.model,
+                   "batch": case.batch, "in_channels": case.in_channels,
+                   "image_size": case.image_size, "num_classes": case.num_classes,
+                   "threads": threads, "repeats": repeats, "warmup": warmup,
+                   "logits": round_index == 0}
+            record = run_child(job, env, STEP_TIMEOUT_S)
+            results.setdefault((case, threads, name), []).append(record)
+            say(f"  process {round_index + 1}/{processes} {case.name:<10} batch "
+                f"{case.batch:<4} {threads} thr {name:<9} train "
+                f"{record['modes']['train']['median_ms']:8.2f} ms  inference "
+                f"{record['modes']['inference']['median_ms']:8.2f} ms  "
+                f"(pid {record['pid']}, {record['process_wall_s']:.1f} s)")
         if round_index == 0:
             for case in cases:
                 outputs = {name: {"logits": np.asarray(results[(case, thread_counts[0], name)]
@@ -248,19 +256,17 @@ def bench_epoch(cases, backends, thread_counts, processes: int, warmup: int,
     env = child_environment(blas_native)
     results: dict[tuple, list[dict]] = {}
     for round_index in range(processes):
-        for case in cases:
-            for threads in thread_counts:
-                for name in _rotate(list(names), round_index):
-                    job = {"kind": "epoch", "competitor": name, "model": case.model,
-                           "batch": case.batch, "threads": threads, "warmup": warmup,
-                           "dataset": dataset, "limit": limit, "data_dir": data_dir}
-                    record = run_child(job, env, EPOCH_TIMEOUT_S)
-                    results.setdefault((case, threads, name), []).append(record)
-                    steps = record["steps_s"]
-                    say(f"  process {round_index + 1}/{processes} epoch {case.name} "
-                        f"{threads} thr {name:<9} {record['epoch_s']:8.2f} s epoch, "
-                        + (f"{steps:8.2f} s in steps" if steps is not None else "steps n/a")
-                        + f", test accuracy {record['test_accuracy']:.4f}")
+        for case, threads, name in _round(cases, thread_counts, names, round_index):
+            job = {"kind": "epoch", "competitor": name, "model": case.model,
+                   "batch": case.batch, "threads": threads, "warmup": warmup,
+                   "dataset": dataset, "limit": limit, "data_dir": data_dir}
+            record = run_child(job, env, EPOCH_TIMEOUT_S)
+            results.setdefault((case, threads, name), []).append(record)
+            steps = record["steps_s"]
+            say(f"  process {round_index + 1}/{processes} epoch {case.name} "
+                f"{threads} thr {name:<9} {record['epoch_s']:8.2f} s epoch, "
+                + (f"{steps:8.2f} s in steps" if steps is not None else "steps n/a")
+                + f", test accuracy {record['test_accuracy']:.4f}")
 
     records = []
     for case in cases:
