@@ -24,11 +24,18 @@ def run_folder(tmp_path_factory):
     return out
 
 
+def _default_ctrl_c():
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that: Python
+    # then installs no KeyboardInterrupt handler, and the Ctrl-C test would wait forever when
+    # the suite runs as `pytest &`. Give the server the default, as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, cwd):
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "minicnn", "explore", *map(str, args)],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_ctrl_c)
 
 
 def address_of(process, timeout=90.0) -> str:
