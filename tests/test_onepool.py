@@ -1,7 +1,7 @@
 """The one-pool convolution kernels (:mod:`minicnn.kernels.onepool`): PyTorch parity on the
 shapes their paths special-case, float64 gradient checks, determinism, and the fallback.
 
-The shift path (stride 1, ``C_in >= SHIFT_MIN_CHANNELS``) runs ``SHIFT_GROUP`` samples per GEMM
+The shift path (stride 1, ``C_in >= SHIFT_MIN_CHANNELS``, few wasted grid positions) runs ``SHIFT_GROUP`` samples per GEMM
 and each thread takes a contiguous chunk of the batch, so the grid covers batch 1, a batch
 smaller than the thread count, chunks that split into full and partial groups, and both paths
 on each side of the channel threshold.
@@ -23,17 +23,18 @@ pytestmark = pytest.mark.skipif(not blas.AVAILABLE,
 
 #: (batch, C_in, C_out, kernel, stride, padding (top, bottom, left, right), dilation, bias, HxW)
 GRID = [
-    (1, 8, 5, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (7, 6)),      # batch 1, shift
-    (19, 8, 6, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (6, 6)),     # 9 + 10: full+partial groups
-    (37, 4, 3, (3, 2), (1, 1), (0, 2, 1, 0), (2, 1), False, (8, 7)),  # asymmetric, dilated
+    (1, 12, 5, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (7, 6)),     # batch 1, shift
+    (19, 12, 6, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (6, 6)),    # 9 + 10: full+partial groups
+    (37, 12, 3, (3, 2), (1, 1), (0, 2, 1, 0), (2, 1), False, (14, 13)),  # asymmetric, dilated
     (5, 16, 7, 5, (1, 1), (2, 2, 2, 2), (1, 1), True, (9, 9)),     # LeNet-like 5x5
+    (3, 12, 4, 5, (1, 1), (0, 0, 0, 0), (1, 1), True, (9, 9)),     # 'valid': too much waste
     (3, 3, 6, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (10, 9)),     # unroll: C_in below the bar
     (17, 1, 4, 5, (1, 1), (2, 2, 2, 2), (1, 1), True, (12, 12)),   # unroll, one input channel
     (11, 6, 4, 3, (2, 2), (1, 1, 1, 1), (1, 1), True, (9, 8)),     # strided: unroll grid
     (4, 5, 3, (2, 3), (3, 2), (0, 1, 2, 0), (1, 2), True, (11, 10)),  # strided, odd everything
-    (6, 9, 2, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 5)),     # 1x1
-    (7, 8, 3, 3, (1, 1), (1, 2, 1, 0), (1, 1), True, (5, 6)),      # asymmetric gaps
-    (5, 8, 3, 1, (1, 1), (1, 1, 2, 1), (1, 1), True, (4, 5)),      # output outgrows the stack
+    (6, 12, 2, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 5)),    # 1x1
+    (7, 12, 3, 3, (1, 1), (1, 2, 1, 0), (1, 1), True, (9, 10)),    # asymmetric gaps
+    (5, 12, 3, 1, (1, 1), (1, 1, 2, 1), (1, 1), True, (4, 5)),     # output outgrows the stack
 ]
 
 
@@ -96,11 +97,14 @@ def test_the_grid_reaches_both_paths():
         shift = ctx[-1]                         # True: the shift path; False: unroll
         paths.add(shift)
         if stride == (1, 1) and cin >= onepool.SHIFT_MIN_CHANNELS and not shift:
-            paths.add("stack refused")
+            top, bottom, left, right = pads
+            fits = (h + top + bottom - (kh - 1) * dilation[0] <= h + max(top, bottom)
+                    and w + left + right - (kw - 1) * dilation[1] <= w + max(left, right))
+            paths.add("stack refused" if not fits else "too much waste")
         chunk = -(-n // 2)
         if shift and chunk > onepool.SHIFT_GROUP:
             paths.add("partial group")
-    assert paths == {True, False, "partial group", "stack refused"}
+    assert paths == {True, False, "partial group", "stack refused", "too much waste"}
 
 
 @pytest.mark.parametrize("cin, stride", [(8, 1), (2, 1), (3, 2)], ids=["shift", "unroll",

@@ -397,24 +397,34 @@ assert np.allclose(y_shift, y_ref[0])
 
 # %% [markdown]
 # minicnn's one-pool kernels (`minicnn/kernels/onepool.py`) do exactly this for stride-1
-# layers with at least `onepool.SHIFT_MIN_CHANNELS` input channels, with two refinements:
+# layers with at least `onepool.SHIFT_MIN_CHANNELS` input channels, with three refinements:
 #
 # - **several samples per GEMM**: a thread stacks `onepool.SHIFT_GROUP` of its samples, per
 #   channel, into one zero-padded buffer, so one tap's view spans all of them and each GEMM is
 #   that many times longer; the positions between samples come out as more garbage (you will
 #   write this in the exercise). The kernels also let neighbouring samples share their padding
 #   rows and columns, which leaves less garbage to compute;
-# - backward uses the same views: $dW_{:,:,i,j} \mathrel{+}= dY_{wide}\, X_{shift(i,j)}^T$ and
-#   $dX_{shift(i,j)} \mathrel{+}= W_{:,:,i,j}^T\, dY_{wide}$, with the garbage columns of
-#   $dY_{wide}$ set to zero so they add nothing.
+# - backward uses the same views: $dX_{shift(i,j)} \mathrel{+}= W_{:,:,i,j}^T\, dY_{wide}$, with
+#   the garbage columns of $dY_{wide}$ set to zero so they add nothing;
+# - the weight gradient is *not* one GEMM per tap. $dW_{:,:,i,j} \mathrel{+}= dY_{wide}\,
+#   X_{shift(i,j)}^T$ has a tiny result ($C_{out} \times C_{in}$) and a long inner dimension, and
+#   the GEMM would copy (pack) all of $dY_{wide}$ again for each of the $k_H k_W$ taps. Instead,
+#   a slab of grid positions at a time, the taps' shifted rows are copied one under another into
+#   a $(k_H k_W C_{in}, \text{slab})$ matrix and one GEMM adds that matrix times the slab of
+#   $dY_{wide}^T$: $dY$ is packed once, and the GEMM has $k_H k_W C_{in}$ rows to work with.
 #
 # With few input channels (the first layer of an image network has 1 or 3) a GEMM with inner
 # size $C_{in}$ is too thin to be fast, so those layers copy the taps into a
-# $(C_{in} k_H k_W, L)$ matrix first (still one contiguous copy per tap) and do one GEMM.
+# $(C_{in} k_H k_W, L)$ matrix first (still one contiguous copy per tap) and do one GEMM. So do
+# 'valid' convolutions with large kernels: stacking samples leaves $k_H - 1$ rows of every
+# sample with no output, and past `onepool.SHIFT_MAX_GRID_WASTE` grid positions per output the
+# copy is cheaper than the wasted multiplies (LeNet's 5x5 layers take the unroll path).
 
 # %%
-print(f"shift path from {onepool.SHIFT_MIN_CHANNELS} input channels up, "
-      f"{onepool.SHIFT_GROUP} samples per GEMM")
+print(f"shift path from {onepool.SHIFT_MIN_CHANNELS} input channels up and at most "
+      f"{onepool.SHIFT_MAX_GRID_WASTE} grid positions per output, "
+      f"{onepool.SHIFT_GROUP} samples per GEMM, weight gradient in slabs of "
+      f"{onepool.WEIGHT_GRAD_SLAB} positions")
 
 # %% [markdown]
 # ## 4. Where does a training step spend its time?

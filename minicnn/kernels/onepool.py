@@ -48,14 +48,29 @@ _JIT = dict(cache=True, nogil=True)
 
 #: The shift path needs enough input channels to make ``K = C_in`` worth a GEMM call; below
 #: this the unroll path (``K = C_in * kH * kW``) wins. Measured forward + backward, 1 thread,
-#: batch 64: with OpenBLAS's AVX-512 kernels shift wins from 6 input channels (LeNet's conv2:
-#: 1.4 against 2.3 ms) and loses at 1 (the first convs); with the Haswell kernels unroll still
-#: wins at 6 (2.6 against 3.5 ms) and shift from 8 (3.0 against 3.2 ms).
-SHIFT_MIN_CHANNELS = 4 if blas.SMALL_MATRIX_KERNELS else 8
+#: batch 64, 3x3 'same' at 14x14, with OpenBLAS's AVX-512 kernels: 8 channels a tie (1.46 ms
+#: each way), 12 shift (1.91 against 2.09 ms), 16 shift (2.59 against 3.10); with the Haswell
+#: kernels 8 unroll (2.30 against 2.45), 12 a tie, 16 shift (4.45 against 4.68).
+SHIFT_MIN_CHANNELS = 12
+
+#: ...and a stacked layout that computes few wasted grid positions: a 'valid' convolution
+#: stacks each sample's ``kH - 1`` rows and ``kW - 1`` columns of no output (LeNet's 5x5 on
+#: 14x14: 196 positions per 100 outputs), where the unroll path wastes only the columns.
+#: Shift runs where grid positions per sample are at most this many times its outputs:
+#: measured, 5x5 'valid' (1.96x) loses to unroll at every channel count tried (12-64: 2.0
+#: against 2.2 ms at 12, 9.3 against 11.3 at 32), 7x7 'same' (1.47x) wins at 16 (8.4
+#: against 11.4 ms), 5x5 'same' (1.31x) is a tie at 64.
+SHIFT_MAX_GRID_WASTE = 1.5
 
 #: Samples per GEMM on the shift path: enough to make the GEMMs long, few enough that a
 #: thread's buffers stay in its L2 cache.
 SHIFT_GROUP = 8
+
+#: Grid positions per weight-gradient GEMM on the shift path (see :func:`_unroll_slab`):
+#: enough for a long inner dimension, few enough that the unrolled slab, ``kH*kW*C_in`` rows
+#: of this length, stays in cache. Measured 1 thread, MNIST conv2 (32->64 3x3): 128 and 256
+#: equally fast, 512 and 1024 slower.
+WEIGHT_GRAD_SLAB = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +240,20 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
                             dest[ow * sw + j * dw] += row[base + ow]
 
 
+@njit(**_JIT)
+def _unroll_slab(xbuf, first, count, kh, kw, dh, dw, row0, col0, pitch, cols):
+    """``cols[(i*kW + j)*C_in + c, q] = xbuf[c, first + q + tap offset]`` for ``q < count``:
+    grid positions ``[first, first + count)`` of every tap's shifted input, one row per
+    (tap, channel), for the weight gradient's single GEMM per slab."""
+    channels = xbuf.shape[0]
+    for tap in range(kh * kw):
+        offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw + first
+        for c in range(channels):
+            src, dest = xbuf[c, offset:offset + count], cols[tap * channels + c]
+            for q in range(count):
+                dest[q] = src[q]
+
+
 # --------------------------------------------------------------------------------------------
 # One thread's work. Each ``*_chunk`` kernel follows :mod:`minicnn.kernels.parallel`'s calling
 # convention, ``chunk(args, thread, n_threads)``: it takes its share of the samples and writes
@@ -263,30 +292,39 @@ def _forward_shift_chunk(args, thread, n_threads):
 
 @njit(**_JIT)
 def _backward_shift_chunk(args, thread, n_threads):
-    """Backward of :func:`_forward_shift_chunk`, the same groups: ``dW_tap += dY @ X_tapᵀ``
-    into this thread's ``dw_partial[thread]`` (kH*kW, C_out, C_in) and ``db_partial[thread]``;
-    ``dX_tap += W_tapᵀ @ dY`` into its own buffer, then unstacked into ``dx``."""
+    """Backward of :func:`_forward_shift_chunk`, the same groups.
+
+    The weight gradient goes into this thread's ``dw_partial[thread]``, *transposed* per tap
+    (kH*kW, C_in, C_out): slab by slab of grid positions, the taps' shifted inputs are
+    unrolled into ``cols`` (kH*kW*C_in, slab) and one GEMM adds ``cols @ dY[:, slab]ᵀ``. One
+    GEMM with ``M = kH*kW*C_in`` instead of ``kH*kW`` with ``M = C_out, N = C_in`` packs ``dY``
+    once instead of once per tap: MNIST conv2's weight gradient 3.8 -> 2.8 ms at one thread
+    (benchmarks/RESULTS.md). The bias gradient goes into ``db_partial[thread]``, and
+    ``dX_tap += W_tapᵀ @ dY`` into this thread's buffer, then unstacked into ``dx``."""
     x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial = args[:7]
     kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
         group = args[7:]
     first, last = share(x.shape[0], thread, n_threads)
-    dw_taps, dbias = dw_partial[thread], db_partial[thread]
+    dw_transposed, dbias = dw_partial[thread], db_partial[thread]
     channels = x.shape[1]
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
     dxbuf = np.empty((channels if need_input_grad else 0, channel_length), dtype=x.dtype)
     grid = np.zeros((c_out, group * block * pitch), dtype=x.dtype)
+    slab = WEIGHT_GRAD_SLAB
+    cols = np.empty((kh * kw * channels, slab), dtype=x.dtype)
     for n0 in range(first, last, group):
         count = min(group, last - n0)
         for slot in range(count):
             _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
             _read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias)
         span = ((count - 1) * block + out_h - 1) * pitch + out_w
-        for tap in range(kh * kw):
-            offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
-            # dW_tap (C_out, C_in) += dY (C_out, span) @ X_tapᵀ (span, C_in)
-            _gemm(blas.NO_TRANS, blas.TRANS, c_out, channels, span, grid, grid.shape[1],
-                  xbuf[0, offset:], channel_length, 1.0, dw_taps[tap], channels)
+        for start in range(0, span, slab):
+            length = min(slab, span - start)
+            _unroll_slab(xbuf, start, length, kh, kw, dh, dw, row0, col0, pitch, cols)
+            # dWᵀ (kH*kW*C_in, C_out) += cols (kH*kW*C_in, length) @ dY[:, slab]ᵀ
+            _gemm(blas.NO_TRANS, blas.TRANS, kh * kw * channels, c_out, length, cols, slab,
+                  grid[0, start:], grid.shape[1], 1.0, dw_transposed, c_out)
         if need_input_grad:
             dxbuf[:] = 0
             for tap in range(kh * kw):
@@ -344,9 +382,9 @@ def _backward_unroll_chunk(args, thread, n_threads):
         _pad_into(x, n, top, left, xpad)
         _read_grad(dy, n, grid, 0, pitch, dbias)
         _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
-        # dW (C_out, K) += dY (C_out, L) @ colsᵀ (L, K)
-        _gemm(blas.NO_TRANS, blas.TRANS, c_out, k, length, grid, length, cols, length, 1.0,
-              dweight, k)
+        # dWᵀ (K, C_out) += cols (K, L) @ dYᵀ (L, C_out)
+        _gemm(blas.NO_TRANS, blas.TRANS, k, c_out, length, cols, length, grid, length, 1.0,
+              dweight, c_out)
         if need_input_grad:
             # dcols (K, L) = Wᵀ (K, C_out) @ dY (C_out, L), then fold back onto the input.
             _gemm(blas.TRANS, blas.NO_TRANS, k, length, c_out, w_matrix, k, grid, length, 0.0,
@@ -434,6 +472,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     layout = None
     if sh == 1 and sw == 1 and c_in >= SHIFT_MIN_CHANNELS:
         layout = _stacked_layout(x.shape, padding, out_h, out_w, SHIFT_GROUP)
+        if layout is not None and layout[2] * layout[3] > SHIFT_MAX_GRID_WASTE * out_h * out_w:
+            layout = None   # block * pitch grid positions per sample: too many wasted
     if layout is not None:   # tap-major (kH*kW, C_out, C_in): each tap's weights are one matrix
         chunk = _forward_shift_chunk
         weights = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
@@ -460,9 +500,11 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
     n_threads = _n_threads(x)
     c_out = weight_shape[0]
-    # Per-thread partial sums, each thread writing only its own slice, in the weights' layout:
-    # shift keeps dW tap by tap (kH*kW, C_out, C_in), unroll as one (C_out, C_in*kH*kW) matrix.
-    dw_partial = np.zeros((n_threads,) + weights.shape, dtype=x.dtype)
+    # Per-thread partial sums, each thread writing only its own slice: shift keeps dWᵀ tap by
+    # tap (kH*kW, C_in, C_out), unroll one (C_out, C_in*kH*kW) matrix.
+    taps, rows, columns = weights.shape
+    partial_shape = (taps, columns, rows)
+    dw_partial = np.zeros((n_threads,) + partial_shape, dtype=x.dtype)
     db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
     chunk = _backward_shift_chunk if shift else _backward_unroll_chunk
     with _threads.blas_single_threaded():
@@ -473,9 +515,9 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     for t in range(1, n_threads):
         dweight = dweight + dw_partial[t]
         dbias = dbias + db_partial[t]
-    if shift:   # tap-major (kH, kW, C_out, C_in) -> (C_out, C_in, kH, kW)
-        dweight = dweight.reshape(kh, kw, c_out, -1).transpose(2, 3, 0, 1)
+    if shift:   # tap-major, transposed (kH, kW, C_in, C_out) -> (C_out, C_in, kH, kW)
+        dweight = dweight.reshape(kh, kw, -1, c_out).transpose(3, 2, 0, 1)
         dweight = np.ascontiguousarray(dweight)
-    else:
-        dweight = dweight.reshape(weight_shape)
+    else:       # (C_in*kH*kW, C_out) -> (C_out, C_in, kH, kW)
+        dweight = np.ascontiguousarray(dweight.T).reshape(weight_shape)
     return (dx if need_input_grad else None), dweight, (dbias if has_bias else None)
