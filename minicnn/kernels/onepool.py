@@ -208,12 +208,16 @@ def _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
                     src = flat[start:start + length]
                     for q in range(length):
                         row[q] = src[q]
-                else:
+                else:   # over slices from 0, stride 2 spelled out: both let LLVM vectorise
                     for oh in range(out_h):
-                        src = xpad[c, oh * sh + i * dh]
-                        base = oh * pitch
-                        for ow in range(out_w):
-                            row[base + ow] = src[ow * sw + j * dw]
+                        src = xpad[c, oh * sh + i * dh, j * dw:]
+                        dest = row[oh * pitch:oh * pitch + out_w]
+                        if sw == 2:
+                            for ow in range(out_w):
+                                dest[ow] = src[2 * ow]
+                        else:
+                            for ow in range(out_w):
+                                dest[ow] = src[ow * sw]
 
 
 @njit(**_JIT)
@@ -232,12 +236,16 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
                     dest = flat[start:start + length]   # a slice: no wrap-around checks
                     for q in range(length):
                         dest[q] += row[q]
-                else:
+                else:   # as in _unroll: slices from 0, stride 2 spelled out
                     for oh in range(out_h):
-                        dest = dxpad[c, oh * sh + i * dh]
-                        base = oh * pitch
-                        for ow in range(out_w):
-                            dest[ow * sw + j * dw] += row[base + ow]
+                        dest = dxpad[c, oh * sh + i * dh, j * dw:]
+                        src = row[oh * pitch:oh * pitch + out_w]
+                        if sw == 2:
+                            for ow in range(out_w):
+                                dest[2 * ow] += src[ow]
+                        else:
+                            for ow in range(out_w):
+                                dest[ow * sw] += src[ow]
 
 
 @njit(**_JIT)
