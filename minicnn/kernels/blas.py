@@ -69,10 +69,6 @@ def _declare(name: str, scalar) -> types.ExternalFunction:
 LIBRARY, SGEMM_NAME, DGEMM_NAME, CORE = _find_library_and_names()
 AVAILABLE = LIBRARY is not None
 
-#: OpenBLAS's AVX-512 cores have a "small matrix" GEMM path with little per-call cost, which
-#: makes the thin GEMMs of the shift kernels cheap; other cores (e.g. Haswell, which
-#: ``OPENBLAS_CORETYPE=Haswell`` forces) pay more per call (benchmarks/RESULTS.md).
-SMALL_MATRIX_KERNELS = CORE in ("SkylakeX", "Cooperlake", "SapphireRapids")
 if AVAILABLE:
     binding.load_library_permanently(LIBRARY)
     sgemm = _declare(SGEMM_NAME, types.float32)

@@ -71,8 +71,9 @@ SHIFT_GROUP = 2
 
 #: Grid positions per weight-gradient GEMM on the shift path (see :func:`_unroll_slab`):
 #: enough for a long inner dimension, few enough that the unrolled slab, ``kH*kW*C_in`` rows
-#: of this length, stays in cache. Measured 1 thread, MNIST conv2 (32->64 3x3): 128 and 256
-#: equally fast, 512 and 1024 slower.
+#: of this length, stays in cache. Measured on MNIST conv2 (32->64 3x3), the copies and GEMMs
+#: alone at 1 thread: 128 and 256 equally fast, 512 and 1024 10-25 % slower; whole layers at 2
+#: threads: 128-512 within the noise.
 WEIGHT_GRAD_SLAB = 256
 
 
@@ -252,13 +253,20 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
 
 
 @njit(**_JIT)
+def _tap_offset(tap, kw, dh, dw, row0, col0, pitch):
+    """Where tap ``tap`` (row-major over the kernel) of grid position 0 reads the stacked
+    buffer (:func:`_stacked_layout`); grid position ``q`` reads ``q`` further on."""
+    return (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
+
+
+@njit(**_JIT)
 def _unroll_slab(xbuf, first, count, kh, kw, dh, dw, row0, col0, pitch, cols):
     """``cols[(i*kW + j)*C_in + c, q] = xbuf[c, first + q + tap offset]`` for ``q < count``:
     grid positions ``[first, first + count)`` of every tap's shifted input, one row per
     (tap, channel), for the weight gradient's single GEMM per slab."""
     channels = xbuf.shape[0]
     for tap in range(kh * kw):
-        offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw + first
+        offset = _tap_offset(tap, kw, dh, dw, row0, col0, pitch) + first
         for c in range(channels):
             src, dest = xbuf[c, offset:offset + count], cols[tap * channels + c]
             for q in range(count):
@@ -293,7 +301,7 @@ def _forward_shift_chunk(args, thread, n_threads):
             _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
         span = ((count - 1) * block + out_h - 1) * pitch + out_w
         for tap in range(kh * kw):
-            offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
+            offset = _tap_offset(tap, kw, dh, dw, row0, col0, pitch)
             _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, span, channels, w_taps[tap], channels,
                   xbuf[0, offset:], channel_length, 0.0 if tap == 0 else 1.0, grid,
                   grid.shape[1])
@@ -309,7 +317,7 @@ def _backward_shift_chunk(args, thread, n_threads):
     (kH*kW, C_in, C_out): slab by slab of grid positions, the taps' shifted inputs are
     unrolled into ``cols`` (kH*kW*C_in, slab) and one GEMM adds ``cols @ dY[:, slab]ᵀ``. One
     GEMM with ``M = kH*kW*C_in`` instead of ``kH*kW`` with ``M = C_out, N = C_in`` packs ``dY``
-    once instead of once per tap: MNIST conv2's weight gradient 3.8 -> 2.8 ms at one thread
+    once instead of once per tap: MNIST conv2's weight gradient 4.7 -> 3.2 ms at one thread
     (benchmarks/RESULTS.md). The bias gradient goes into ``db_partial[thread]``, and
     ``dX_tap += W_tapᵀ @ dY`` into this thread's buffer, then unstacked into ``dx``."""
     x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial = args[:7]
@@ -339,7 +347,7 @@ def _backward_shift_chunk(args, thread, n_threads):
         if need_input_grad:
             dxbuf[:] = 0
             for tap in range(kh * kw):
-                offset = (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
+                offset = _tap_offset(tap, kw, dh, dw, row0, col0, pitch)
                 # dX_tap (C_in, span) += W_tapᵀ (C_in, C_out) @ dY (C_out, span)
                 _gemm(blas.TRANS, blas.NO_TRANS, channels, span, c_out, w_taps[tap], channels,
                       grid, grid.shape[1], 1.0, dxbuf[0, offset:], channel_length)
