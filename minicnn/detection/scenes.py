@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data.dataset import Dataset
 from ..data.errors import DataError
 
 MAX_OBJECTS = 4
@@ -121,7 +122,7 @@ def make_scenes(images: np.ndarray, labels: np.ndarray, count: int, rng,
     return scenes, targets
 
 
-class SceneDataset:
+class SceneDataset(Dataset):
     """Scenes and their boxes in memory; batches like a classification data set.
 
     Parameters
@@ -132,7 +133,7 @@ class SceneDataset:
     classes : sequence of str
     mean, std : sequence of float, one per channel, [0, 1] units
     name, split, source : str
-        As :class:`minicnn.data.Dataset`.
+        As :class:`minicnn.data.Dataset`, which this is, with box rows for labels.
 
     Attributes
     ----------
@@ -141,59 +142,34 @@ class SceneDataset:
     """
 
     task = "detection"
+    _kind = "scene data set"
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], name: str = "",
                  split: str = "", source: str | None = None):
-        images, targets = np.asarray(images), np.asarray(targets)
-        what = f"data set {name!r}" if name else "scene data set"
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise DataError(f"{what}: images must be a uint8 array of shape (N, C, H, W), "
-                            f"got {images.dtype} with shape {images.shape}")
-        if targets.ndim != 3 or targets.shape[0] != len(images) or targets.shape[2] != 5:
-            raise DataError(f"{what}: targets must have shape ({len(images)}, K, 5), got "
+        super().__init__(images, targets, classes, mean, std, name=name, split=split,
+                         source=source)
+
+    @staticmethod
+    def _checked_labels(targets: np.ndarray, n: int, classes: list, what: str) -> np.ndarray:
+        """The box rows as int64 after checking their shape and classes."""
+        if targets.ndim != 3 or targets.shape[0] != n or targets.shape[2] != 5:
+            raise DataError(f"{what}: targets must have shape ({n}, K, 5), got "
                             f"{targets.shape}")
         if not np.issubdtype(targets.dtype, np.integer):
             raise DataError(f"{what}: targets must be integers, got {targets.dtype}")
-        classes = [str(c) for c in classes]
         real = targets[..., 0] >= 0
         if np.any(targets[..., 0][real] >= len(classes)) or np.any(targets[..., 0] < PAD):
             raise DataError(f"{what}: classes must lie in 0..{len(classes) - 1} (or -1 for "
                             "padding)")
-        self.images = images
-        self.labels = targets.astype(np.int64, copy=False)
-        self.classes = classes
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.name, self.split, self.source = name, split, source
+        return targets.astype(np.int64, copy=False)
 
     @property
     def targets(self) -> np.ndarray:
         return self.labels
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(d) for d in self.images.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def boxes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Scene ``index``'s ``(boxes float (k, 4), classes int (k,))`` without padding."""
         rows = self.labels[index]
         rows = rows[rows[:, 0] >= 0]
         return rows[:, 1:].astype(np.float64), rows[:, 0].copy()
-
-    def subset(self, indices) -> "SceneDataset":
-        return SceneDataset(self.images[indices], self.labels[indices], self.classes,
-                            self.mean, self.std, name=self.name, split=self.split,
-                            source=self.source)
-
-    def __repr__(self) -> str:
-        c, h, w = self.image_shape
-        return (f"SceneDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
-                f"image_shape=({c}, {h}, {w}), classes={len(self.classes)})")
