@@ -230,6 +230,17 @@ def finite_differences(explorer, pixels: np.ndarray, class_index: int, eps=1e-4)
     return central_differences(score, pixels, eps)
 
 
+def assert_refused(served, cases):
+    """Each ``name: (call, status, message)`` gets that status and a message containing that
+    text, without a traceback, and the server keeps serving."""
+    for name, (call, expected_status, message) in cases.items():
+        status, body = call()
+        assert status == expected_status, (name, status, body)
+        assert message in body["error"], (name, body)
+        assert "Traceback" not in body["error"]
+        assert served.alive(), name
+
+
 def central_differences(score, pixels: np.ndarray, eps: float) -> np.ndarray:
     """``d score / d pixels`` by central differences in float64, one pixel at a time."""
     grad = np.zeros(pixels.shape, dtype=np.float64)
@@ -456,12 +467,7 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(serv
                       "class must be 0..9"),
         "unknown API": (lambda: served.get("/api/nothing"), 404, "nothing at"),
     }
-    for name, (call, expected_status, message) in cases.items():
-        status, body = call()
-        assert status == expected_status, (name, status, body)
-        assert message in body["error"], (name, body)
-        assert "Traceback" not in body["error"]
-        assert served.alive(), name
+    assert_refused(served, cases)
 
 
 @pytest.mark.parametrize("path", [
