@@ -32,6 +32,9 @@ GRID = [
     (17, 1, 4, 5, (1, 1), (2, 2, 2, 2), (1, 1), True, (12, 12)),   # unroll, one input channel
     (11, 6, 4, 3, (2, 2), (1, 1, 1, 1), (1, 1), True, (9, 8)),     # strided: unroll grid
     (4, 5, 3, (2, 3), (3, 2), (0, 1, 2, 0), (1, 2), True, (11, 10)),  # strided, odd everything
+    (4, 7, 5, 3, (1, 2), (1, 1, 0, 2), (1, 1), False, (7, 12)),   # 3 wide, stride 2: tap pairs
+    (2, 3, 2, 3, (2, 2), (0, 0, 0, 0), (1, 1), True, (3, 4)),      # tap pairs, one output column
+    (3, 4, 3, 3, (2, 2), (1, 1, 1, 1), (1, 2), True, (9, 11)),     # dilated columns: tap by tap
     (6, 12, 2, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 5)),    # 1x1
     (7, 12, 3, 3, (1, 1), (1, 2, 1, 0), (1, 1), True, (9, 10)),    # asymmetric gaps
     (5, 12, 3, 1, (1, 1), (1, 1, 2, 1), (1, 1), True, (4, 5)),     # output outgrows the stack
@@ -105,6 +108,14 @@ def test_the_grid_reaches_both_paths():
         if shift and chunk > onepool.SHIFT_GROUP:
             paths.add("partial group")
     assert paths == {True, False, "partial group", "stack refused", "too much waste"}
+
+
+def test_the_grid_reaches_both_strided_copy_loops():
+    """A 3-wide kernel with column stride 2 and no dilation unrolls and folds its taps
+    together (column pairs); every other strided kernel tap by tap. The grid needs both."""
+    pairs = {(k if isinstance(k, int) else k[1]) == 3 and stride[1] == 2 and dilation[1] == 1
+             for _, _, _, k, stride, _, dilation, _, _ in GRID if stride != (1, 1)}
+    assert pairs == {True, False}
 
 
 @pytest.mark.parametrize("cin, stride", [(8, 1), (2, 1), (3, 2)], ids=["shift", "unroll",
