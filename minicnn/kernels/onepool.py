@@ -395,12 +395,16 @@ def _backward_shift_chunk(args, thread, n_threads):
             _gemm(blas.NO_TRANS, blas.TRANS, kh * kw * channels, c_out, length, cols, slab,
                   grid[0, start:], grid.shape[1], 1.0, dw_transposed, c_out)
         if need_input_grad:
-            dxbuf[:] = 0
+            # The first tap's GEMM overwrites its span (beta 0); only the rest is zeroed.
+            first_offset = _tap_offset(0, kw, dh, dw, row0, col0, pitch)
+            dxbuf[:, :first_offset] = 0
+            dxbuf[:, first_offset + span:] = 0
             for tap in range(kh * kw):
                 offset = _tap_offset(tap, kw, dh, dw, row0, col0, pitch)
                 # dX_tap (C_in, span) += W_tapᵀ (C_in, C_out) @ dY (C_out, span)
                 _gemm(blas.TRANS, blas.NO_TRANS, channels, span, c_out, w_taps[tap], channels,
-                      grid, grid.shape[1], 1.0, dxbuf[0, offset:], channel_length)
+                      grid, grid.shape[1], 0.0 if tap == 0 else 1.0, dxbuf[0, offset:],
+                      channel_length)
             for slot in range(count):
                 _unstack_from(dxbuf, slot, gap_v, gap_h, block, pitch, dx, n0 + slot)
 
