@@ -259,6 +259,7 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
                 # with a width known at compile time). Taken together, taps 0 and 1 write
                 # whole column pairs (2*ow, 2*ow + 1), and tap 2's ``ow - 1`` lands on tap
                 # 0's column 2*ow: one loop over ``ow`` that LLVM vectorises, 2.5x faster.
+                # Each pixel still adds tap 0 before tap 2, so the sums round as tap by tap.
                 first = (c * kh + i) * 3
                 tap0, tap1, tap2 = dcols[first], dcols[first + 1], dcols[first + 2]
                 for oh in range(out_h):
@@ -270,7 +271,7 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
                     dest[0] += left[0]
                     dest[1] += middle[0]
                     for ow in range(1, out_w):
-                        dest[2 * ow] += left[ow] + right[ow - 1]
+                        dest[2 * ow] = (dest[2 * ow] + left[ow]) + right[ow - 1]
                         dest[2 * ow + 1] += middle[ow]
                     dest[2 * out_w] += right[out_w - 1]
                 continue
