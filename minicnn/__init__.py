@@ -6,15 +6,21 @@
 ...                       nn.Linear(8 * 28 * 28, 10))
 """
 
-from . import init, kernels, nn, optim
-from .gradcheck import GradcheckResult, gradcheck
-from .init import manual_seed
-from .kernels import get_default_backend, set_default_backend, use_backend
-from .serialize import load, save
+from . import allocator
+
+# Keep the memory a training step frees for the next one (see minicnn/allocator.py; opt out
+# with MINICNN_ALLOCATOR=system).
+allocator.keep_freed_memory()
+
+from . import init, kernels, nn, optim  # noqa: E402
+from .gradcheck import GradcheckResult, gradcheck  # noqa: E402
+from .init import manual_seed  # noqa: E402
+from .kernels import get_default_backend, set_default_backend, use_backend  # noqa: E402
+from .serialize import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradcheckResult", "get_default_backend", "gradcheck", "init", "kernels", "load",
-    "manual_seed", "nn", "optim", "save", "set_default_backend", "use_backend",
+    "GradcheckResult", "allocator", "get_default_backend", "gradcheck", "init", "kernels",
+    "load", "manual_seed", "nn", "optim", "save", "set_default_backend", "use_backend",
 ]
