@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ from minicnn.bench import BenchError, build_parser, main
 from minicnn.bench.process import (BLAS_ENV, child_environment, run_child, thread_scaling)
 
 ROOT = Path(__file__).resolve().parents[1]
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and not any(
+    name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                    "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"))
 RUN_FIELDS = {"competitor", "model", "batch", "threads_requested", "pid", "machine",
               "versions", "blas", "threads", "environment", "process_wall_s"}
 
@@ -109,14 +113,21 @@ def test_each_process_records_where_it_ran(process_run):
         assert run["environment"].get("MALLOC_ARENA_MAX") == "4"
         if run["competitor"] == "numba":
             assert run["torch"] is None and run["versions"]["torch"] is None
+            # minicnn's children keep the allocator thresholds minicnn sets on import ...
+            assert run["allocator"]["tuned"] == GLIBC, run["allocator"]
         else:
             assert run["torch"]["threads"] == 1 and run["versions"]["torch"] is not None
+            # ... PyTorch's do not: a PyTorch user's process never imports minicnn.
+            assert run["allocator"] == {"tuned": False, "reason": "MINICNN_ALLOCATOR=system"}
     # The harness's own process kept its variables.
     assert results["environment"]["OPENBLAS_CORETYPE"] == "Haswell"
     assert results["blas"]["openblas_coretype_env"] == "Haswell"
     assert "each library alone in its own process" in markdown
     assert "native (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)" in markdown
     assert "MALLOC_ARENA_MAX=4" in markdown
+    assert "torch: left alone (MINICNN_ALLOCATOR=system)" in markdown
+    if GLIBC:
+        assert "numba: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 128 MiB" in markdown
     assert "| × torch | × torch-cl |" in markdown
 
 
@@ -134,6 +145,11 @@ def test_blas_native_changes_only_the_child_environment(monkeypatch):
     assert dict(os.environ) == before            # this process is untouched
     base = {"OPENBLAS_CORETYPE": "X", "PATH": "/bin"}
     assert child_environment(True, base) == {"PATH": "/bin"} and "OPENBLAS_CORETYPE" in base
+    # PyTorch's children are told to leave the allocator alone; minicnn's are not.
+    for competitor in ("torch", "torch-cl"):
+        assert child_environment(True, base, competitor) == {"PATH": "/bin",
+                                                             "MINICNN_ALLOCATOR": "system"}
+    assert child_environment(True, base, "numba") == {"PATH": "/bin"}
     # And a real child sees exactly that environment.
     code = "import os, json; print(json.dumps({k: os.environ.get(k) for k in %r}))" % (
         list(BLAS_ENV) + ["MALLOC_FAKE_SETTING_FOR_TEST"],)

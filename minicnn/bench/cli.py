@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import replace
 
+from .. import allocator
 from ..argtypes import non_negative_int, positive_float, positive_int
 from .agreement import BenchError
 from .suites import SUITES, get_suite
@@ -356,6 +357,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
         "blas": machine.describe_blas(),
         "threads": machine.describe_threads(args.threads),
         "environment": environment,
+        "allocator": allocator.status(),
         "gemm_peak": peak,
         "gemm_core_peak": core_peak,
         "layers": layer_records,

@@ -23,7 +23,9 @@ model, AVX2/AVX-512 flags), thread counts in effect, library versions, BLAS core
 (threadpoolctl's ``architecture``), ``OPENBLAS_*``/``MALLOC_*`` variables, its own GEMM peak.
 The child's environment is the harness's, except that ``blas_native`` removes
 ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` (in the child only) so that OpenBLAS picks the
-machine's own kernels.
+machine's own kernels, and that PyTorch's children get ``MINICNN_ALLOCATOR=system``: they
+import minicnn only for the harness, and a PyTorch user's process does not get the allocator
+thresholds minicnn sets on import (:mod:`minicnn.allocator`). Each child records what was set.
 """
 
 from __future__ import annotations
@@ -53,13 +55,18 @@ EPOCH_TIMEOUT_S = 3600.0
 # ------------------------------------------------------------------------------------------------
 # Parent side: environment, launching
 # ------------------------------------------------------------------------------------------------
-def child_environment(blas_native: bool, base=None) -> dict:
+def child_environment(blas_native: bool, base=None, competitor: str | None = None) -> dict:
     """The environment of a child process: a copy of ``base`` (default ``os.environ``),
-    without :data:`BLAS_ENV` when ``blas_native``. ``base`` itself is never changed."""
+    without :data:`BLAS_ENV` when ``blas_native``, and with ``MINICNN_ALLOCATOR=system`` for
+    a PyTorch ``competitor`` (see the module docstring). ``base`` itself is never changed."""
+    from ..allocator import ENV_VAR
+
     env = dict(os.environ if base is None else base)
     if blas_native:
         for name in BLAS_ENV:
             env.pop(name, None)
+    if competitor in TORCH_COMPETITORS:
+        env[ENV_VAR] = "system"
     return env
 
 
@@ -151,10 +158,10 @@ def bench_models(cases, backends, thread_counts, processes: int, repeats: int, w
 
     say = log or (lambda line: None)
     names = step_competitors(backends)
-    env = child_environment(blas_native)
     results: dict[tuple, list[dict]] = {}
     for round_index in range(processes):
         for case, threads, name in _round(cases, thread_counts, names, round_index):
+            env = child_environment(blas_native, competitor=name)
             job = {"kind": "steps", "competitor": name, "model": case.model,
                    "batch": case.batch, "in_channels": case.in_channels,
                    "image_size": case.image_size, "num_classes": case.num_classes,
@@ -253,10 +260,10 @@ def bench_epoch(cases, backends, thread_counts, processes: int, warmup: int,
     """
     say = log or (lambda line: None)
     names = step_competitors(backends)
-    env = child_environment(blas_native)
     results: dict[tuple, list[dict]] = {}
     for round_index in range(processes):
         for case, threads, name in _round(cases, thread_counts, names, round_index):
+            env = child_environment(blas_native, competitor=name)
             job = {"kind": "epoch", "competitor": name, "model": case.model,
                    "batch": case.batch, "threads": threads, "warmup": warmup,
                    "dataset": dataset, "limit": limit, "data_dir": data_dir}
@@ -321,6 +328,7 @@ def _set_threads(threads: int, with_torch: bool) -> None:
 
 def _where(job: dict, started: float) -> dict:
     """What a child records about itself besides its timings."""
+    from .. import allocator
     from . import machine
 
     return {"kind": job["kind"], "competitor": job["competitor"], "model": job["model"],
@@ -328,6 +336,7 @@ def _where(job: dict, started: float) -> dict:
             "machine": machine.describe_machine(), "versions": machine.describe_versions(),
             "blas": machine.describe_blas(), "threads": machine.describe_threads(job["threads"]),
             "torch": machine.describe_torch(), "environment": machine.describe_environment(),
+            "allocator": allocator.status(),
             "load_average": machine.load_average(),
             "child_wall_s": time.perf_counter() - started}
 

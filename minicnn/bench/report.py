@@ -107,7 +107,8 @@ def _header(results: dict) -> list[str]:
         f"**{_num(peak['gflops'], 1)} GFLOP/s** at {threads['requested']} thread(s)"
         f"{core_text}{end_peak}{torch_peak}",
         f"- **BLAS and allocator environment** (recorded, not changed): "
-        f"{recorded or 'no OPENBLAS_*, MALLOC_* or GLIBC_TUNABLES set'}",
+        f"{recorded or 'no OPENBLAS_*, MALLOC_* or GLIBC_TUNABLES set'}; glibc allocator "
+        f"thresholds in this process: {_allocator_text(results.get('allocator'))}",
         f"- **Load average** (1/5/15 min, all processes): {load_text}",
         (f"- **Timing**: one epoch per process after {config['warmup']} untimed training "
          "steps; `× torch` = time / PyTorch's (NCHW) time in the same run (below 1: faster "
@@ -136,16 +137,29 @@ def _children_header(results: dict) -> list[str]:
                          for r in runs if r.get("torch")})
     malloc = sorted({f"{k}={v}" for r in runs for k, v in r["environment"].items()
                      if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))})
+    allocator = sorted({f"{r['competitor']}: {_allocator_text(r.get('allocator'))}"
+                        for r in runs})
     mismatched = [r for r in runs if r["threads"].get("numba") != r["threads_requested"]
                   or (r.get("torch") and r["torch"]["threads"] != r["threads_requested"])]
     lines.append(
         f"- **In the children**: OpenBLAS core kernel {', '.join(cores)} "
         f"(OPENBLAS_CORETYPE {', '.join(coretype)}); PyTorch CPU capability "
         f"{', '.join(capability) or '–'}; MALLOC settings {', '.join(malloc) or 'none'}; "
+        f"glibc allocator thresholds {'; '.join(allocator) or 'not recorded'}; "
         + ("thread counts in effect as requested in every process"
            if not mismatched else f"{len(mismatched)} process(es) ran with other thread "
                                   "counts than requested (see process_runs in the JSON)"))
     return lines
+
+
+def _allocator_text(status: dict | None) -> str:
+    """What :mod:`minicnn.allocator` did in a process, from its recorded ``status()``."""
+    if not status:
+        return "not recorded"
+    if not status["tuned"]:
+        return f"left alone ({status['reason']})"
+    return ", ".join(f"{name} {value >> 20} MiB"
+                     for name, value in status["settings"].items()) + " (set by minicnn)"
 
 
 def _layers_table(records: list[dict]) -> list[str]:
