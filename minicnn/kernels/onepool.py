@@ -196,6 +196,15 @@ def _read_grad(dy, n, grid, start, pitch, dbias):
 
 
 @njit(**_JIT)
+def _three_taps(cols, first, start, out_w):
+    """One output row's segment ``[start, start + W_out)`` of the rows of taps ``first``,
+    ``first + 1`` and ``first + 2`` of ``cols``: a 3-wide kernel row, for the stride-2
+    column-pair loops of :func:`_unroll` and :func:`_fold`."""
+    end = start + out_w
+    return cols[first, start:end], cols[first + 1, start:end], cols[first + 2, start:end]
+
+
+@njit(**_JIT)
 def _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
     """``cols[(c, i, j), oh*pitch + ow] = xpad[c, oh*sh + i*dh, ow*sw + j*dw]``.
 
@@ -210,14 +219,9 @@ def _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols):
                 # 2*ow + 1) in one loop, tap 2 the even columns from 2 on. 1.8x faster than
                 # tap by tap, whose every-other-column loops over a row of 16 LLVM vectorised
                 # poorly (see _fold).
-                first = (c * kh + i) * 3
-                tap0, tap1, tap2 = cols[first], cols[first + 1], cols[first + 2]
                 for oh in range(out_h):
                     src = xpad[c, oh * sh + i * dh]
-                    start = oh * pitch
-                    left = tap0[start:start + out_w]
-                    middle = tap1[start:start + out_w]
-                    right = tap2[start:start + out_w]
+                    left, middle, right = _three_taps(cols, (c * kh + i) * 3, oh * pitch, out_w)
                     for ow in range(out_w):
                         left[ow] = src[2 * ow]
                         middle[ow] = src[2 * ow + 1]
@@ -260,14 +264,10 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
                 # whole column pairs (2*ow, 2*ow + 1), and tap 2's ``ow - 1`` lands on tap
                 # 0's column 2*ow: one loop over ``ow`` that LLVM vectorises, 2.5x faster.
                 # Each pixel still adds tap 0 before tap 2, so the sums round as tap by tap.
-                first = (c * kh + i) * 3
-                tap0, tap1, tap2 = dcols[first], dcols[first + 1], dcols[first + 2]
                 for oh in range(out_h):
                     dest = dxpad[c, oh * sh + i * dh]
-                    start = oh * pitch
-                    left = tap0[start:start + out_w]
-                    middle = tap1[start:start + out_w]
-                    right = tap2[start:start + out_w]
+                    left, middle, right = _three_taps(dcols, (c * kh + i) * 3, oh * pitch,
+                                                      out_w)
                     dest[0] += left[0]
                     dest[1] += middle[0]
                     for ow in range(1, out_w):
