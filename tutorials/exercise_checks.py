@@ -87,15 +87,21 @@ def check_conv2d_forward(fn) -> None:
 # 04: the convolution backward pass
 
 
-def library_conv2d_backward(x, weight, dy, stride=1, padding=0):
-    """``(dx, dweight, dbias)`` from ``Conv2d.backward``, with the exercise's signature."""
-    layer = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], stride=stride,
-                      padding=padding, backend="reference", dtype=x.dtype)
+def _gradients(layer, weight, x, dy):
+    """``(dx, weight grad, bias grad)`` of ``layer`` with ``weight`` as its weight: forward
+    ``x``, then backward ``dy`` from zeroed gradients."""
     layer.weight.data[...] = weight
     layer(x)
     layer.zero_grad()
     dx = layer.backward(dy)
     return dx, layer.weight.grad.copy(), layer.bias.grad.copy()
+
+
+def library_conv2d_backward(x, weight, dy, stride=1, padding=0):
+    """``(dx, dweight, dbias)`` from ``Conv2d.backward``, with the exercise's signature."""
+    layer = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], stride=stride,
+                      padding=padding, backend="reference", dtype=x.dtype)
+    return _gradients(layer, weight, x, dy)
 
 
 class ConvWithBackward(Module):
@@ -253,11 +259,7 @@ def check_softmax_cross_entropy(fn) -> None:
 def library_batchnorm2d_backward(dy, x, gamma, eps=1e-5):
     """``(dx, dgamma, dbeta)`` from ``BatchNorm2d.backward`` in training mode."""
     layer = nn.BatchNorm2d(x.shape[1], eps=eps, dtype=x.dtype)
-    layer.weight.data[...] = gamma
-    layer(x)
-    layer.zero_grad()
-    dx = layer.backward(dy)
-    return dx, layer.weight.grad.copy(), layer.bias.grad.copy()
+    return _gradients(layer, gamma, x, dy)
 
 
 class BatchNormWithBackward(Module):
