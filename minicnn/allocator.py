@@ -123,10 +123,11 @@ def status() -> dict:
     return dict(_status) if _status is not None else {"tuned": False, "reason": "not set yet"}
 
 
-def describe() -> str:
-    """One line for reports: what minicnn did to the allocator in this process."""
-    current = status()
+def describe(recorded: dict | None = None) -> str:
+    """One line for reports: what minicnn did to the allocator, in this process or, given a
+    ``recorded`` :func:`status` (a benchmark child's), in that one."""
+    current = status() if recorded is None else recorded
     if not current["tuned"]:
-        return f"left as the system set it ({current['reason']})"
+        return f"left alone ({current['reason']})"
     parts = ", ".join(f"{name} {value >> 20} MiB" for name, value in current["settings"].items())
-    return f"{parts} (set by minicnn; {ENV_VAR}=system leaves them)"
+    return f"{parts} (set by minicnn)"

@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .. import allocator
+
 #: One colour per implementation, the same in every chart.
 COLORS = {"reference": "#8c8c8c", "im2col": "#4c72b0", "numba": "#dd8452", "numpy": "#55a868",
           "torch": "#c44e52", "torch-cl": "#8172b3"}
@@ -154,12 +156,7 @@ def _children_header(results: dict) -> list[str]:
 
 def _allocator_text(status: dict | None) -> str:
     """What :mod:`minicnn.allocator` did in a process, from its recorded ``status()``."""
-    if not status:
-        return "not recorded"
-    if not status["tuned"]:
-        return f"left alone ({status['reason']})"
-    return ", ".join(f"{name} {value >> 20} MiB"
-                     for name, value in status["settings"].items()) + " (set by minicnn)"
+    return allocator.describe(status) if status else "not recorded"
 
 
 def _layers_table(records: list[dict]) -> list[str]:
