@@ -14,8 +14,8 @@
 #    over *views* of the padded input, with no unrolled matrix at all;
 # 4. find where a training step spends its time, and how close each layer gets to your
 #    machine's matrix-multiply peak;
-# 5. measure two small overheads that shaped the kernels: waking a thread pool, and loops
-#    that Numba cannot vectorise;
+# 5. measure the small overheads that shaped the kernels: waking a thread pool, loops that
+#    Numba cannot vectorise, and memory faulted back in between training steps;
 # 6. look at memory layout and precision;
 #
 # and finally write the shift trick yourself.
@@ -26,6 +26,10 @@
 
 # %%
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
 
 import matplotlib.pyplot as plt
@@ -648,6 +652,64 @@ print(f"column pairs are {fold_times['tap by tap'][1] / fold_times['column pairs
       "faster")
 
 # %% [markdown]
+# **Memory given back, then faulted in again.** A training step frees and allocates the same
+# large arrays every time. With glibc's default settings, `free` hands memory at the top of
+# the heap back to the operating system, and the next step takes it back one 4 KiB page at a
+# time, each page zeroed by the kernel: a *page fault* per page. The benchmark found it by
+# accident: in every setting the first process, which had run one extra forward pass before
+# timing, was 15-35 % faster than the others. So `import minicnn` raises two of glibc's
+# thresholds (`minicnn/allocator.py`) and the memory stays with the process.
+# `MINICNN_ALLOCATOR=system` leaves glibc alone. Here are LeNet-5's training steps in two
+# fresh processes, one each way, with the page faults the operating system counted:
+
+# %%
+STEP_FAULTS = """
+import json, resource, time
+import numpy as np
+import minicnn
+from minicnn import models, nn, optim
+
+rng = np.random.default_rng(0)
+model = models.lenet5(backend="numba", rng=0)
+opt, loss = optim.SGD(model.parameters(), lr=0.01), nn.CrossEntropyLoss()
+x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+labels = rng.integers(0, 10, 64)
+
+def step():
+    opt.zero_grad()
+    loss(model(x), labels)
+    model.backward(loss.backward(), need_input_grad=False)
+    opt.step()
+
+for _ in range(3):
+    step()
+faults, times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+for _ in range(STEPS):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+print(json.dumps({"ms": 1e3 * float(np.median(times)), "faults": faults / STEPS,
+                  "allocator": minicnn.allocator.describe()}))
+""".replace("STEPS", "10" if FAST else "40")
+
+step_runs = {}
+for choice in ("system", "tuned"):
+    child = subprocess.run([sys.executable, "-c", STEP_FAULTS], capture_output=True, text=True,
+                           env=dict(os.environ, MINICNN_ALLOCATOR=choice), check=True)
+    step_runs[choice] = json.loads(child.stdout)
+    run = step_runs[choice]
+    print(f"MINICNN_ALLOCATOR={choice:<7} {run['ms']:6.2f} ms per step, "
+          f"{run['faults']:6.0f} page faults per step  (allocator: {run['allocator']})")
+
+# %% [markdown]
+# On glibc the `tuned` process should fault almost never. The `system` one faults a few
+# hundred pages per step, and its step is slower by roughly what those faults cost: a
+# microsecond or two each, kernel time in the middle of your training loop. If both lines
+# say "left alone", your C library is not glibc, or you set glibc's allocator yourself.
+# The lesson reaches beyond allocators: when one run of a benchmark is consistently faster
+# than the others, find out why. Here the faster run was the right one.
+#
 # ## 6. Memory layout and precision
 #
 # NumPy arrays are stored row-major: in an NCHW array the W axis is contiguous, and `strides`
