@@ -48,7 +48,8 @@ def _pad_plane(x, n, c, top, left, xpad):
 @njit(**_JIT)
 def _forward_chunk(args, thread, n_threads):
     """``y[n, c] = bias[c] + sum_ij weights[c, i, j] * xpad[n, c] shifted by (i*dH, j*dW)``
-    for this thread's planes; ``args`` as in :func:`minicnn.kernels.onepool._forward_shift_chunk`."""
+    for this thread's planes; ``args = (x, weights, bias, has_bias, y) + plan`` (the plan of
+    :func:`minicnn.kernels.onepool._plan`)."""
     x, weights, bias, has_bias, y = args[:5]
     kh, kw, _, _, dh, dw, top, left, padded_h, padded_w = args[5:15]
     channels = x.shape[1]
@@ -106,7 +107,7 @@ def _weight_grad_taps(grid, margin, flat, kh, kw, dh, dw, padded_w, length, dwei
 def _backward_chunk(args, thread, n_threads):
     """Backward of :func:`_forward_chunk` for this thread's planes: ``dW`` and ``db`` into
     ``dw_partial[thread]`` (C, kH, kW) and ``db_partial[thread]``, ``dx`` (when asked) plane
-    by plane; ``args`` as in :func:`minicnn.kernels.onepool._backward_shift_chunk`.
+    by plane; ``args = (x, dy, weights, dx, need_input_grad, dw_partial, db_partial) + plan``.
 
     ``dY`` sits on the wide grid after a zero margin of ``(kH-1)*dH*Wp + (kW-1)*dW`` values,
     so the input gradient is a *gather*, like the forward pass: ``dX_pad[p] = sum_ij

@@ -34,6 +34,7 @@ from . import depthwise, onepool, parallel
 from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
 from .geometry import output_size, pad_nchw
 from .im2col import im2col
+from .maxpool2x2 import max_row_pair
 from .parallel import share
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
@@ -261,6 +262,33 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     return dx, dweight, dbias
 
 
+def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, groups, maxpool):
+    """``Conv2d -> ReLU`` (``-> MaxPool2d(2)`` when ``maxpool``) in one pass, for layers the
+    one-pool kernels run (:func:`minicnn.kernels.onepool.conv2d_relu_forward`); ``None`` for
+    the others, which the caller then runs layer by layer. The caller checks that the
+    convolution's output is at least 2x2 when ``maxpool``.
+
+    Returns ``(y, pooled, conv_ctx, pool_ctx)``: the ReLU's output, the pooling's output
+    (``None`` without ``maxpool``), and the contexts :func:`conv2d_backward` and
+    :func:`maxpool2d_backward` would get from the layers run one by one, so each layer can
+    still run its own backward.
+    """
+    if not (USE_ONEPOOL and onepool.supports(x.dtype, weight, groups)):
+        return None
+    y, pooled, argmax, ctx = onepool.conv2d_relu_forward(x, weight, bias, stride, padding,
+                                                         dilation, maxpool)
+    pool_ctx = (y.shape[2], y.shape[3], argmax, True) if maxpool else None
+    return y, pooled, ("onepool", ctx), pool_ctx
+
+
+def conv2d_relu_backward(dy, conv_ctx, y, pooled=None, pool_ctx=None, need_input_grad=True):
+    """Backward of :func:`conv2d_relu_forward`, from the gradient ``dy`` of the block's output
+    (the pooling's when ``pool_ctx`` is given, else the ReLU's): ``(dx or None, dweight,
+    dbias or None)``, the numbers the three layers' backward passes give."""
+    argmax = None if pool_ctx is None else pool_ctx[2]
+    return onepool.conv2d_relu_backward(dy, conv_ctx[1], y, need_input_grad, pooled, argmax)
+
+
 def _depthwise_backward(dy, ctx, need_input_grad):
     _, x_shape, weight, has_bias, x_padded, (sh, sw), (top, _, left, _), (dh, dw) = ctx
     height, width = x_shape[2], x_shape[3]
@@ -349,35 +377,16 @@ def _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w):
 @njit(**_JIT)
 def _maxpool_2x2_planes(args, thread, n_threads):
     """:func:`_maxpool_forward_unpadded` for the common 2x2 window with stride 2, ``args =
-    (x, argmax, y)``: written over row slices with the four cells unrolled (no index can be
-    negative, so Numba adds no wrap-around checks), 3x faster on 64x32x28x28. Same tie and NaN
-    rule, cells taken in row-major order."""
+    (x, argmax, y)``: one :func:`~minicnn.kernels.maxpool2x2.max_row_pair` per row pair (the
+    four cells unrolled, 3x faster on 64x32x28x28). Same tie and NaN rule."""
     x, argmax, y = args
     first, last = share(x.shape[0] * x.shape[1], thread, n_threads)
     channels, width = x.shape[1], x.shape[3]
-    out_h, out_w = y.shape[2], y.shape[3]
     for task in range(first, last):
         n, c = task // channels, task % channels
-        for oh in range(out_h):
-            top_row = x[n, c, 2 * oh]
-            bottom_row = x[n, c, 2 * oh + 1]
-            best_row = y[n, c, oh]
-            index_row = argmax[n, c, oh]
-            base = 2 * oh * width
-            for ow in range(out_w):
-                best = top_row[2 * ow]
-                index = base + 2 * ow
-                value = top_row[2 * ow + 1]
-                if value > best or value != value:
-                    best, index = value, base + 2 * ow + 1
-                value = bottom_row[2 * ow]
-                if value > best or value != value:
-                    best, index = value, base + width + 2 * ow
-                value = bottom_row[2 * ow + 1]
-                if value > best or value != value:
-                    best, index = value, base + width + 2 * ow + 1
-                best_row[ow] = best
-                index_row[ow] = index
+        for oh in range(y.shape[2]):
+            max_row_pair(x[n, c, 2 * oh], x[n, c, 2 * oh + 1], y[n, c, oh], argmax[n, c, oh],
+                         2 * oh * width, width)
 
 
 @njit(**_JIT)

@@ -39,7 +39,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from . import blas, parallel
+from . import blas, parallel, pointwise
+from .maxpool2x2 import max_row_pair
 from . import threads as _threads  # also chooses Numba's threading layer before first use
 from .geometry import output_size
 from .parallel import share
@@ -75,6 +76,11 @@ SHIFT_GROUP = 2
 #: alone at 1 thread: 128 and 256 equally fast, 512 and 1024 10-25 % slower; whole layers at 2
 #: threads: 128-512 within the noise.
 WEIGHT_GRAD_SLAB = 256
+
+#: What the output pass does after adding the bias: nothing, a ReLU, or a ReLU and 2x2 max
+#: pooling with stride 2 (:func:`conv2d_relu_forward`); backward reads its gradient through
+#: the pooling and the ReLU in the last case (:func:`_read_grad`).
+PLAIN, RELU, RELU_MAXPOOL = 0, 1, 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,9 +171,27 @@ def _unstack_from(dxbuf, slot, gap_v, gap_h, block, pitch, dx, n):
 
 
 @njit(**_JIT)
-def _write_output(grid, start, bias, has_bias, pitch, y, n):
+def _write_output(grid, start, bias, has_bias, pitch, y, n, epilogue, pooled, argmax):
     """``y[n, co, oh, ow] = grid[co, start + oh*pitch + ow] + bias[co]``: the output pass,
-    which drops the garbage columns of the padded-width grid."""
+    which drops the garbage columns of the padded-width grid.
+
+    With ``epilogue`` :data:`RELU` it writes ``max(value, 0)`` instead (NaN kept, the rule of
+    :func:`minicnn.kernels.pointwise.relu_forward`); with :data:`RELU_MAXPOOL` it also pools
+    every finished pair of rows into ``pooled[n]`` and ``argmax[n]`` (N, C_out, H_out//2,
+    W_out//2) while they are in cache, with the pooling layer's own rule
+    (:func:`~minicnn.kernels.maxpool2x2.max_row_pair`). Both give exactly what the separate
+    layers give: a ReLU and a maximum only pick values, they never round."""
+    if epilogue == PLAIN:
+        _write_biased(grid, start, bias, has_bias, pitch, y, n)
+    else:
+        _write_rectified(grid, start, bias, has_bias, pitch, y, n, epilogue == RELU_MAXPOOL,
+                         pooled, argmax)
+
+
+# Two loops, not one with the epilogue tested inside: with the test inside, LLVM stopped
+# vectorising the plain copy (MNIST's first convolution forward 0.70 -> 1.9 ms).
+@njit(**_JIT)
+def _write_biased(grid, start, bias, has_bias, pitch, y, n):
     out_h, out_w = y.shape[2], y.shape[3]
     for co in range(y.shape[1]):
         b = bias[co] if has_bias else grid.dtype.type(0)
@@ -179,20 +203,109 @@ def _write_output(grid, start, bias, has_bias, pitch, y, n):
 
 
 @njit(**_JIT)
-def _read_grad(dy, n, grid, start, pitch, dbias):
-    """``grid[co, start + oh*pitch + ow] = dy[n, co, oh, ow]`` and ``dbias[co] += sum dy[n, co]``
-    in the same pass. Only valid positions are written: the caller allocated ``grid`` zeroed,
-    and nothing else ever writes its garbage columns, so they stay zero."""
+def _write_rectified(grid, start, bias, has_bias, pitch, y, n, maxpool, pooled, argmax):
+    out_h, out_w = y.shape[2], y.shape[3]
+    zero = grid.dtype.type(0)
+    for co in range(y.shape[1]):
+        b = bias[co] if has_bias else zero
+        for oh in range(out_h):
+            src = grid[co, start + oh * pitch:start + oh * pitch + out_w]
+            dest = y[n, co, oh]
+            for ow in range(out_w):
+                value = src[ow] + b
+                dest[ow] = value if not value < zero else zero
+        if maxpool:
+            for ph in range(pooled.shape[2]):
+                max_row_pair(y[n, co, 2 * ph], y[n, co, 2 * ph + 1], pooled[n, co, ph],
+                             argmax[n, co, ph], 2 * ph * out_w, out_w)
+
+
+@njit(**_JIT)
+def _read_grad(dy, n, grid, start, pitch, dbias, prologue, y, pooled, argmax):
+    """``grid[co, start + oh*pitch + ow] = dz[n, co, oh, ow]`` and ``dbias[co] += sum dz[n,
+    co]`` in the same pass, where ``dz`` is the gradient at the convolution's output (shape
+    ``y.shape``):
+
+    - :data:`PLAIN`: ``dy`` itself (``y`` only gives the shape);
+    - :data:`RELU_MAXPOOL`: ``dy`` is the gradient of the *pooled* output: each window's
+      gradient goes to its winner (``argmax``) where the pooled value is > 0 (or NaN), 0
+      everywhere else: the pooling layer's backward, then the ReLU's (the winner's value is
+      the pooled value, so its sign is the one the ReLU would read).
+
+    Only valid positions are written: the caller allocated ``grid`` zeroed, and nothing else
+    ever writes its garbage columns, so they stay zero. The bias gradient adds ``dz`` in the
+    same order in every mode (:func:`_channel_total`), so fused and separate layers give the
+    same bits. (One loop per mode, not one loop testing the mode: see :func:`_write_output`.)"""
+    if prologue == PLAIN:
+        _read_plain(dy, n, grid, start, pitch, dbias)
+    else:
+        _read_unpooled(dy, pooled, argmax, n, grid, start, pitch, dbias, y.shape[2],
+                       y.shape[3])
+
+
+@njit(**_JIT)
+def _read_plain(dy, n, grid, start, pitch, dbias):
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
+    columns = np.empty(out_w, dtype=dy.dtype)
     for co in range(c_out):
-        total = dy.dtype.type(0)
         for oh in range(out_h):
             src = dy[n, co, oh]
             dest = grid[co, start + oh * pitch:start + oh * pitch + out_w]
             for ow in range(out_w):
                 dest[ow] = src[ow]
-                total += src[ow]
-        dbias[co] += total
+        dbias[co] += _channel_total(grid, co, start, pitch, out_h, columns)
+
+
+@njit(**_JIT)
+def _read_unpooled(dy, pooled, argmax, n, grid, start, pitch, dbias, out_h, out_w):
+    """:data:`RELU_MAXPOOL`: zero the channel's valid positions, then write each window's
+    gradient (or 0, where the pooled value is <= 0) at its winner."""
+    c_out, pooled_h, pooled_w = dy.shape[1], dy.shape[2], dy.shape[3]
+    zero = dy.dtype.type(0)
+    columns = np.empty(out_w, dtype=dy.dtype)
+    masked = np.empty(pooled_w, dtype=dy.dtype)
+    where = np.empty(pooled_w, dtype=np.intp)
+    skip = pitch - out_w    # a bottom-row winner sits this much further on the grid
+    for co in range(c_out):
+        for oh in range(out_h):
+            dest = grid[co, start + oh * pitch:start + oh * pitch + out_w]
+            for ow in range(out_w):
+                dest[ow] = zero
+        for ph in range(pooled_h):
+            base = 2 * ph * out_w
+            winners, grads, values = argmax[n, co, ph], dy[n, co, ph], pooled[n, co, ph]
+            pair = grid[co, start + 2 * ph * pitch:start + (2 * ph + 1) * pitch + out_w]
+            # The choices in loops of their own, which vectorise (blends): in the scatter
+            # loop LLVM made them branches, mispredicted on every other window (half the
+            # pooled values are 0 after the ReLU).
+            for pw in range(pooled_w):
+                masked[pw] = zero if values[pw] <= zero else grads[pw]
+            for pw in range(pooled_w):
+                local = winners[pw] - base      # in [0, 2*W_out): the top or the bottom row
+                where[pw] = local + (skip if local >= out_w else 0)
+            for pw in range(pooled_w):
+                pair[where[pw]] = masked[pw]
+        dbias[co] += _channel_total(grid, co, start, pitch, out_h, columns)
+
+
+@njit(**_JIT)
+def _channel_total(grid, co, start, pitch, out_h, columns):
+    """The sum of channel ``co``'s ``out_h x len(columns)`` valid grid positions: down each
+    column first (a row of running totals, which vectorises), then across the columns, in a
+    fixed order, so the same for every mode and thread count. One running total over the
+    positions in row-major order was a chain of dependent adds: 0.57 ms of MNIST conv1's
+    backward at one thread (64 x 32 x 28 x 28 values), about a third of the layer."""
+    out_w = columns.size
+    for ow in range(out_w):
+        columns[ow] = 0
+    for oh in range(out_h):
+        row = grid[co, start + oh * pitch:start + oh * pitch + out_w]
+        for ow in range(out_w):
+            columns[ow] += row[ow]
+    total = columns.dtype.type(0)
+    for ow in range(out_w):
+        total += columns[ow]
+    return total
 
 
 @njit(**_JIT)
@@ -322,16 +435,18 @@ def _unroll_slab(xbuf, first, count, kh, kw, dh, dw, row0, col0, pitch, cols):
 # ``args`` types, and so do the two backward paths, so each pair shares one compiled parallel
 # loop: the weights are always a stack of matrices (the shift path's ``kH*kW`` taps, the unroll
 # path's single unrolled matrix), and ``args`` ends with the same 18 ints, the *plan*
-# (:func:`_plan`; flat, because a parallel loop cannot take a tuple nested in a tuple).
+# (:func:`_plan`; flat, because a parallel loop cannot take a tuple nested in a tuple). Both
+# directions also take the fused ReLU / pooling mode and its arrays (empty when unused):
+# ``epilogue, pooled, argmax`` forward, ``prologue, y, pooled, argmax`` backward.
 # --------------------------------------------------------------------------------------------
 @njit(**_JIT)
 def _forward_shift_chunk(args, thread, n_threads):
     """Stride 1, ``group`` samples per GEMM on the stacked layout: for a group of ``g``
     samples each tap's input is one strided ``(C_in, span)`` view of the buffer, so ``kH*kW``
     GEMMs ``Y += W_tap @ X_tap`` cover the whole group."""
-    x, w_taps, bias, has_bias, y = args[:5]
+    x, w_taps, bias, has_bias, y, epilogue, pooled, argmax = args[:8]
     kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
-        group = args[5:]
+        group = args[8:]
     first, last = share(x.shape[0], thread, n_threads)
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
@@ -348,7 +463,8 @@ def _forward_shift_chunk(args, thread, n_threads):
                   xbuf[0, offset:], channel_length, 0.0 if tap == 0 else 1.0, grid,
                   grid.shape[1])
         for slot in range(count):
-            _write_output(grid, slot * block * pitch, bias, has_bias, pitch, y, n0 + slot)
+            _write_output(grid, slot * block * pitch, bias, has_bias, pitch, y, n0 + slot,
+                          epilogue, pooled, argmax)
 
 
 @njit(**_JIT)
@@ -362,13 +478,14 @@ def _backward_shift_chunk(args, thread, n_threads):
     once instead of once per tap: MNIST conv2's weight gradient 4.7 -> 3.2 ms at one thread
     (benchmarks/RESULTS.md). The bias gradient goes into ``db_partial[thread]``, and
     ``dX_tap += W_tapᵀ @ dY`` into this thread's buffer, then unstacked into ``dx``."""
-    x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial = args[:7]
+    x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax = \
+        args[:11]
     kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
-        group = args[7:]
+        group = args[11:]
     first, last = share(x.shape[0], thread, n_threads)
     dw_transposed, dbias = dw_partial[thread], db_partial[thread]
     channels = x.shape[1]
-    c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
     dxbuf = np.empty((channels if need_input_grad else 0, channel_length), dtype=x.dtype)
     grid = np.zeros((c_out, group * block * pitch), dtype=x.dtype)
@@ -378,7 +495,8 @@ def _backward_shift_chunk(args, thread, n_threads):
         count = min(group, last - n0)
         for slot in range(count):
             _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
-            _read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias)
+            _read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias, prologue, y,
+                       pooled, argmax)
         span = ((count - 1) * block + out_h - 1) * pitch + out_w
         for start in range(0, span, slab):
             length = min(slab, span - start)
@@ -405,8 +523,8 @@ def _backward_shift_chunk(args, thread, n_threads):
 def _forward_unroll_chunk(args, thread, n_threads):
     """One sample at a time: unroll its windows into ``cols`` (K, L), ``Y = W @ cols``
     (``W`` is ``weights[0]``, the unrolled (C_out, K) matrix)."""
-    x, weights, bias, has_bias, y = args[:5]
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[5:15]
+    x, weights, bias, has_bias, y, epilogue, pooled, argmax = args[:8]
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[8:18]
     first, last = share(x.shape[0], thread, n_threads)
     w_matrix = weights[0]
     channels = x.shape[1]
@@ -422,19 +540,20 @@ def _forward_unroll_chunk(args, thread, n_threads):
         _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
         _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, length, k, w_matrix, k, cols, length, 0.0,
               grid, length)
-        _write_output(grid, 0, bias, has_bias, pitch, y, n)
+        _write_output(grid, 0, bias, has_bias, pitch, y, n, epilogue, pooled, argmax)
 
 
 @njit(**_JIT)
 def _backward_unroll_chunk(args, thread, n_threads):
     """Backward of :func:`_forward_unroll_chunk`: ``dW += dY @ colsᵀ`` into this thread's
     partial ``dw_partial[thread, 0]`` (C_out, K); ``dx = fold(Wᵀ @ dY)``."""
-    x, dy, weights, dx, need_input_grad, dw_partial, db_partial = args[:7]
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[7:17]
+    x, dy, weights, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax = \
+        args[:11]
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[11:21]
     first, last = share(x.shape[0], thread, n_threads)
     w_matrix, dweight, dbias = weights[0], dw_partial[thread, 0], db_partial[thread]
     channels = x.shape[1]
-    c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     pitch = padded_w if sh == 1 and sw == 1 else out_w
     length = (out_h - 1) * pitch + out_w
     k = w_matrix.shape[1]
@@ -445,7 +564,7 @@ def _backward_unroll_chunk(args, thread, n_threads):
     grid = np.zeros((c_out, length), dtype=x.dtype)
     for n in range(first, last):
         _pad_into(x, n, top, left, xpad)
-        _read_grad(dy, n, grid, 0, pitch, dbias)
+        _read_grad(dy, n, grid, 0, pitch, dbias, prologue, y, pooled, argmax)
         _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
         # dWᵀ (K, C_out) += cols (K, L) @ dYᵀ (L, C_out)
         _gemm(blas.NO_TRANS, blas.TRANS, k, c_out, length, cols, length, grid, length, 1.0,
@@ -530,6 +649,32 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
 
     Only for layers :func:`supports` accepts; ``ctx`` keeps the input itself (backward pads
     and unrolls it again, which costs less than keeping an unrolled copy)."""
+    y, _, _, ctx = _forward(x, weight, bias, stride, padding, dilation, PLAIN)
+    return y, ctx
+
+
+def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, maxpool=False):
+    """``Conv2d -> ReLU`` (``-> MaxPool2d(2)`` when ``maxpool``) in one pass: the ReLU and the
+    2x2 pooling with stride 2 run in the convolution's output pass (:func:`_write_output`)
+    instead of as two more passes over the convolution's output.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, H_out, W_out)
+        The ReLU's output (what the ReLU layer keeps for its backward).
+    pooled, argmax : ndarray (N, C_out, H_out // 2, W_out // 2) or None
+        The pooling's output and the flat position of each window's winner in its
+        ``H_out x W_out`` plane (int32), as :func:`minicnn.kernels.numba_backend.maxpool2d_forward`
+        gives them; ``None`` without ``maxpool``. The caller checks ``H_out, W_out >= 2``.
+    ctx
+        As :func:`conv2d_forward`'s, for :func:`conv2d_relu_backward` (or
+        :func:`conv2d_backward` with the gradient at the convolution's output).
+    """
+    return _forward(x, weight, bias, stride, padding, dilation,
+                    RELU_MAXPOOL if maxpool else RELU)
+
+
+def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     x = np.ascontiguousarray(x)
     geometry = _geometry(x.shape, weight.shape, stride, padding, dilation)
     kh, kw, sh, sw, _, _, _, _, _, _, out_h, out_w = geometry
@@ -550,17 +695,77 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     has_bias = bias is not None
     bias_arg = np.ascontiguousarray(bias) if has_bias else np.zeros(1, dtype=x.dtype)
     y = np.empty((x.shape[0], c_out, out_h, out_w), dtype=x.dtype)
+    pooled_shape = (x.shape[0], c_out, out_h // 2, out_w // 2) if epilogue == RELU_MAXPOOL \
+        else (0, 0, 0, 0)
+    pooled = np.empty(pooled_shape, dtype=x.dtype)
+    argmax = np.empty(pooled_shape, dtype=np.int32)
     with _threads.blas_single_threaded():
-        parallel.run(chunk, (x, weights, bias_arg, has_bias, y) + plan, _n_threads(x),
-                     x.dtype)
-    return y, (x, weight.shape, weights, has_bias, plan, layout is not None)
+        parallel.run(chunk, (x, weights, bias_arg, has_bias, y, epilogue, pooled, argmax) + plan,
+                     _n_threads(x), x.dtype)
+    ctx = (x, weight.shape, weights, has_bias, plan, layout is not None)
+    if epilogue != RELU_MAXPOOL:
+        return y, None, None, ctx
+    return y, pooled, argmax, ctx
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
     """Convolution backward: ``(dx or None, dweight, dbias or None)``."""
+    dy = np.ascontiguousarray(dy)
+    _check_shape("dy", dy, _output_shape(ctx))
+    return _backward(dy, ctx, need_input_grad, PLAIN, dy, None, None)
+
+
+def conv2d_relu_backward(dy, ctx, y, need_input_grad=True, pooled=None, argmax=None):
+    """Backward of :func:`conv2d_relu_forward`: ``(dx or None, dweight, dbias or None)``.
+
+    ``dy`` is the gradient of the block's output (the ReLU's, or with ``pooled`` and
+    ``argmax`` the pooling's); ``y``, ``pooled`` and ``argmax`` are what the forward returned.
+    With pooling, the pooling's scatter and the ReLU's mask happen as the convolution's
+    backward reads its gradient (:func:`_read_grad`): the same numbers as the three layers'
+    backward passes, one pass over memory instead of three. Without, the ReLU's backward runs
+    first (:func:`minicnn.kernels.pointwise.relu_backward`)."""
+    out_shape = _output_shape(ctx)
+    _check_shape("y", y, out_shape)
+    dy = np.ascontiguousarray(dy)
+    if pooled is None:
+        # The ReLU's mask as a pass of its own, over the whole flat array: done row by row in
+        # the copy onto the grid, its choice became a mispredicted branch in each row's
+        # leftover elements, and the fused backward was slower than the two layers (MNIST
+        # conv1's shape: 1.3 against 0.6 ms at one thread).
+        _check_shape("dy", dy, out_shape)
+        dz = pointwise.relu_backward(dy, y)
+        return _backward(dz, ctx, need_input_grad, PLAIN, dz, None, None)
+    pooled_shape = out_shape[:2] + (out_shape[2] // 2, out_shape[3] // 2)
+    for name, array in (("dy", dy), ("pooled", pooled), ("argmax", argmax)):
+        _check_shape(name, array, pooled_shape)
+    return _backward(dy, ctx, need_input_grad, RELU_MAXPOOL, y, pooled, argmax)
+
+
+def _output_shape(ctx):
+    """The convolution's output shape (N, C_out, H_out, W_out), from its ``ctx``."""
+    x, weight_shape, _, _, plan, _ = ctx
+    kh, kw, sh, sw, dh, dw, _, _, padded_h, padded_w = plan[:10]
+    # The padded buffers end at the last row/column a window reads (:func:`_geometry`).
+    return (x.shape[0], weight_shape[0], (padded_h - (kh - 1) * dh - 1) // sh + 1,
+            (padded_w - (kw - 1) * dw - 1) // sw + 1)
+
+
+def _check_shape(name, array, expected):
+    # The kernels index these arrays without bounds checks: a wrong shape would read or
+    # write outside them (a crash, not an error). Layers check first; this guards callers.
+    if array.shape != tuple(expected):
+        raise ValueError(f"onepool convolution backward: expected {name} of shape "
+                         f"{tuple(expected)}, got {array.shape}")
+
+
+def _backward(dy, ctx, need_input_grad, prologue, y, pooled, argmax):
     x, weight_shape, weights, has_bias, plan, shift = ctx
     kh, kw = plan[0], plan[1]
-    dy = np.ascontiguousarray(dy)
+    y = np.ascontiguousarray(y)
+    if pooled is None:
+        pooled = np.empty((0, 0, 0, 0), dtype=x.dtype)
+        argmax = np.empty((0, 0, 0, 0), dtype=np.int32)
+    pooled, argmax = np.ascontiguousarray(pooled), np.ascontiguousarray(argmax)
     need_input_grad = bool(need_input_grad)
     dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
     n_threads = _n_threads(x)
@@ -573,7 +778,8 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
     chunk = _backward_shift_chunk if shift else _backward_unroll_chunk
     with _threads.blas_single_threaded():
-        parallel.run(chunk, (x, dy, weights, dx, need_input_grad, dw_partial, db_partial) + plan,
+        parallel.run(chunk, (x, dy, weights, dx, need_input_grad, dw_partial, db_partial,
+                             prologue, y, pooled, argmax) + plan,
                      n_threads, x.dtype)
     # Add the threads' partial sums in a fixed order: the same result for a given thread count.
     dweight, dbias = dw_partial[0], db_partial[0]
