@@ -43,6 +43,12 @@ class ReLU(Module):
         # 64x32x28x28). ``maximum`` also keeps NaN as NaN, as PyTorch does.
         return self._output(np.maximum(x, x.dtype.type(0)))
 
+    def _remember(self, y: np.ndarray) -> np.ndarray:
+        """Keep ``y`` as if this layer's numba forward had produced it (a fused block did:
+        :mod:`minicnn.nn.fusion`); returns ``y``."""
+        self._mask, self._y = None, y
+        return self._output(y)
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._y is not None:
             dy = self._check_dy(dy, self._y)

@@ -92,7 +92,9 @@ class Conv2d(Module):
                 output_size(h, self.kernel_size[0], self.stride[0], top, bottom, self.dilation[0]),
                 output_size(w, self.kernel_size[1], self.stride[1], left, right, self.dilation[1]))
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def _prepare(self, x):
+        """Check ``x`` and pick the kernels: ``(x, backend name, weight, bias)``, the weights in
+        ``x``'s dtype. Raises before any state changes."""
         x = check_input("Conv2d", x, 4, self.in_channels)
         top, bottom, left, right = self._pads
         padded = (x.shape[2] + top + bottom, x.shape[3] + left + right)
@@ -101,13 +103,17 @@ class Conv2d(Module):
             raise ValueError(
                 f"Conv2d: kernel {self.kernel_size} (dilation {self.dilation}, effective "
                 f"{span}) is larger than the padded input {padded} (input {x.shape[2:]})")
-        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
         backend_name = self.backend or kernels.get_default_backend()
-        backend = kernels.get(backend_name)
         weight = as_dtype(self.weight.data, x.dtype)
         bias = None if self.bias is None else as_dtype(self.bias.data, x.dtype)
-        y, ctx = backend.conv2d_forward(x, weight, bias, self.stride, self._pads,
-                                        self.dilation, self.groups)
+        return x, backend_name, weight, bias
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x, backend_name, weight, bias = self._prepare(x)
+        y, ctx = kernels.get(backend_name).conv2d_forward(x, weight, bias, self.stride,
+                                                          self._pads, self.dilation,
+                                                          self.groups)
+        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
         self._ctx = (backend_name, ctx)
         return self._output(y)
 
@@ -116,12 +122,14 @@ class Conv2d(Module):
         ``need_input_grad`` is False, which skips the most expensive product)."""
         dy = self._check_dy(dy, self._ctx)
         backend_name, ctx = self._ctx
-        backend = kernels.get(backend_name)
-        dx, dweight, dbias = backend.conv2d_backward(dy, ctx, need_input_grad)
+        dx, dweight, dbias = kernels.get(backend_name).conv2d_backward(dy, ctx, need_input_grad)
+        self._accumulate(dweight, dbias)
+        return dx
+
+    def _accumulate(self, dweight: np.ndarray, dbias: np.ndarray | None) -> None:
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
             self.bias.accumulate_grad(dbias)
-        return dx
 
     def extra_repr(self) -> str:
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

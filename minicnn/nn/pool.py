@@ -72,6 +72,11 @@ class MaxPool2d(_Pool2d):
         backend_name = self.backend or kernels.get_default_backend()
         backend = kernels.get(backend_name)
         y, ctx = backend.maxpool2d_forward(x, self.kernel_size, self.stride, self._pads)
+        return self._remember(backend_name, ctx, y)
+
+    def _remember(self, backend_name: str, ctx, y: np.ndarray) -> np.ndarray:
+        """Keep the backend's ``ctx`` for backward and ``y``'s shape; returns ``y`` (also
+        called by a fused block that pooled for this layer: :mod:`minicnn.nn.fusion`)."""
         self._ctx = (backend_name, ctx)
         return self._output(y)
 
