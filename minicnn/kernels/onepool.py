@@ -436,17 +436,18 @@ def _unroll_slab(xbuf, first, count, kh, kw, dh, dw, row0, col0, pitch, cols):
 # loop: the weights are always a stack of matrices (the shift path's ``kH*kW`` taps, the unroll
 # path's single unrolled matrix), and ``args`` ends with the same 18 ints, the *plan*
 # (:func:`_plan`; flat, because a parallel loop cannot take a tuple nested in a tuple). Both
-# directions also take the fused ReLU / pooling mode and its arrays (empty when unused):
-# ``epilogue, pooled, argmax`` forward, ``prologue, y, pooled, argmax`` backward.
+# directions also take the fused ReLU / pooling mode and its arrays (empty when unused) and
+# the pass that uses them, as a function pointer (:func:`_pass_pointer`): ``epilogue, pooled,
+# argmax, write_output`` forward, ``prologue, y, pooled, argmax, read_grad`` backward.
 # --------------------------------------------------------------------------------------------
 @njit(**_JIT)
 def _forward_shift_chunk(args, thread, n_threads):
     """Stride 1, ``group`` samples per GEMM on the stacked layout: for a group of ``g``
     samples each tap's input is one strided ``(C_in, span)`` view of the buffer, so ``kH*kW``
     GEMMs ``Y += W_tap @ X_tap`` cover the whole group."""
-    x, w_taps, bias, has_bias, y, epilogue, pooled, argmax = args[:8]
+    x, w_taps, bias, has_bias, y, epilogue, pooled, argmax, write_output = args[:9]
     kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
-        group = args[8:]
+        group = args[9:]
     first, last = share(x.shape[0], thread, n_threads)
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
@@ -463,7 +464,7 @@ def _forward_shift_chunk(args, thread, n_threads):
                   xbuf[0, offset:], channel_length, 0.0 if tap == 0 else 1.0, grid,
                   grid.shape[1])
         for slot in range(count):
-            _write_output(grid, slot * block * pitch, bias, has_bias, pitch, y, n0 + slot,
+            write_output(grid, slot * block * pitch, bias, has_bias, pitch, y, n0 + slot,
                           epilogue, pooled, argmax)
 
 
@@ -478,10 +479,10 @@ def _backward_shift_chunk(args, thread, n_threads):
     once instead of once per tap: MNIST conv2's weight gradient 4.7 -> 3.2 ms at one thread
     (benchmarks/RESULTS.md). The bias gradient goes into ``db_partial[thread]``, and
     ``dX_tap += W_tapᵀ @ dY`` into this thread's buffer, then unstacked into ``dx``."""
-    x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax = \
-        args[:11]
+    x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax, \
+        read_grad = args[:12]
     kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
-        group = args[11:]
+        group = args[12:]
     first, last = share(x.shape[0], thread, n_threads)
     dw_transposed, dbias = dw_partial[thread], db_partial[thread]
     channels = x.shape[1]
@@ -495,7 +496,7 @@ def _backward_shift_chunk(args, thread, n_threads):
         count = min(group, last - n0)
         for slot in range(count):
             _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
-            _read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias, prologue, y,
+            read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias, prologue, y,
                        pooled, argmax)
         span = ((count - 1) * block + out_h - 1) * pitch + out_w
         for start in range(0, span, slab):
@@ -523,8 +524,8 @@ def _backward_shift_chunk(args, thread, n_threads):
 def _forward_unroll_chunk(args, thread, n_threads):
     """One sample at a time: unroll its windows into ``cols`` (K, L), ``Y = W @ cols``
     (``W`` is ``weights[0]``, the unrolled (C_out, K) matrix)."""
-    x, weights, bias, has_bias, y, epilogue, pooled, argmax = args[:8]
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[8:18]
+    x, weights, bias, has_bias, y, epilogue, pooled, argmax, write_output = args[:9]
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[9:19]
     first, last = share(x.shape[0], thread, n_threads)
     w_matrix = weights[0]
     channels = x.shape[1]
@@ -540,16 +541,16 @@ def _forward_unroll_chunk(args, thread, n_threads):
         _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
         _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, length, k, w_matrix, k, cols, length, 0.0,
               grid, length)
-        _write_output(grid, 0, bias, has_bias, pitch, y, n, epilogue, pooled, argmax)
+        write_output(grid, 0, bias, has_bias, pitch, y, n, epilogue, pooled, argmax)
 
 
 @njit(**_JIT)
 def _backward_unroll_chunk(args, thread, n_threads):
     """Backward of :func:`_forward_unroll_chunk`: ``dW += dY @ colsᵀ`` into this thread's
     partial ``dw_partial[thread, 0]`` (C_out, K); ``dx = fold(Wᵀ @ dY)``."""
-    x, dy, weights, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax = \
-        args[:11]
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[11:21]
+    x, dy, weights, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax, \
+        read_grad = args[:12]
+    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[12:22]
     first, last = share(x.shape[0], thread, n_threads)
     w_matrix, dweight, dbias = weights[0], dw_partial[thread, 0], db_partial[thread]
     channels = x.shape[1]
@@ -564,7 +565,7 @@ def _backward_unroll_chunk(args, thread, n_threads):
     grid = np.zeros((c_out, length), dtype=x.dtype)
     for n in range(first, last):
         _pad_into(x, n, top, left, xpad)
-        _read_grad(dy, n, grid, 0, pitch, dbias, prologue, y, pooled, argmax)
+        read_grad(dy, n, grid, 0, pitch, dbias, prologue, y, pooled, argmax)
         _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
         # dWᵀ (K, C_out) += cols (K, L) @ dYᵀ (L, C_out)
         _gemm(blas.NO_TRANS, blas.TRANS, k, c_out, length, cols, length, grid, length, 1.0,
@@ -700,7 +701,8 @@ def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     pooled = np.empty(pooled_shape, dtype=x.dtype)
     argmax = np.empty(pooled_shape, dtype=np.int32)
     with _threads.blas_single_threaded():
-        parallel.run(chunk, (x, weights, bias_arg, has_bias, y, epilogue, pooled, argmax) + plan,
+        parallel.run(chunk, (x, weights, bias_arg, has_bias, y, epilogue, pooled, argmax,
+                             _pass_pointer(_write_output, x.dtype)) + plan,
                      _n_threads(x), x.dtype)
     ctx = (x, weight.shape, weights, has_bias, plan, layout is not None)
     if epilogue != RELU_MAXPOOL:
@@ -741,6 +743,21 @@ def conv2d_relu_backward(dy, ctx, y, need_input_grad=True, pooled=None, argmax=N
     return _backward(dy, ctx, need_input_grad, RELU_MAXPOOL, y, pooled, argmax)
 
 
+def _pass_pointer(function, dtype):
+    """:func:`_write_output` or :func:`_read_grad` for ``dtype``, as the pointer the chunk
+    kernels call (:func:`minicnn.kernels.parallel.pointer`): compiled once, not once in each of
+    the four chunk kernels (1.5-2 s less in a cold start). Their argument types, in order."""
+    real = numba.from_dtype(dtype)
+    grid, vector, image = (types.Array(real, ndim, "C") for ndim in (2, 1, 4))
+    winners = types.Array(types.int32, 4, "C")
+    intp = types.intp
+    if function is _write_output:
+        arg_types = (grid, intp, vector, types.boolean, intp, image, intp, intp, image, winners)
+    else:
+        arg_types = (image, intp, grid, intp, intp, vector, intp, image, image, winners)
+    return parallel.pointer(function, arg_types)
+
+
 def _output_shape(ctx):
     """The convolution's output shape (N, C_out, H_out, W_out), from its ``ctx``."""
     x, weight_shape, _, _, plan, _ = ctx
@@ -779,8 +796,8 @@ def _backward(dy, ctx, need_input_grad, prologue, y, pooled, argmax):
     chunk = _backward_shift_chunk if shift else _backward_unroll_chunk
     with _threads.blas_single_threaded():
         parallel.run(chunk, (x, dy, weights, dx, need_input_grad, dw_partial, db_partial,
-                             prologue, y, pooled, argmax) + plan,
-                     n_threads, x.dtype)
+                             prologue, y, pooled, argmax, _pass_pointer(_read_grad, x.dtype))
+                     + plan, n_threads, x.dtype)
     # Add the threads' partial sums in a fixed order: the same result for a given thread count.
     dweight, dbias = dw_partial[0], db_partial[0]
     for t in range(1, n_threads):

@@ -69,6 +69,28 @@ def _compile(chunk, args):
             _run_chunks_jit.overloads[loop_args].entry_point, pointer, args_type)
 
 
+# (function, argument types) -> its first-class pointer
+_pointers: dict = {}
+
+
+def pointer(function, arg_types: tuple):
+    """``function`` (an ``@njit`` dispatcher) compiled for ``arg_types``, as a first-class
+    function pointer that compiled code can take as an argument (in ``args``) and call.
+
+    The same reason as for chunk kernels: a kernel that *calls* another ``@njit`` function
+    links that function's code into its own and LLVM optimises it again, in every kernel that
+    calls it. A helper several chunk kernels share (the convolution's output pass and its
+    gradient read, four kernels) is compiled once this way. The call converts nothing:
+    compiled code must pass exactly ``arg_types``.
+    """
+    key = (function, arg_types)
+    wap = _pointers.get(key)
+    if wap is None:
+        function.compile(arg_types)
+        wap = _pointers[key] = CompileResultWAP(function.overloads[arg_types])
+    return wap
+
+
 def run(chunk, args: tuple, n_threads: int, key) -> None:
     """``chunk(args, t, n_threads)`` for every thread ``t``, in one parallel region.
 
