@@ -162,6 +162,30 @@ def test_each_layer_keeps_what_its_own_forward_keeps(rng):
         assert bits(p.grad) == bits(g)
 
 
+@pytest.mark.parametrize("case", [BLOCKS[0], BLOCKS[1], BLOCKS[3]], ids=block_id)
+def test_eval_mode_pools_without_positions_and_finds_them_if_asked(case, rng):
+    """In eval mode the fused pooling skips its winners' positions; the output is the same,
+    and a backward after it (a saliency map, say) finds them with the same rule."""
+    n, cin, _, _, _, _, _, (h, w), _ = case
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    x[0, 0, :3, :3] = -4.0                       # windows of ReLU zeros: ties
+    got, want = [], []
+    for model, out in ((make_block(case), got), (make_block(case), want)):
+        model.eval()
+        model.fuse = out is got
+        y = model(x)
+        dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+        model.zero_grad()
+        out += [y, model.backward(dy)] + [p.grad.copy() for p in model.parameters()]
+        if out is got:
+            assert model._fused_blocks and model[2]._ctx[1][2] is None   # no positions kept
+            out.append(model[2].backward(dy))        # the pooling's own backward, positions found
+        else:
+            out.append(model[2].backward(dy))
+    for index, (a, b) in enumerate(zip(got, want)):
+        assert bits(a) == bits(b), f"result {index} differs from the layers run one by one"
+
+
 def test_backward_twice_accumulates_twice(rng):
     case = BLOCKS[1]
     model = make_block(case)

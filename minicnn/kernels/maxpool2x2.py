@@ -39,3 +39,24 @@ def max_row_pair(top_row, bottom_row, best_row, index_row, base, width):
             best, index = value, base + width + 2 * ow + 1
         best_row[ow] = best
         index_row[ow] = index
+
+
+@njit(inline="always", **_JIT)
+def max_row_pair_values(top_row, bottom_row, best_row):
+    """:func:`max_row_pair` without the winners' positions: the same comparisons in the same
+    order, so the same maxima bit for bit (-0.0 against 0.0 and NaN included). Used where no
+    backward needs the positions yet (a fused block in eval mode); keeping the position of
+    each cell's candidate is most of the work (MNIST conv1's 64 x 32 x 28 x 28 output: 0.44
+    ms with positions, 0.12 without, at one thread)."""
+    for ow in range(best_row.size):
+        best = top_row[2 * ow]
+        value = top_row[2 * ow + 1]
+        if value > best or value != value:
+            best = value
+        value = bottom_row[2 * ow]
+        if value > best or value != value:
+            best = value
+        value = bottom_row[2 * ow + 1]
+        if value > best or value != value:
+            best = value
+        best_row[ow] = best

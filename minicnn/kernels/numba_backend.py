@@ -262,11 +262,14 @@ def conv2d_backward(dy, ctx, need_input_grad=True):
     return dx, dweight, dbias
 
 
-def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, groups, maxpool):
+def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, groups, maxpool,
+                        winners=True):
     """``Conv2d -> ReLU`` (``-> MaxPool2d(2)`` when ``maxpool``) in one pass, for layers the
     one-pool kernels run (:func:`minicnn.kernels.onepool.conv2d_relu_forward`); ``None`` for
     the others, which the caller then runs layer by layer. The caller checks that the
-    convolution's output is at least 2x2 when ``maxpool``.
+    convolution's output is at least 2x2 when ``maxpool``. ``winners=False`` (inference) skips
+    the pooling's winning positions; its ``pool_ctx`` then keeps ``y`` and
+    :func:`maxpool2d_backward` finds them from it, with the same rule, if asked.
 
     Returns ``(y, pooled, conv_ctx, pool_ctx)``: the ReLU's output, the pooling's output
     (``None`` without ``maxpool``), and the contexts :func:`conv2d_backward` and
@@ -276,8 +279,10 @@ def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, groups, maxp
     if not (USE_ONEPOOL and onepool.supports(x.dtype, weight, groups)):
         return None
     y, pooled, argmax, ctx = onepool.conv2d_relu_forward(x, weight, bias, stride, padding,
-                                                         dilation, maxpool)
-    pool_ctx = (y.shape[2], y.shape[3], argmax, True) if maxpool else None
+                                                         dilation, maxpool, winners)
+    pool_ctx = None
+    if maxpool:
+        pool_ctx = (y.shape[2], y.shape[3], argmax, True, None if winners else y)
     return y, pooled, ("onepool", ctx), pool_ctx
 
 
@@ -285,7 +290,7 @@ def conv2d_relu_backward(dy, conv_ctx, y, pooled=None, pool_ctx=None, need_input
     """Backward of :func:`conv2d_relu_forward`, from the gradient ``dy`` of the block's output
     (the pooling's when ``pool_ctx`` is given, else the ReLU's): ``(dx or None, dweight,
     dbias or None)``, the numbers the three layers' backward passes give."""
-    argmax = None if pool_ctx is None else pool_ctx[2]
+    argmax = None if pool_ctx is None else _winners(pool_ctx)
     return onepool.conv2d_relu_backward(dy, conv_ctx[1], y, need_input_grad, pooled, argmax)
 
 
@@ -516,19 +521,31 @@ def maxpool2d_forward(x, kernel_size, stride, padding):
         y, argmax = _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w)
     else:
         y, argmax = _maxpool_forward(x, kh, kw, sh, sw, top, left, out_h, out_w)
-    return y, (height, width, argmax, tiled)
+    return y, (height, width, argmax, tiled, None)
+
+
+def _winners(ctx):
+    """The pooling's ``argmax`` from its ``ctx``: kept by the forward, or, where a fused
+    block skipped it (:func:`conv2d_relu_forward` with ``winners=False``), found now from the
+    pooling's input with the same rule (2x2 windows, stride 2: the only pooling fused)."""
+    height, width, argmax, _, source = ctx
+    if argmax is None:
+        _, argmax = _maxpool_2x2(source, height // 2, width // 2)
+    return argmax
 
 
 def maxpool2d_backward(dy, ctx):
-    height, width, argmax, tiled = ctx
+    height, width, argmax, tiled, source = ctx
+    expected = argmax.shape if argmax is not None else source.shape[:2] + (height // 2,
+                                                                            width // 2)
     # The kernel reads ``argmax`` at every index of ``dy`` without bounds checks: a dy of any
     # other shape would read outside it (a crash, not an error). Layers check dy first; this
     # guards direct callers of the kernel.
-    if dy.shape != argmax.shape:
-        raise ValueError(f"maxpool2d_backward: expected dy of shape {argmax.shape} (the "
+    if dy.shape != expected:
+        raise ValueError(f"maxpool2d_backward: expected dy of shape {expected} (the "
                          f"forward output), got {dy.shape}")
     backward = _maxpool_2x2_backward if tiled else _maxpool_backward
-    return backward(np.ascontiguousarray(dy), argmax, height, width)
+    return backward(np.ascontiguousarray(dy), _winners(ctx), height, width)
 
 
 def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):

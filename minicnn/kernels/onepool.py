@@ -40,7 +40,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from . import blas, parallel, pointwise
-from .maxpool2x2 import max_row_pair
+from .maxpool2x2 import max_row_pair, max_row_pair_values
 from . import threads as _threads  # also chooses Numba's threading layer before first use
 from .geometry import output_size
 from .parallel import share
@@ -77,10 +77,11 @@ SHIFT_GROUP = 2
 #: threads: 128-512 within the noise.
 WEIGHT_GRAD_SLAB = 256
 
-#: What the output pass does after adding the bias: nothing, a ReLU, or a ReLU and 2x2 max
-#: pooling with stride 2 (:func:`conv2d_relu_forward`); backward reads its gradient through
-#: the pooling and the ReLU in the last case (:func:`_read_grad`).
-PLAIN, RELU, RELU_MAXPOOL = 0, 1, 2
+#: What the output pass does after adding the bias: nothing, a ReLU, a ReLU and 2x2 max
+#: pooling with stride 2 (:func:`conv2d_relu_forward`), or the same pooling without the
+#: winners' positions (when no backward needs them yet); backward reads its gradient through
+#: the pooling and the ReLU for :data:`RELU_MAXPOOL` (:func:`_read_grad`).
+PLAIN, RELU, RELU_MAXPOOL, RELU_MAXPOOL_VALUES = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,8 +185,8 @@ def _write_output(grid, start, bias, has_bias, pitch, y, n, epilogue, pooled, ar
     if epilogue == PLAIN:
         _write_biased(grid, start, bias, has_bias, pitch, y, n)
     else:
-        _write_rectified(grid, start, bias, has_bias, pitch, y, n, epilogue == RELU_MAXPOOL,
-                         pooled, argmax)
+        _write_rectified(grid, start, bias, has_bias, pitch, y, n, epilogue != RELU,
+                         epilogue == RELU_MAXPOOL, pooled, argmax)
 
 
 # Two loops, not one with the epilogue tested inside: with the test inside, LLVM stopped
@@ -203,7 +204,8 @@ def _write_biased(grid, start, bias, has_bias, pitch, y, n):
 
 
 @njit(**_JIT)
-def _write_rectified(grid, start, bias, has_bias, pitch, y, n, maxpool, pooled, argmax):
+def _write_rectified(grid, start, bias, has_bias, pitch, y, n, maxpool, winners, pooled,
+                     argmax):
     out_h, out_w = y.shape[2], y.shape[3]
     zero = grid.dtype.type(0)
     for co in range(y.shape[1]):
@@ -214,10 +216,13 @@ def _write_rectified(grid, start, bias, has_bias, pitch, y, n, maxpool, pooled, 
             for ow in range(out_w):
                 value = src[ow] + b
                 dest[ow] = value if not value < zero else zero
-        if maxpool:
+        if maxpool and winners:
             for ph in range(pooled.shape[2]):
                 max_row_pair(y[n, co, 2 * ph], y[n, co, 2 * ph + 1], pooled[n, co, ph],
                              argmax[n, co, ph], 2 * ph * out_w, out_w)
+        elif maxpool:
+            for ph in range(pooled.shape[2]):
+                max_row_pair_values(y[n, co, 2 * ph], y[n, co, 2 * ph + 1], pooled[n, co, ph])
 
 
 @njit(**_JIT)
@@ -654,7 +659,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     return y, ctx
 
 
-def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, maxpool=False):
+def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, maxpool=False,
+                        winners=True):
     """``Conv2d -> ReLU`` (``-> MaxPool2d(2)`` when ``maxpool``) in one pass: the ReLU and the
     2x2 pooling with stride 2 run in the convolution's output pass (:func:`_write_output`)
     instead of as two more passes over the convolution's output.
@@ -666,13 +672,15 @@ def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, maxpool=Fals
     pooled, argmax : ndarray (N, C_out, H_out // 2, W_out // 2) or None
         The pooling's output and the flat position of each window's winner in its
         ``H_out x W_out`` plane (int32), as :func:`minicnn.kernels.numba_backend.maxpool2d_forward`
-        gives them; ``None`` without ``maxpool``. The caller checks ``H_out, W_out >= 2``.
+        gives them; ``None`` without ``maxpool``, and ``argmax`` ``None`` without ``winners``
+        (inference: finding the positions is most of the pooling's work, and the pooling layer
+        can find them from ``y`` if a backward asks). The caller checks ``H_out, W_out >= 2``.
     ctx
         As :func:`conv2d_forward`'s, for :func:`conv2d_relu_backward` (or
         :func:`conv2d_backward` with the gradient at the convolution's output).
     """
-    return _forward(x, weight, bias, stride, padding, dilation,
-                    RELU_MAXPOOL if maxpool else RELU)
+    epilogue = RELU if not maxpool else RELU_MAXPOOL if winners else RELU_MAXPOOL_VALUES
+    return _forward(x, weight, bias, stride, padding, dilation, epilogue)
 
 
 def _forward(x, weight, bias, stride, padding, dilation, epilogue):
@@ -696,18 +704,16 @@ def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     has_bias = bias is not None
     bias_arg = np.ascontiguousarray(bias) if has_bias else np.zeros(1, dtype=x.dtype)
     y = np.empty((x.shape[0], c_out, out_h, out_w), dtype=x.dtype)
-    pooled_shape = (x.shape[0], c_out, out_h // 2, out_w // 2) if epilogue == RELU_MAXPOOL \
-        else (0, 0, 0, 0)
-    pooled = np.empty(pooled_shape, dtype=x.dtype)
-    argmax = np.empty(pooled_shape, dtype=np.int32)
+    pooled_shape = (x.shape[0], c_out, out_h // 2, out_w // 2)
+    pooled = np.empty(pooled_shape if epilogue >= RELU_MAXPOOL else (0, 0, 0, 0), dtype=x.dtype)
+    argmax = np.empty(pooled_shape if epilogue == RELU_MAXPOOL else (0, 0, 0, 0), dtype=np.int32)
     with _threads.blas_single_threaded():
         parallel.run(chunk, (x, weights, bias_arg, has_bias, y, epilogue, pooled, argmax,
                              _pass_pointer(_write_output, x.dtype)) + plan,
                      _n_threads(x), x.dtype)
     ctx = (x, weight.shape, weights, has_bias, plan, layout is not None)
-    if epilogue != RELU_MAXPOOL:
-        return y, None, None, ctx
-    return y, pooled, argmax, ctx
+    return (y, pooled if epilogue >= RELU_MAXPOOL else None,
+            argmax if epilogue == RELU_MAXPOOL else None, ctx)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):

@@ -101,8 +101,11 @@ def forward(layers: list[Module], first: int, x: np.ndarray) -> FusedBlock | Non
     out_h, out_w = conv.output_shape(x.shape)[2:]
     if not (_fusable_pool(pool) and out_h >= 2 and out_w >= 2):
         pool = None
+    # In eval mode the pooling skips its winners' positions, which only a backward needs;
+    # if one comes, the pooling finds them from the ReLU's output (the same rule, same bits).
     fused = kernels.get(_BACKEND).conv2d_relu_forward(
-        x, weight, bias, conv.stride, conv._pads, conv.dilation, conv.groups, pool is not None)
+        x, weight, bias, conv.stride, conv._pads, conv.dilation, conv.groups, pool is not None,
+        winners=pool is None or pool.training)
     if fused is None:
         return None
     y, pooled, conv_ctx, pool_ctx = fused
