@@ -22,3 +22,16 @@ def _check_kernel_argument_types():
     parallel.CHECK_ARGUMENT_TYPES = True
     yield
     parallel.CHECK_ARGUMENT_TYPES = False
+
+
+@pytest.fixture(autouse=True)
+def _restore_the_default_backend():
+    """Tests that run the command line in-process (``minicnn train ... --backend im2col``) set
+    the process-wide default backend, as the command should; put it back after each test, so
+    a later test that builds layers without a backend gets the usual default and not whatever
+    ran before it."""
+    from minicnn import kernels
+
+    saved = kernels._default_backend
+    yield
+    kernels._default_backend = saved

@@ -6,6 +6,11 @@ plane; the one-pool convolution (:mod:`minicnn.kernels.onepool`) calls it from i
 when a ``Conv2d -> ReLU -> MaxPool2d(2)`` block runs fused, on the two rows it has just written,
 while they are still in cache. One function means one rule: both give the same maximum and
 the same winning position, bit for bit.
+
+Editing this file: Numba's disk cache keys a compiled kernel on the file that defines it, so
+kernels that inline these functions (in ``numba_backend.py`` and ``onepool.py``) keep their
+cached machine code after a change here. Clear the ``__pycache__`` folder next to them (or
+touch their files) before measuring a change to the pooling rule.
 """
 
 from __future__ import annotations
