@@ -66,9 +66,10 @@ class FusedBlock:
         return self.y if self.pooled is None else self.pooled
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        """The three layers' backward in one pass: accumulates the convolution's gradients
-        and returns the gradient at the block's input (``None`` unless ``need_input_grad``).
-        ``dy`` is checked against the block's output before anything changes."""
+        """The block's backward in one pass (with pooling; without, the ReLU's mask first):
+        accumulates the convolution's gradients and returns the gradient at the block's input
+        (``None`` unless ``need_input_grad``). ``dy`` is checked against the block's output
+        before anything changes."""
         conv, relu = self.layers[0], self.layers[1]
         if self.pooled is None:
             dy = relu._check_dy(dy, self.y)
