@@ -80,7 +80,7 @@ WEIGHT_GRAD_SLAB = 256
 #: What the output pass does after adding the bias: nothing, a ReLU, a ReLU and 2x2 max
 #: pooling with stride 2 (:func:`conv2d_relu_forward`), or the same pooling without the
 #: winners' positions (when no backward needs them yet); backward reads its gradient through
-#: the pooling and the ReLU for :data:`RELU_MAXPOOL` (:func:`_read_grad`).
+#: the pooling and the ReLU for :data:`RELU_MAXPOOL` (:func:`_read_unpooled`).
 PLAIN, RELU, RELU_MAXPOOL, RELU_MAXPOOL_VALUES = 0, 1, 2, 3
 
 
@@ -171,28 +171,16 @@ def _unstack_from(dxbuf, slot, gap_v, gap_h, block, pitch, dx, n):
                 dest[w] = src[w]
 
 
+# The output pass and the gradient read, each in two versions with one signature: plain, and
+# with a fused ReLU (and pooling). The chunk kernels take whichever one a call needs as a
+# function pointer (:func:`_pass_pointer`), so a program compiles only the versions it uses,
+# each once. (Two versions, not one loop testing the mode inside: with the test inside, LLVM
+# stopped vectorising the plain copy, MNIST's first convolution forward 0.70 -> 1.9 ms.)
 @njit(**_JIT)
-def _write_output(grid, start, bias, has_bias, pitch, y, n, epilogue, pooled, argmax):
+def _write_biased(grid, start, bias, has_bias, pitch, y, n, epilogue, pooled, argmax):
     """``y[n, co, oh, ow] = grid[co, start + oh*pitch + ow] + bias[co]``: the output pass,
-    which drops the garbage columns of the padded-width grid.
-
-    With ``epilogue`` :data:`RELU` it writes ``max(value, 0)`` instead (NaN kept, the rule of
-    :func:`minicnn.kernels.pointwise.relu_forward`); with :data:`RELU_MAXPOOL` it also pools
-    every finished pair of rows into ``pooled[n]`` and ``argmax[n]`` (N, C_out, H_out//2,
-    W_out//2) while they are in cache, with the pooling layer's own rule
-    (:func:`~minicnn.kernels.maxpool2x2.max_row_pair`). Both give exactly what the separate
-    layers give: a ReLU and a maximum only pick values, they never round."""
-    if epilogue == PLAIN:
-        _write_biased(grid, start, bias, has_bias, pitch, y, n)
-    else:
-        _write_rectified(grid, start, bias, has_bias, pitch, y, n, epilogue != RELU,
-                         epilogue == RELU_MAXPOOL, pooled, argmax)
-
-
-# Two loops, not one with the epilogue tested inside: with the test inside, LLVM stopped
-# vectorising the plain copy (MNIST's first convolution forward 0.70 -> 1.9 ms).
-@njit(**_JIT)
-def _write_biased(grid, start, bias, has_bias, pitch, y, n):
+    which drops the garbage columns of the padded-width grid. (``epilogue``, ``pooled`` and
+    ``argmax`` are unused: the signature is :func:`_write_rectified`'s.)"""
     out_h, out_w = y.shape[2], y.shape[3]
     for co in range(y.shape[1]):
         b = bias[co] if has_bias else grid.dtype.type(0)
@@ -204,8 +192,14 @@ def _write_biased(grid, start, bias, has_bias, pitch, y, n):
 
 
 @njit(**_JIT)
-def _write_rectified(grid, start, bias, has_bias, pitch, y, n, maxpool, winners, pooled,
-                     argmax):
+def _write_rectified(grid, start, bias, has_bias, pitch, y, n, epilogue, pooled, argmax):
+    """:func:`_write_biased` with a ReLU: ``max(value, 0)`` (NaN kept, the rule of
+    :func:`minicnn.kernels.pointwise.relu_forward`). With ``epilogue`` :data:`RELU_MAXPOOL` it
+    also pools each channel's finished rows into ``pooled[n]`` and ``argmax[n]`` (N, C_out,
+    H_out//2, W_out//2) while they are in cache, with the pooling layer's own rule
+    (:func:`~minicnn.kernels.maxpool2x2.max_row_pair`); :data:`RELU_MAXPOOL_VALUES` pools
+    without the positions. Both give exactly what the separate layers give: a ReLU and a
+    maximum only pick values, they never round."""
     out_h, out_w = y.shape[2], y.shape[3]
     zero = grid.dtype.type(0)
     for co in range(y.shape[1]):
@@ -216,40 +210,21 @@ def _write_rectified(grid, start, bias, has_bias, pitch, y, n, maxpool, winners,
             for ow in range(out_w):
                 value = src[ow] + b
                 dest[ow] = value if not value < zero else zero
-        if maxpool and winners:
+        if epilogue == RELU_MAXPOOL:
             for ph in range(pooled.shape[2]):
                 max_row_pair(y[n, co, 2 * ph], y[n, co, 2 * ph + 1], pooled[n, co, ph],
                              argmax[n, co, ph], 2 * ph * out_w, out_w)
-        elif maxpool:
+        elif epilogue == RELU_MAXPOOL_VALUES:
             for ph in range(pooled.shape[2]):
                 max_row_pair_values(y[n, co, 2 * ph], y[n, co, 2 * ph + 1], pooled[n, co, ph])
 
 
 @njit(**_JIT)
-def _read_grad(dy, n, grid, start, pitch, dbias, prologue, y, pooled, argmax):
-    """``grid[co, start + oh*pitch + ow] = dz[n, co, oh, ow]`` and ``dbias[co] += sum dz[n,
-    co]`` in the same pass, where ``dz`` is the gradient at the convolution's output (shape
-    ``y.shape``):
-
-    - :data:`PLAIN`: ``dy`` itself (``y`` only gives the shape);
-    - :data:`RELU_MAXPOOL`: ``dy`` is the gradient of the *pooled* output: each window's
-      gradient goes to its winner (``argmax``) where the pooled value is > 0 (or NaN), 0
-      everywhere else: the pooling layer's backward, then the ReLU's (the winner's value is
-      the pooled value, so its sign is the one the ReLU would read).
-
-    Only valid positions are written: the caller allocated ``grid`` zeroed, and nothing else
-    ever writes its garbage columns, so they stay zero. The bias gradient adds ``dz`` in the
-    same order in every mode (:func:`_channel_total`), so fused and separate layers give the
-    same bits. (One loop per mode, not one loop testing the mode: see :func:`_write_output`.)"""
-    if prologue == PLAIN:
-        _read_plain(dy, n, grid, start, pitch, dbias)
-    else:
-        _read_unpooled(dy, pooled, argmax, n, grid, start, pitch, dbias, y.shape[2],
-                       y.shape[3])
-
-
-@njit(**_JIT)
-def _read_plain(dy, n, grid, start, pitch, dbias):
+def _read_plain(dy, n, grid, start, pitch, dbias, prologue, y, pooled, argmax):
+    """``grid[co, start + oh*pitch + ow] = dy[n, co, oh, ow]`` and ``dbias[co] += sum dy[n,
+    co]`` in the same pass. Only valid positions are written: the caller allocated ``grid``
+    zeroed, and nothing else ever writes its garbage columns, so they stay zero. (``prologue``,
+    ``y``, ``pooled`` and ``argmax`` are unused: the signature is :func:`_read_unpooled`'s.)"""
     c_out, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     columns = np.empty(out_w, dtype=dy.dtype)
     for co in range(c_out):
@@ -262,9 +237,19 @@ def _read_plain(dy, n, grid, start, pitch, dbias):
 
 
 @njit(**_JIT)
-def _read_unpooled(dy, pooled, argmax, n, grid, start, pitch, dbias, out_h, out_w):
-    """:data:`RELU_MAXPOOL`: zero the channel's valid positions, then write each window's
-    gradient (or 0, where the pooled value is <= 0) at its winner."""
+def _read_unpooled(dy, n, grid, start, pitch, dbias, prologue, y, pooled, argmax):
+    """:func:`_read_plain` through a fused ReLU and 2x2 max pooling (``prologue``
+    :data:`RELU_MAXPOOL`): ``dy`` is the gradient of the *pooled* output (``y.shape`` is the
+    convolution's). Each window's gradient goes to its winner (``argmax``) where the pooled
+    value is > 0 (or NaN), 0 everywhere else: the pooling layer's backward, then the ReLU's
+    (the winner's value is the pooled value, so its sign is the one the ReLU would read).
+
+    Per channel: zero the valid positions, scatter, then add the positions for the bias
+    gradient in the same order as :func:`_read_plain` (:func:`_channel_total`), so fused and
+    separate layers give the same bits. The scatter does not branch on the data: after the
+    ReLU half the pooled values are 0, and a mispredicted branch per window cost more than the
+    whole pass (measured), so the choices run in loops of their own, which vectorise."""
+    out_h, out_w = y.shape[2], y.shape[3]
     c_out, pooled_h, pooled_w = dy.shape[1], dy.shape[2], dy.shape[3]
     zero = dy.dtype.type(0)
     columns = np.empty(out_w, dtype=dy.dtype)
@@ -280,9 +265,6 @@ def _read_unpooled(dy, pooled, argmax, n, grid, start, pitch, dbias, out_h, out_
             base = 2 * ph * out_w
             winners, grads, values = argmax[n, co, ph], dy[n, co, ph], pooled[n, co, ph]
             pair = grid[co, start + 2 * ph * pitch:start + (2 * ph + 1) * pitch + out_w]
-            # The choices in loops of their own, which vectorise (blends): in the scatter
-            # loop LLVM made them branches, mispredicted on every other window (half the
-            # pooled values are 0 after the ReLU).
             for pw in range(pooled_w):
                 masked[pw] = zero if values[pw] <= zero else grads[pw]
             for pw in range(pooled_w):
@@ -662,7 +644,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
 def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, maxpool=False,
                         winners=True):
     """``Conv2d -> ReLU`` (``-> MaxPool2d(2)`` when ``maxpool``) in one pass: the ReLU and the
-    2x2 pooling with stride 2 run in the convolution's output pass (:func:`_write_output`)
+    2x2 pooling with stride 2 run in the convolution's output pass (:func:`_write_rectified`)
     instead of as two more passes over the convolution's output.
 
     Returns
@@ -709,7 +691,8 @@ def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     argmax = np.empty(pooled_shape if epilogue == RELU_MAXPOOL else (0, 0, 0, 0), dtype=np.int32)
     with _threads.blas_single_threaded():
         parallel.run(chunk, (x, weights, bias_arg, has_bias, y, epilogue, pooled, argmax,
-                             _pass_pointer(_write_output, x.dtype)) + plan,
+                             _pass_pointer(_write_biased if epilogue == PLAIN
+                                           else _write_rectified, x.dtype)) + plan,
                      _n_threads(x), x.dtype)
     ctx = (x, weight.shape, weights, has_bias, plan, layout is not None)
     return (y, pooled if epilogue >= RELU_MAXPOOL else None,
@@ -729,7 +712,7 @@ def conv2d_relu_backward(dy, ctx, y, need_input_grad=True, pooled=None, argmax=N
     ``dy`` is the gradient of the block's output (the ReLU's, or with ``pooled`` and
     ``argmax`` the pooling's); ``y``, ``pooled`` and ``argmax`` are what the forward returned.
     With pooling, the pooling's scatter and the ReLU's mask happen as the convolution's
-    backward reads its gradient (:func:`_read_grad`): the same numbers as the three layers'
+    backward reads its gradient (:func:`_read_unpooled`): the same numbers as the three layers'
     backward passes, one pass over memory instead of three. Without, the ReLU's backward runs
     first (:func:`minicnn.kernels.pointwise.relu_backward`)."""
     out_shape = _output_shape(ctx)
@@ -750,14 +733,16 @@ def conv2d_relu_backward(dy, ctx, y, need_input_grad=True, pooled=None, argmax=N
 
 
 def _pass_pointer(function, dtype):
-    """:func:`_write_output` or :func:`_read_grad` for ``dtype``, as the pointer the chunk
-    kernels call (:func:`minicnn.kernels.parallel.pointer`): compiled once, not once in each of
-    the four chunk kernels (1.5-2 s less in a cold start). Their argument types, in order."""
+    """An output pass (:func:`_write_biased`, :func:`_write_rectified`) or a gradient read
+    (:func:`_read_plain`, :func:`_read_unpooled`) for ``dtype``, as the pointer the chunk
+    kernels call (:func:`minicnn.kernels.parallel.pointer`): compiled once, and only if used,
+    not once in each of the four chunk kernels (3-5 s less in a cold start). The two versions
+    of each have the same argument types, so the chunk kernels compile once for both."""
     real = numba.from_dtype(dtype)
     grid, vector, image = (types.Array(real, ndim, "C") for ndim in (2, 1, 4))
     winners = types.Array(types.int32, 4, "C")
     intp = types.intp
-    if function is _write_output:
+    if function in (_write_biased, _write_rectified):
         arg_types = (grid, intp, vector, types.boolean, intp, image, intp, intp, image, winners)
     else:
         arg_types = (image, intp, grid, intp, intp, vector, intp, image, image, winners)
@@ -802,7 +787,9 @@ def _backward(dy, ctx, need_input_grad, prologue, y, pooled, argmax):
     chunk = _backward_shift_chunk if shift else _backward_unroll_chunk
     with _threads.blas_single_threaded():
         parallel.run(chunk, (x, dy, weights, dx, need_input_grad, dw_partial, db_partial,
-                             prologue, y, pooled, argmax, _pass_pointer(_read_grad, x.dtype))
+                             prologue, y, pooled, argmax,
+                             _pass_pointer(_read_plain if prologue == PLAIN else _read_unpooled,
+                                           x.dtype))
                      + plan, n_threads, x.dtype)
     # Add the threads' partial sums in a fixed order: the same result for a given thread count.
     dweight, dbias = dw_partial[0], db_partial[0]
