@@ -96,9 +96,7 @@ def forward(layers: list[Module], first: int, x: np.ndarray) -> FusedBlock | Non
     if not (_plain(conv, Conv2d) and _plain(relu, ReLU)):
         return None
     pool = layers[first + 2] if first + 2 < len(layers) else None
-    x, backend_name, weight, bias = conv._prepare(x)
-    if backend_name != _BACKEND:
-        return None
+    x, _, weight, bias = conv._prepare(x)     # the backend is numba: _plain checked
     out_h, out_w = conv.output_shape(x.shape)[2:]
     if not (_fusable_pool(pool) and out_h >= 2 and out_w >= 2):
         pool = None
