@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import binding
 from numba import types
+from numba.extending import overload
 
 #: ``order`` and ``trans`` arguments of CBLAS (from ``cblas.h``).
 ROW_MAJOR = 101
@@ -87,3 +88,33 @@ def describe() -> str:
 def dtype_supported(dtype) -> bool:
     """Whether the in-kernel GEMM exists for ``dtype`` (float32 and float64 only)."""
     return AVAILABLE and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# The GEMM as compiled code calls it, chosen by dtype at compile time
+# --------------------------------------------------------------------------------------------
+def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):  # pragma: no cover
+    """``c = op(a) @ op(b) + beta * c`` (row-major CBLAS) on C-contiguous arrays, from compiled
+    code only (see the overload below); single-threaded while :mod:`.threads` holds BLAS at
+    one thread."""
+    raise NotImplementedError("gemm is only callable from compiled code")
+
+
+# Module globals, not closure variables: a closure over an external function makes Numba
+# refuse to cache the kernels that call it.
+_SGEMM, _DGEMM = sgemm, dgemm
+
+
+@overload(gemm, jit_options=dict(nogil=True))
+def _gemm_overload(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    if a.dtype == types.float32:
+        def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+            _SGEMM(ROW_MAJOR, trans_a, trans_b, m, n, k, np.float32(1.0), a.ctypes, lda,
+                   b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
+        return impl
+    if a.dtype == types.float64:
+        def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+            _DGEMM(ROW_MAJOR, trans_a, trans_b, m, n, k, np.float64(1.0), a.ctypes, lda,
+                   b.ctypes, ldb, np.float64(beta), c.ctypes, ldc)
+        return impl
+    return None

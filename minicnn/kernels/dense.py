@@ -19,7 +19,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import blas, onepool
+from . import blas
+from .blas import gemm as _gemm
 from . import threads as _threads
 
 _JIT = dict(cache=True, nogil=True)
@@ -27,8 +28,6 @@ _JIT = dict(cache=True, nogil=True)
 #: Multiply-adds below which one thread does the whole product (OpenBLAS's own threshold for
 #: going multi-threaded is 65536 * 4).
 PARALLEL_MIN_WORK = 262_144
-
-_gemm = onepool._gemm
 
 
 @njit(**_JIT)

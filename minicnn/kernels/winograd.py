@@ -1,0 +1,246 @@
+"""Winograd's minimal filtering F(2x2, 3x3): a 3x3, stride-1 convolution's forward with 2.25x
+fewer multiplies.
+
+A 2x2 block of outputs of a 3x3 convolution reads a 4x4 block of input. Written directly it
+takes 4 x 9 = 36 multiplies per input channel; Winograd (Lavin and Gray, 2016) finds the same
+four numbers with 16:
+
+    Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+
+where ``d`` is the 4x4 input tile, ``g`` the 3x3 filter, ``⊙`` the elementwise product and
+
+    Bᵀ = [1  0 -1  0]     G = [ 1    0    0 ]     Aᵀ = [1  1  1  0]
+         [0  1  1  0]         [1/2  1/2  1/2]          [0  1 -1 -1]
+         [0 -1  1  0]         [1/2 -1/2  1/2]
+         [0  1  0 -1]         [ 0    0    1 ]
+
+Over many channels the elementwise products become 16 matrix products, one per position
+``ξ`` of the 4x4 transformed tile: ``M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ]ᵀ``,
+where ``U = G g Gᵀ`` (the filters, transformed once per call) and ``V = Bᵀ d B`` (every input
+tile). Those 16 GEMMs carry ``16 / 36`` of the direct convolution's multiply-adds; the
+transforms are additions only.
+
+The rounding differs from the direct sum's (the transforms add and subtract inputs before
+they are multiplied), by a few units in the last place for float32 at these sizes: the tests
+hold it to the same float32 tolerance as every other backend, and to float64 gradient checks.
+
+Only the *forward* runs this way (:func:`minicnn.kernels.onepool.conv2d_forward` picks it);
+backward keeps the shift path, which computes the gradient of the same convolution.
+
+Layout, per thread and per group of samples (:func:`forward_chunk`). Each padded input
+plane is split into its four *phases* (even and odd rows times even and odd columns): then
+every cell of every 4x4 tile is a contiguous shift of one phase, and each step of the input
+transform is one long loop over all of a plane's tiles with two loads and one store, which
+LLVM vectorises. (Written as one loop with 16 loads and 16 stores per tile it vectorises
+nothing: too many possible overlaps to check at run time; written per tile row, its loops
+are 7 tiles long.) Tiles are numbered on a *wide* grid of ``tw + 1`` per row, whose last
+column is garbage, as the shift path's grid has garbage columns. ``V`` is ``(16, C_in,
+tiles)``, so the 16 GEMMs are plain ``U[ξ] @ V[ξ]``: on MNIST conv2's shape that ran at the
+core's GEMM peak, against 65 % with channels-last tiles (``V[ξ]ᵀ``). The output transform
+runs along the tiles of one output channel and writes each tile's two columns side by side,
+so that output row ``2*ty + a`` comes out in order, ready to copy into ``y`` and to pool.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import blas
+from .blas import gemm as _gemm
+from .maxpool2x2 import max_row_pair, max_row_pair_values
+from .parallel import share as _share
+
+_JIT = dict(cache=True, nogil=True)
+
+#: Tiles per GEMM: a thread transforms this many wide-grid tiles' worth of whole samples (at
+#: least one sample) before the 16 GEMMs, so that ``V`` and ``M`` stay near its L2 cache while
+#: the GEMMs are long enough. Measured on MNIST conv2 (32->64 at 14x14, 56 wide-grid tiles per
+#: sample), forward at 1 thread: 112 and 196 equally fast (4.0-4.3 ms), 392 4.4-4.8, 784 5.1.
+TILES_PER_GROUP = 196
+
+
+def transform_weights(weight):
+    """``U = G g Gᵀ`` for every (output, input) channel pair: ``(C_out, C_in, 3, 3)`` ->
+    ``(16, C_out, C_in)``, C-contiguous, position ``ξ = 4*i + j`` of the 4x4 tile first."""
+    g0, g1, g2 = weight[:, :, 0, :], weight[:, :, 1, :], weight[:, :, 2, :]
+    half = weight.dtype.type(0.5)
+    rows = (g0, (g0 + g1 + g2) * half, (g0 - g1 + g2) * half, g2)     # G g: (C_out, C_in, 3)
+    u = np.empty((16,) + weight.shape[:2], dtype=weight.dtype)
+    for i, row in enumerate(rows):
+        c0, c1, c2 = row[..., 0], row[..., 1], row[..., 2]
+        u[4 * i + 0] = c0
+        u[4 * i + 1] = (c0 + c1 + c2) * half
+        u[4 * i + 2] = (c0 - c1 + c2) * half
+        u[4 * i + 3] = c2
+    return u
+
+
+@njit(**_JIT)
+def _split_phases(x, n, c, top, left, phases):
+    """The zero-padded plane ``P`` of sample ``n``, channel ``c`` of ``x`` as its four
+    *phases*: ``phases[2*a + b, h, k] = P[2*h + a, 2*k + b]`` (``phases`` is (4, th + 1,
+    tw + 1); its border cells are zero and stay zero)."""
+    height, width = x.shape[2], x.shape[3]
+    for h in range(height):
+        row = h + top
+        src = x[n, c, h]
+        even = phases[2 * (row % 2), row // 2]
+        odd = phases[2 * (row % 2) + 1, row // 2]
+        # Padded column p = w + left goes to phase p % 2, column p // 2: with ``left`` even
+        # input column 2k is an even column, with ``left`` odd an odd one.
+        if left % 2 == 0:
+            even, odd = even[left // 2:], odd[left // 2:]
+            for k in range(width // 2):
+                even[k] = src[2 * k]
+                odd[k] = src[2 * k + 1]
+            if width % 2:
+                even[width // 2] = src[width - 1]
+        else:
+            odd, even = odd[left // 2:], even[left // 2 + 1:]
+            for k in range(width // 2):
+                odd[k] = src[2 * k]
+                even[k] = src[2 * k + 1]
+            if width % 2:
+                odd[width // 2] = src[width - 1]
+
+
+@njit(**_JIT)
+def _input_transform(phases, c, tile0, rows, v):
+    """``V[4*i + j, c, tile0 + t] = (Bᵀ d B)[i, j]`` for every tile of one sample's channel,
+    ``d`` the 4x4 block at rows ``2*ty``, columns ``2*tx`` of the padded plane, given as its
+    phases (:func:`_split_phases`). Tiles are numbered on a *wide* grid, ``t = ty*(tw + 1) +
+    tx``: tile ``t``'s cell ``(r, q)`` is phase ``(r % 2, q % 2)`` at flat position ``t +
+    (r // 2)*(tw + 1) + q // 2``, a contiguous shift, so every loop below runs over all the
+    tiles at once (the last tile of each row, ``tx = tw``, is garbage and never read back).
+    ``rows`` (8, length) is scratch for ``Bᵀ d`` on the even and odd columns."""
+    pitch = phases.shape[2]
+    flat = phases.reshape(4, phases.shape[1] * pitch)
+    length = rows.shape[1]
+    tiles = length - 1
+    for b in range(2):          # Bᵀ d, on the even (b = 0) and odd (b = 1) columns
+        upper, lower = flat[b], flat[2 + b]     # rows 2h and 2h + 1 of the padded plane
+        r0, r2 = upper[:length], upper[pitch:pitch + length]
+        r1, r3 = lower[:length], lower[pitch:pitch + length]
+        e0, e1, e2, e3 = rows[b], rows[2 + b], rows[4 + b], rows[6 + b]
+        for k in range(length):
+            e0[k] = r0[k] - r2[k]
+        for k in range(length):
+            e1[k] = r1[k] + r2[k]
+        for k in range(length):
+            e2[k] = r2[k] - r1[k]
+        for k in range(length):
+            e3[k] = r1[k] - r3[k]
+    for i in range(4):          # (Bᵀ d) B: columns q = 0, 1, 2, 3 are even[t], odd[t],
+        even, odd = rows[2 * i], rows[2 * i + 1]        # even[t + 1], odd[t + 1]
+        even1, odd1 = even[1:], odd[1:]
+        out = v[4 * i, c, tile0:tile0 + tiles]
+        for t in range(tiles):
+            out[t] = even[t] - even1[t]
+        out = v[4 * i + 1, c, tile0:tile0 + tiles]
+        for t in range(tiles):
+            out[t] = odd[t] + even1[t]
+        out = v[4 * i + 2, c, tile0:tile0 + tiles]
+        for t in range(tiles):
+            out[t] = even1[t] - odd[t]
+        out = v[4 * i + 3, c, tile0:tile0 + tiles]
+        for t in range(tiles):
+            out[t] = odd[t] - odd1[t]
+
+
+@njit(**_JIT)
+def _output_transform(m, co, count, bias, rectify, sums, image):
+    """The 2x2 outputs ``(Aᵀ M A)[a, b] + bias`` of tiles ``t < count`` of channel ``co`` (``m``
+    is (16, C_out, tiles)), with a ReLU when ``rectify``, written as ``image[a, 2*t + b]``:
+    with the wide grid's ``pitch = tw + 1`` tiles per row, output row ``2*ty + a`` of a
+    sample starting at tile ``t0`` is ``image[a, 2*(t0 + ty*pitch):][:W_out]``, in order.
+    ``sums`` (8, tiles) is scratch for ``Aᵀ M``. Each loop has few loads and stores, so
+    LLVM vectorises them (the two stores of the last loop interleave)."""
+    for j in range(4):
+        m0, m1, m2, m3 = m[j, co], m[4 + j, co], m[8 + j, co], m[12 + j, co]
+        top, bottom = sums[j], sums[4 + j]
+        for t in range(count):
+            top[t] = m0[t] + m1[t] + m2[t]
+        for t in range(count):
+            bottom[t] = m1[t] - m2[t] - m3[t]
+    zero = image.dtype.type(0)
+    for a in range(2):
+        s0, s1, s2, s3 = sums[4 * a], sums[4 * a + 1], sums[4 * a + 2], sums[4 * a + 3]
+        row = image[a]
+        if rectify:     # the ReLU's rule: max(value, 0), NaN kept
+            for t in range(count):
+                left = (s0[t] + s1[t] + s2[t]) + bias
+                right = (s1[t] - s2[t] - s3[t]) + bias
+                row[2 * t] = left if not left < zero else zero
+                row[2 * t + 1] = right if not right < zero else zero
+        else:
+            for t in range(count):
+                row[2 * t] = (s0[t] + s1[t] + s2[t]) + bias
+                row[2 * t + 1] = (s1[t] - s2[t] - s3[t]) + bias
+
+
+@njit(**_JIT)
+def _write_rows(image, tile0, pitch, plane):
+    """One sample's output rows from :func:`_output_transform`'s ``image`` into its (H_out,
+    W_out) ``plane`` (a last odd row or column of tiles is dropped)."""
+    out_h, out_w = plane.shape
+    for row in range(out_h):
+        start = 2 * (tile0 + (row // 2) * pitch)
+        src, dest = image[row % 2, start:start + out_w], plane[row]
+        for ow in range(out_w):
+            dest[ow] = src[ow]
+
+
+@njit(**_JIT)
+def forward_chunk(args, thread, n_threads):
+    """One thread's samples, a group at a time: split each channel into its phases and
+    transform every tile, 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per output channel the output
+    transform, the bias (and ReLU, and 2x2 max pooling) and the tiles into ``y``. The same
+    ``args`` as :func:`minicnn.kernels.onepool._forward_shift_chunk` (``w_taps`` is ``U``,
+    (16, C_out, C_in); the output pass pointer is unused: the tiles are written here)."""
+    x, u, bias, has_bias, y, epilogue, pooled, argmax, _ = args[:9]
+    top, left = args[15], args[16]
+    first, last = _share(x.shape[0], thread, n_threads)
+    channels = x.shape[1]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    pitch = tiles_w + 1
+    per_sample = tiles_h * pitch            # wide-grid tiles of one sample
+    group = max(1, TILES_PER_GROUP // per_sample)
+    capacity = group * per_sample
+    phases = np.zeros((4, tiles_h + 1, pitch), dtype=x.dtype)
+    rows = np.empty((8, per_sample + 1), dtype=x.dtype)
+    v = np.empty((16, channels, capacity), dtype=x.dtype)
+    m = np.empty((16, c_out, capacity), dtype=x.dtype)
+    sums = np.empty((8, capacity), dtype=x.dtype)
+    image = np.empty((2, 2 * capacity), dtype=x.dtype)
+    zero = x.dtype.type(0)
+    rectify = epilogue != 0
+    pooled_h, pooled_w = pooled.shape[2], pooled.shape[3]
+    for n0 in range(first, last, group):
+        count = min(group, last - n0)
+        tiles = count * per_sample
+        for slot in range(count):
+            for c in range(channels):
+                _split_phases(x, n0 + slot, c, top, left, phases)
+                _input_transform(phases, c, slot * per_sample, rows, v)
+        for xi in range(16):
+            # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles)
+            _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, tiles, channels, u[xi], channels,
+                  v[xi], capacity, 0.0, m[xi], capacity)
+        for co in range(c_out):
+            b = bias[co] if has_bias else zero
+            _output_transform(m, co, tiles, b, rectify, sums, image)
+            for slot in range(count):
+                n = n0 + slot
+                tile0 = slot * per_sample
+                _write_rows(image, tile0, pitch, y[n, co])
+                # 2x2 pooling straight from the tile rows, with the pooling layer's rule.
+                for ph in range(pooled_h):
+                    start = 2 * (tile0 + ph * pitch)
+                    if epilogue == 2:
+                        max_row_pair(image[0, start:], image[1, start:], pooled[n, co, ph],
+                                     argmax[n, co, ph], 2 * ph * out_w, out_w)
+                    elif epilogue == 3:
+                        max_row_pair_values(image[0, start:], image[1, start:],
+                                            pooled[n, co, ph])

@@ -1,0 +1,171 @@
+"""Winograd's F(2x2, 3x3) forward (:mod:`minicnn.kernels.winograd`), which the one-pool
+convolution runs for 3x3 stride-1 layers on the shift path with many input channels.
+
+It rounds differently from the direct sum, so it is held to PyTorch and to the shift path's
+forward at the float32 tolerance (and float64's), to float64 gradient checks through a layer,
+and its fused ReLU / 2x2 pooling to exactly what the separate layers give on its own output.
+The grid covers what the kernel special-cases: batch 1, a batch smaller than the thread count,
+groups of samples that split into full and partial ones, odd output heights and widths (a
+last row or column of tiles half used, a pooling that drops it), even and odd left padding
+(the phase split), asymmetric padding and a 1x1 output.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import nn
+from minicnn.kernels import blas, numba_backend, onepool, winograd
+from torch_oracle import GRADCHECK_TOL, assert_close, to_numpy, to_torch
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.skipif(not blas.AVAILABLE,
+                                reason="NumPy's BLAS exports no in-kernel GEMM here")
+
+#: (batch, C_in, C_out, padding (top, bottom, left, right), bias, (H, W)); 3x3, stride 1.
+GRID = [
+    (1, 32, 5, (1, 1, 1, 1), True, (14, 14)),      # batch 1
+    (2, 32, 8, (1, 1, 1, 1), True, (13, 11)),      # odd outputs; one sample per thread
+    (9, 33, 7, (0, 0, 0, 0), False, (16, 15)),     # 'valid', odd width, no bias
+    (7, 40, 6, (2, 2, 2, 2), True, (6, 7)),        # left padding even: the other phase split
+    (5, 32, 3, (1, 2, 1, 0), True, (9, 10)),       # asymmetric padding
+    (6, 32, 4, (0, 2, 2, 0), True, (8, 7)),        # asymmetric, left even
+    (67, 32, 16, (1, 1, 1, 1), True, (4, 4)),      # many samples per group: partial groups
+    (3, 32, 2, (1, 1, 1, 1), True, (1, 1)),        # one output pixel per sample
+]
+
+
+def grid_id(case):
+    n, cin, cout, pads, bias, hw = case
+    return f"n{n}_c{cin}-{cout}_p{''.join(map(str, pads))}_{'b' if bias else 'nb'}_{hw}"
+
+
+def make_case(case, dtype, rng):
+    n, cin, cout, pads, has_bias, (h, w) = case
+    x = rng.standard_normal((n, cin, h, w)).astype(dtype)
+    weight = rng.standard_normal((cout, cin, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(cout).astype(dtype) if has_bias else None
+    return x, weight, bias, pads
+
+
+def with_threads(n_threads, function, *args, **kwargs):
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        return function(*args, **kwargs)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def runs_winograd(x, weight, pads) -> bool:
+    geometry = onepool._geometry(x.shape, weight.shape, (1, 1), pads, (1, 1))
+    layout = onepool._stacked_layout(x.shape, pads, geometry[10], geometry[11],
+                                     onepool.SHIFT_GROUP)
+    return onepool._winograd_applies(layout, geometry, x.shape[1])
+
+
+def test_every_grid_case_runs_winograd(rng):
+    """Otherwise the grid below proves the shift path instead."""
+    for case in GRID:
+        x, weight, _, pads = make_case(case, np.float32, rng)
+        assert runs_winograd(x, weight, pads), grid_id(case)
+
+
+def test_where_winograd_applies(rng):
+    """3x3, stride 1, undilated, on the shift path, with enough input channels; not below."""
+    few = onepool.WINOGRAD_MIN_CHANNELS - 1
+    cases = [((2, onepool.WINOGRAD_MIN_CHANNELS, 8, 8), (4, onepool.WINOGRAD_MIN_CHANNELS, 3, 3),
+              (1, 1), (1, 1), True),
+             ((2, few, 8, 8), (4, few, 3, 3), (1, 1), (1, 1), False),          # few channels
+             ((2, 32, 8, 8), (4, 32, 5, 5), (1, 1), (1, 1), False),            # 5x5
+             ((2, 32, 9, 9), (4, 32, 3, 3), (2, 2), (1, 1), False),            # stride 2
+             ((2, 32, 9, 9), (4, 32, 3, 3), (1, 1), (2, 2), False)]            # dilated
+    for x_shape, w_shape, stride, dilation, expected in cases:
+        geometry = onepool._geometry(x_shape, w_shape, stride, (1, 1, 1, 1), dilation)
+        layout = (onepool._stacked_layout(x_shape, (1, 1, 1, 1), geometry[10], geometry[11],
+                                          onepool.SHIFT_GROUP)
+                  if stride == (1, 1) else None)
+        assert onepool._winograd_applies(layout, geometry, x_shape[1]) is expected
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", GRID, ids=grid_id)
+def test_forward_matches_torch_and_the_shift_path(case, dtype, n_threads, rng, monkeypatch):
+    x, weight, bias, pads = make_case(case, dtype, rng)
+    y, ctx = with_threads(n_threads, onepool.conv2d_forward, x, weight, bias, (1, 1), pads,
+                          (1, 1))
+    top, bottom, left, right = pads
+    padded = torch.nn.functional.pad(to_torch(x), (left, right, top, bottom))
+    expected = torch.nn.functional.conv2d(padded, to_torch(weight),
+                                          None if bias is None else to_torch(bias))
+    assert y.dtype == dtype
+    assert_close(y, to_numpy(expected), "winograd y", dtype)
+    monkeypatch.setattr(onepool, "USE_WINOGRAD", False)
+    y_shift, _ = with_threads(n_threads, onepool.conv2d_forward, x, weight, bias, (1, 1), pads,
+                              (1, 1))
+    assert_close(y, y_shift, "winograd against the shift path", dtype)
+    # Backward is the shift path's either way: the same gradients from either forward's ctx.
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = with_threads(n_threads, onepool.conv2d_backward, dy, ctx)
+    monkeypatch.setattr(onepool, "USE_WINOGRAD", True)
+    _, ctx_again = with_threads(n_threads, onepool.conv2d_forward, x, weight, bias, (1, 1),
+                                pads, (1, 1))
+    for got, want in zip(grads, with_threads(n_threads, onepool.conv2d_backward, dy, ctx_again)):
+        if want is not None:
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("case", GRID, ids=grid_id)
+def test_fused_relu_and_pooling_are_the_layers_on_its_output(case, n_threads, rng):
+    """The fused output pass picks values only: the ReLU and 2x2 pooling of the Winograd
+    convolution's own output, bit for bit, winners included."""
+    x, weight, bias, pads = make_case(case, np.float32, rng)
+    y_plain, _ = with_threads(n_threads, onepool.conv2d_forward, x, weight, bias, (1, 1), pads,
+                              (1, 1))
+    relu = np.where(y_plain < 0, np.float32(0), y_plain)
+    y, _, _, _ = with_threads(n_threads, onepool.conv2d_relu_forward, x, weight, bias, (1, 1),
+                              pads, (1, 1))
+    np.testing.assert_array_equal(y, relu)
+    if min(relu.shape[2:]) < 2:
+        return
+    pooled_ref, pool_ctx = numba_backend.maxpool2d_forward(relu, (2, 2), (2, 2), (0, 0, 0, 0))
+    for winners in (True, False):
+        y, pooled, argmax, _ = with_threads(n_threads, onepool.conv2d_relu_forward, x, weight,
+                                            bias, (1, 1), pads, (1, 1), maxpool=True,
+                                            winners=winners)
+        np.testing.assert_array_equal(y, relu)
+        np.testing.assert_array_equal(pooled, pooled_ref)
+        if winners:
+            np.testing.assert_array_equal(argmax, numba_backend._winners(pool_ctx))
+        else:
+            assert argmax is None
+
+
+def test_repeatable_bit_for_bit(rng):
+    x, weight, bias, pads = make_case(GRID[6], np.float32, rng)
+    first, _ = with_threads(2, onepool.conv2d_forward, x, weight, bias, (1, 1), pads, (1, 1))
+    again, _ = with_threads(2, onepool.conv2d_forward, x, weight, bias, (1, 1), pads, (1, 1))
+    np.testing.assert_array_equal(first, again)
+
+
+def test_transformed_filters_are_g_g_gt(rng):
+    """``U[4*i + j, o, c] = (G g Gᵀ)[i, j]`` for every filter, against a plain matrix product."""
+    weight = rng.standard_normal((3, 2, 3, 3))
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    expected = np.einsum("ik,ockl,jl->ijoc", g, weight, g).reshape(16, 3, 2)
+    np.testing.assert_allclose(winograd.transform_weights(weight), expected, rtol=1e-14,
+                               atol=1e-14)
+
+
+@pytest.mark.parametrize("padding, hw", [(1, (5, 4)), (0, (6, 6))])
+def test_gradcheck_through_a_layer(padding, hw, rng):
+    """Central differences of the Winograd forward against the shift path's backward, float64."""
+    layer = nn.Conv2d(32, 2, 3, padding=padding, backend="numba", rng=rng)   # cast to f64 there
+    x = rng.standard_normal((2, 32) + hw)
+    assert runs_winograd(x, layer.weight.data, (padding,) * 4)
+    result = minicnn.gradcheck(layer, x)
+    assert result.max_error < GRADCHECK_TOL, f"\n{result}"
