@@ -677,12 +677,7 @@ def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     else:                    # one (C_out, C_in*kH*kW) matrix
         chunk = _forward_unroll_chunk
         weights = np.ascontiguousarray(weight).reshape(1, c_out, -1)
-    forward_weights = weights
-    if _winograd_applies(layout, geometry, c_in):
-        # Same args types as the shift path (so the same compiled parallel loop), with the
-        # filters transformed, (16, C_out, C_in); backward still uses the tap-major weights.
-        chunk = winograd.forward_chunk
-        forward_weights = winograd.transform_weights(np.ascontiguousarray(weight))
+    winograd_forward = _winograd_applies(layout, geometry, c_in)
     plan = _plan(geometry, layout)
     has_bias = bias is not None
     bias_arg = np.ascontiguousarray(bias) if has_bias else np.zeros(1, dtype=x.dtype)
@@ -691,10 +686,17 @@ def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     pooled = np.empty(pooled_shape if epilogue >= RELU_MAXPOOL else (0, 0, 0, 0), dtype=x.dtype)
     argmax = np.empty(pooled_shape if epilogue == RELU_MAXPOOL else (0, 0, 0, 0), dtype=np.int32)
     with _threads.blas_single_threaded():
-        parallel.run(chunk, (x, forward_weights, bias_arg, has_bias, y, epilogue, pooled, argmax,
-                             _pass_pointer(_write_biased if epilogue == PLAIN
-                                           else _write_rectified, x.dtype)) + plan,
-                     _n_threads(x), x.dtype)
+        if winograd_forward:   # the filters transformed; backward keeps the tap-major weights
+            u = winograd.transform_weights(np.ascontiguousarray(weight))
+            parallel.run(winograd.forward_chunk,
+                         winograd.arguments(x, u, bias_arg, has_bias, y, epilogue, pooled,
+                                            argmax, plan[6], plan[7]),
+                         _n_threads(x), x.dtype)
+        else:
+            parallel.run(chunk, (x, weights, bias_arg, has_bias, y, epilogue, pooled, argmax,
+                                 _pass_pointer(_write_biased if epilogue == PLAIN
+                                               else _write_rectified, x.dtype)) + plan,
+                         _n_threads(x), x.dtype)
     ctx = (x, weight.shape, weights, has_bias, plan, layout is not None)
     return (y, pooled if epilogue >= RELU_MAXPOOL else None,
             argmax if epilogue == RELU_MAXPOOL else None, ctx)
