@@ -169,3 +169,22 @@ def test_gradcheck_through_a_layer(padding, hw, rng):
     assert runs_winograd(x, layer.weight.data, (padding,) * 4)
     result = minicnn.gradcheck(layer, x)
     assert result.max_error < GRADCHECK_TOL, f"\n{result}"
+
+
+def test_a_nan_reaches_at_least_the_windows_it_is_in(rng):
+    """Non-finite input: the transforms mix a 4x4 tile's cells before multiplying, so a NaN
+    (or inf) reaches all four outputs of each tile it is in, a superset of the windows that
+    hold it (documented in the module); never fewer outputs than the direct sum."""
+    x = rng.standard_normal((2, 32, 8, 8)).astype(np.float32)
+    x[1, 5, 3, 4] = np.nan
+    weight = rng.standard_normal((4, 32, 3, 3)).astype(np.float32)
+    y, _ = onepool.conv2d_forward(x, weight, None, (1, 1), (1, 1, 1, 1), (1, 1))
+    from minicnn.kernels import reference
+    expected, _ = reference.conv2d_forward(x.astype(np.float64), weight.astype(np.float64),
+                                           None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    nan_direct, nan_winograd = np.isnan(expected), np.isnan(y)
+    assert nan_direct.any() and not nan_winograd[0].any()
+    assert np.all(nan_winograd[nan_direct])
+    # ... and only within the 2x2 output tiles whose 4x4 input block holds the NaN.
+    rows, cols = np.nonzero(nan_winograd[1].any(axis=0))
+    assert rows.min() >= 2 and rows.max() <= 5 and cols.min() >= 2 and cols.max() <= 5

@@ -23,6 +23,10 @@ transforms are additions only.
 The rounding differs from the direct sum's (the transforms add and subtract inputs before
 they are multiplied), by a few units in the last place for float32 at these sizes: the tests
 hold it to the same float32 tolerance as every other backend, and to float64 gradient checks.
+For the same reason a NaN or an infinity in the input reaches all four outputs of each 2x2
+tile whose 4x4 input block holds it, where the direct sum confines it to the windows that
+contain it (as with any Winograd convolution; finite inputs give finite outputs unless the
+sums of up to four inputs overflow).
 
 Only the *forward* runs this way (:func:`minicnn.kernels.onepool.conv2d_forward` picks it);
 backward keeps the shift path, which computes the gradient of the same convolution.
