@@ -87,8 +87,8 @@ def transform_weights(weight):
 @njit(**_JIT)
 def _split_phases(x, n, c, top, left, phases):
     """The zero-padded plane ``P`` of sample ``n``, channel ``c`` of ``x`` as its four
-    *phases*: ``phases[2*a + b, h, k] = P[2*h + a, 2*k + b]`` (``phases`` is (4, th + 1,
-    tw + 1); its border cells are zero and stay zero)."""
+    *phases*: ``phases[2*a + b, h, k] = P[2*h + a, 2*k + b]`` (``phases`` is (4, th + 2,
+    tw + 1), a zero row more than ``P`` needs; its border cells are zero and stay zero)."""
     height, width = x.shape[2], x.shape[3]
     for h in range(height):
         row = h + top
@@ -225,7 +225,9 @@ def forward_chunk(args, thread, n_threads):
     per_sample = tiles_h * pitch            # wide-grid tiles of one sample
     group = max(1, TILES_PER_GROUP // per_sample)
     capacity = group * per_sample
-    phases = np.zeros((4, tiles_h + 1, pitch), dtype=x.dtype)
+    # One zero row more than the padded plane needs: the loads for the last wide-grid tile
+    # (garbage) run one element past the plane's last row (:func:`_input_transform`).
+    phases = np.zeros((4, tiles_h + 2, pitch), dtype=x.dtype)
     rows = np.empty((8, per_sample + 1), dtype=x.dtype)
     v = np.empty((16, channels, capacity), dtype=x.dtype)
     m = np.empty((16, c_out, capacity), dtype=x.dtype)
