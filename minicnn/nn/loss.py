@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_array
+from .functional import log_softmax
 from .module import Module
 
 
@@ -62,8 +63,7 @@ class CrossEntropyLoss(_Loss):
                              f"{targets.min()} to {targets.max()}")
         self._check_finite(name, logits)
 
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = log_softmax(logits, axis=1)
         target_dist = np.zeros_like(logits)
         target_dist[np.arange(n), targets] = 1
         if self.label_smoothing:
