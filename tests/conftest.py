@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """Make ``$MINICNN_DATA_DIR`` absolute, resolved against the folder pytest started in.
+
+    The README's test command sets it relative to the project root
+    (``MINICNN_DATA_DIR=../shared/data``), and tests meet it from other places: subprocesses
+    with another ``cwd``, symbolic links made in a temporary folder, ``monkeypatch.chdir``.
+    Resolving it once, before any test module reads it, keeps every one of them pointing at
+    the same folder (the value may list several folders, separated by ``os.pathsep``).
+    """
+    value = os.environ.get("MINICNN_DATA_DIR")
+    if value:
+        os.environ["MINICNN_DATA_DIR"] = os.pathsep.join(
+            os.path.abspath(os.path.expanduser(part)) if part else part
+            for part in value.split(os.pathsep))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import minicnn
 from minicnn.train import TrainConfig, TrainingError, fit, load_run
 
-DATA_DIR = Path(os.environ.get("MINICNN_DATA_DIR", "")).expanduser()
+DATA_DIR = Path(os.environ.get("MINICNN_DATA_DIR", "")).expanduser().resolve()
 HAVE_MNIST = bool(os.environ.get("MINICNN_DATA_DIR")) and (DATA_DIR / "mnist").is_dir()
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="real MNIST not found in "
                                                         "$MINICNN_DATA_DIR")
