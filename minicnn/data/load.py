@@ -116,7 +116,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     -------
     Dataset, or SceneDataset for scenes
         ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)`` (scenes: ``(N, 4, 5)``
-        rows ``(class, x0, y0, x1, y1)``, see :mod:`minicnn.detection.scenes`), ``classes``,
+        rows ``(class, x0, y0, x1, y1)``, see :mod:`minicnn.data.scenes`), ``classes``,
         ``mean`` and ``std`` of the training split.
 
     Raises
@@ -161,7 +161,7 @@ def _load_scenes(spec: DatasetSpec, split: str, data_dir, download: bool, limit,
                  progress):
     """Scenes made from ``spec.base``'s ``split`` only (train scenes never see a test image);
     the split and the seed pick the random stream, so the same call gives the same scenes."""
-    from ..detection.scenes import SceneDataset, make_scenes
+    from .scenes import SceneDataset, make_scenes
 
     base = load_dataset(spec.base, split, data_dir=data_dir, download=download,
                         progress=progress)

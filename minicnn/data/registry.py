@@ -245,7 +245,7 @@ SYNTHETIC = DatasetSpec(
     num_samples={"train": 6000, "test": 1000}, default_sizes={"train": 6000, "test": 1000},
 )
 
-# Scenes: 96x96 canvases of 1-4 objects resized to 20-40 pixels (minicnn.detection.scenes).
+# Scenes: 96x96 canvases of 1-4 objects resized to 20-40 pixels (minicnn.data.scenes).
 _SCENE_SIZES = {"train": 12_000, "test": 2_000}
 
 MNIST_SCENES = DatasetSpec(

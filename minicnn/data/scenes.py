@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..data.dataset import Dataset
-from ..data.errors import DataError
+from .dataset import Dataset
+from .errors import DataError
 
 MAX_OBJECTS = 4
 PAD = -1
