@@ -222,7 +222,6 @@ def profile(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerInfo]:
     records: list[LayerInfo] = []
     names = {id(module): name for name, module in model.named_modules()}
     leaves = [m for m in model.modules() if not m._modules]
-    originals = {}
 
     def wrap(layer):
         forward = layer.forward
@@ -240,7 +239,6 @@ def profile(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerInfo]:
     model.eval()
     try:
         for layer in leaves:
-            originals[id(layer)] = layer.forward
             object.__setattr__(layer, "forward", wrap(layer))
         model(np.zeros((1, *input_shape), dtype=np.float32))
     finally:

@@ -18,7 +18,6 @@ from .errors import DataError
 
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_BYTES = 1 + 3 * 32 * 32
-RECORDS_PER_BATCH = 10_000
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILES = ("test_batch.bin",)
 SUBDIR = "cifar-10-batches-bin"

@@ -34,12 +34,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
 
 
-def is_gzip(path: str | os.PathLike) -> bool:
-    """True when the file starts with the gzip magic bytes ``1f 8b``."""
-    with open(path, "rb") as f:
-        return f.read(2) == GZIP_MAGIC
-
-
 def _open(path: Path):
     """Open ``path`` for binary reading, through gzip when its first bytes say so."""
     f = open(path, "rb")
