@@ -66,14 +66,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from minicnn import kernels
-    from minicnn.explore import Explorer, start_in_thread
+    from minicnn.explore import open_run, start_in_thread
 
     if args.backend:
         kernels.set_default_backend(args.backend)
     if args.threads:
         from minicnn.kernels.threads import set_num_threads
         set_num_threads(args.threads)
-    explorer = Explorer.from_run(args.run)
+    explorer = open_run(args.run)
     server, _ = start_in_thread(explorer)
     rng = np.random.default_rng(0)
     conv = next(layer["name"] for layer in server.info["layers"] if layer["conv"])

@@ -1,9 +1,12 @@
-"""argparse ``type=`` functions shared by the command lines (``minicnn`` and ``minicnn bench``):
-nonsense is refused while parsing, with exit code 2 and one line saying what was expected."""
+"""What the command lines (``minicnn`` and ``minicnn bench``) share: argparse ``type=``
+functions, so that nonsense is refused while parsing with exit code 2 and one line saying what
+was expected, and :class:`UserError`, a problem the user can fix (one line, exit code 1)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 
 def whole_number(minimum: int):
@@ -45,3 +48,27 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all of them off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_count(text: str) -> int:
+    """An argparse ``type`` for ``--threads``: at least 1; more than the machine has is capped,
+    with a warning (not an error: a command written for a bigger machine should still run)."""
+    value = positive_int(text)
+    cores = available_cores()
+    if value > cores:
+        print(f"minicnn: warning: --threads {value} is more than the {cores} core(s) here; "
+              f"using {cores}", file=sys.stderr)
+        return cores
+    return value
+
+
+class UserError(Exception):
+    """A problem the user can fix; the command line prints it as one line, exit code 1."""

@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from .argtypes import non_negative_float, positive_int, whole_number
+from .argtypes import (UserError, non_negative_float, non_negative_int, positive_int,
+                       thread_count, whole_number)
+from .config import BASE_RECIPE, QUICK
 
 EXAMPLES = """examples:
   minicnn train                                   LeNet-5 on MNIST
@@ -27,21 +29,6 @@ EXAMPLES = """examples:
   minicnn bench --suite conv --plot conv.png      time layers and models against PyTorch
 """
 
-# Training defaults, applied when neither the command line nor a resumed run's config sets
-# them (the options default to None so that a resumed run can tell what was typed).
-TRAIN_DEFAULTS = dict(dataset="mnist", model="lenet5", epochs=5, batch_size=64,
-                      optimizer="sgd", momentum=0.9, nesterov=True, schedule="warmup-cosine",
-                      warmup_epochs=0.2, step_size=2, gamma=0.1, seed=0, val_size=0,
-                      augment=True)
-QUICK = dict(epochs=1, limit=5000, test_limit=1000, val_size=500)
-LR_DEFAULT = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
-WEIGHT_DECAY_DEFAULT = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2}
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 1."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors on one line (the usage text is one ``--help`` away)."""
 
@@ -52,25 +39,6 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------
 # Argument types: nonsense is refused while parsing, with exit code 2
 # ---------------------------------------------------------------------------------------------
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:          # not on Linux
-        return os.cpu_count() or 1
-
-
-def _thread_count(text: str) -> int:
-    """At least 1; more than the machine has is capped, with a warning (not an error: a
-    command written for a bigger machine should still run)."""
-    value = positive_int(text)
-    cores = _available_cores()
-    if value > cores:
-        print(f"minicnn: warning: --threads {value} is more than the {cores} core(s) here; "
-              f"using {cores}", file=sys.stderr)
-        return cores
-    return value
-
-
 def _run_folder(text: str) -> str:
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a run folder")
@@ -80,7 +48,7 @@ def _run_folder(text: str) -> str:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("reference", "im2col", "numba"),
                         help="kernel backend for conv and pooling (default: the fastest)")
-    parser.add_argument("--threads", type=_thread_count, metavar="N",
+    parser.add_argument("--threads", type=thread_count, metavar="N",
                         help="threads for the Numba kernels and BLAS (at most the cores here)")
     parser.add_argument("--data-dir", help="where to look for data sets first "
                                            "(else $MINICNN_DATA_DIR, the cache, /usr/share/datasets)")
@@ -90,7 +58,9 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     from .data import dataset_names
     from .models import MODELS
 
-    d = TRAIN_DEFAULTS
+    # Options default to None so that a resumed run can tell what was typed; the recipe
+    # (minicnn.config.recipe_config) fills in the rest.
+    d = BASE_RECIPE
     train.add_argument("--dataset", choices=dataset_names(), help=f"default {d['dataset']}")
     train.add_argument("--model", choices=list(MODELS), help=f"default {d['model']}")
     train.add_argument("--epochs", type=positive_int, metavar="N",
@@ -123,7 +93,7 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
                             f"epochs (default {d['step_size']})")
     train.add_argument("--gamma", type=non_negative_float,
                        help=f"step schedule: the factor (default {d['gamma']})")
-    train.add_argument("--seed", type=int, help=f"default {d['seed']}")
+    train.add_argument("--seed", type=non_negative_int, help=f"default {d['seed']}")
     train.add_argument("--limit", type=positive_int, metavar="N",
                        help="use only this many training images")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -145,6 +115,32 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
                             "stored settings")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(train)
+
+
+DETECT_EXAMPLES = """examples:
+  minicnn detect runs/scenes scene.png --out boxes.png   draw boxes, labels and scores
+  minicnn detect runs/scenes a.png b.png --json          [{"image", "boxes": [{"label",
+                                                          "score", "box": [x0, y0, x1, y1]}]}]
+"""
+
+
+def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    from .detection.inference import DEFAULT_THRESHOLD
+
+    parser.add_argument("run", help="a detection run folder written by `minicnn train`")
+    parser.add_argument("images", nargs="+", help="PNG, JPEG, BMP or GIF files (any size, "
+                                                  "gray or colour), or folders of them")
+    parser.add_argument("--out", help="where to draw the boxes: a PNG file for one image, a "
+                                      "folder (created) for several")
+    parser.add_argument("--json", action="store_true",
+                        help='print JSON: [{"image", "inverted", "boxes": [{"label", "score", '
+                             '"box": [x0, y0, x1, y1]}]}], boxes in the image\'s pixels')
+    parser.add_argument("--threshold", type=non_negative_float, default=DEFAULT_THRESHOLD,
+                        metavar="S", help=f"report boxes scoring at least S (default "
+                                          f"{DEFAULT_THRESHOLD})")
+    parser.add_argument("--no-preprocess", action="store_true",
+                        help="only convert to gray and resize: no inverting of a light "
+                             "background or contrast stretching")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,13 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only resize and convert: no inverting, cropping or centring")
     _common(predict)
 
-    from .detection.cli import EXAMPLES as DETECT_EXAMPLES, add_detect_arguments
     detect = sub.add_parser("detect", help="find and classify every object in image files",
                             description="Find every object (digit) in image files of any size "
                                         "with a trained detection run; needs no data set.",
                             epilog=DETECT_EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_detect_arguments(detect)
+    _add_detect_arguments(detect)
     _common(detect)
 
     from .explore import port_number
@@ -229,37 +224,23 @@ def _apply_runtime(args) -> None:
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
-def _config_from_args(args):
-    """The TrainConfig of a new run: the command line over the defaults."""
-    from .train import TrainConfig
+TRAIN_SETTINGS = ("dataset", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
+                  "nesterov", "weight_decay", "schedule", "warmup_epochs", "step_size", "gamma",
+                  "seed", "limit", "val_size", "augment", "backend", "data_dir")
 
-    from .detection import cli as detection_cli
-    from .models import task_of
 
-    detection = task_of(args.model or TRAIN_DEFAULTS["model"]) == "detection"
-    defaults = {**TRAIN_DEFAULTS, **(detection_cli.TRAIN_DEFAULTS if detection else {})}
-    values = {key: getattr(args, key) if getattr(args, key) is not None else default
-              for key, default in defaults.items()}
-    if args.quick:
-        values.update(epochs=args.epochs or QUICK["epochs"], limit=args.limit or QUICK["limit"],
-                      test_limit=QUICK["test_limit"],
-                      val_size=QUICK["val_size"] if args.val_size is None else args.val_size)
-    else:
-        values.update(limit=args.limit)
-    optimizer = values["optimizer"]
-    if args.nesterov is None:      # the default applies where Nesterov momentum exists
-        values["nesterov"] = (TRAIN_DEFAULTS["nesterov"] and optimizer == "sgd"
-                              and values["momentum"] > 0)
-    values["lr"] = args.lr if args.lr is not None else (
-        detection_cli.LR_DEFAULT if detection else LR_DEFAULT)[optimizer]
-    values["weight_decay"] = (args.weight_decay if args.weight_decay is not None
-                              else WEIGHT_DECAY_DEFAULT[optimizer])
-    return TrainConfig(**values, backend=args.backend, data_dir=args.data_dir)
+def config_from_args(args):
+    """The :class:`~minicnn.config.TrainConfig` of a new run: what was typed over the recipe
+    (:func:`minicnn.config.recipe_config`)."""
+    from .config import recipe_config
+
+    return recipe_config(quick=args.quick,
+                         **{name: getattr(args, name) for name in TRAIN_SETTINGS})
 
 
 def _default_out(args) -> Path:
-    dataset = args.dataset or TRAIN_DEFAULTS["dataset"]
-    model = args.model or TRAIN_DEFAULTS["model"]
+    dataset = args.dataset or BASE_RECIPE["dataset"]
+    model = args.model or BASE_RECIPE["model"]
     return Path("runs") / f"{dataset}-{model}{'-quick' if args.quick else ''}"
 
 
@@ -293,7 +274,9 @@ def _report_resume(args, stored) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import fit, read_config
+    from . import tasks
+    from .runfolder import read_config
+    from .train import fit
 
     out = Path(args.out) if args.out else _default_out(args)
     if args.resume:
@@ -305,123 +288,55 @@ def cmd_train(args) -> int:
         if (out / "config.json").exists() or (out / "checkpoint.npz").exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or "
                             "choose another --out")
-        config = _config_from_args(args)
+        config = config_from_args(args)
     result = fit(config, out, resume=args.resume, progress=not args.no_progress,
                  epochs=args.epochs if args.resume else None,
                  data_dir=args.data_dir if args.resume else None)
-    if result["task"] == "detection":
-        from .detection.cli import write_figures
-        write_figures(out, result["history"], result["evaluation"], result["test_set"])
-        print(f"run folder: {out}  (test mAP@0.5 {result['test_map']:.4f}, "
-              f"{result['seconds']:.0f} s)")
-        return 0
-    _write_figures(out, result["history"], result["evaluation"], result["test_set"])
-    print(f"run folder: {out}  (test accuracy {result['test_accuracy']:.2%}, "
-          f"{result['seconds']:.0f} s)")
+    task = tasks.get(result["task"])
+    task.write_figures(out, result["history"], result["evaluation"], result["test_set"])
+    print(task.finished_line(out, result, result["seconds"]))
     return 0
 
 
-def _write_figures(out: Path, history, evaluation, test_set) -> None:
-    from . import viz
-
-    if history:
-        viz.plot_history(history, out / "curves.png")
-    viz.plot_confusion(evaluation.confusion, test_set.classes, out / "confusion.png")
-    viz.plot_misclassified(test_set.images, test_set.labels, evaluation.predictions,
-                           test_set.classes, out / "misclassified.png")
-    import matplotlib.pyplot as plt
-    plt.close("all")
-
-
 # ---------------------------------------------------------------------------------------------
-# evaluate, predict, datasets, bench
+# evaluate, predict, detect, datasets, bench, explore
 # ---------------------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
-    import json
-
+    from . import tasks
     from .data import default_transform, load_dataset
-    from .train import evaluate, load_run
+    from .runfolder import load_run, read_history
 
     config, model, meta = load_run(args.run, data_dir=args.data_dir)
-    from .models import task_of
-    if task_of(config.model) == "detection":
-        from .detection.cli import evaluate_run
-        return evaluate_run(args, config, model, meta)
+    run = Path(args.run)
+    history = read_history(run)          # checked before the (long) evaluation
+    task = tasks.for_model(config.model)
     test_set = load_dataset(config.dataset, "test", data_dir=args.data_dir or config.data_dir,
                             limit=config.test_limit, seed=config.seed)
     # Normalise with the run's own training statistics, whatever copy of the data is used.
     test_set.mean, test_set.std = meta.mean, meta.std
-    evaluation = evaluate(model, test_set, batch_size=args.batch_size,
-                          transform=default_transform(test_set))
-    print(f"{config.model} on {config.dataset} test set ({len(test_set)} images): "
-          f"accuracy {evaluation.accuracy:.2%}, loss {evaluation.loss:.4f}")
-    width = max(len(c) for c in meta.classes)
-    print(f"{'class':<{width}}  accuracy  images")
-    for name, acc, total in zip(meta.classes, evaluation.per_class_accuracy(),
-                                evaluation.confusion.sum(axis=1)):
-        print(f"{name:<{width}}  {acc:8.2%}  {total:6d}")
-    run = Path(args.run)
-    history_path = run / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else []
-    _write_figures(run, history, evaluation, test_set)
-    print(f"figures: {run / 'confusion.png'}, {run / 'misclassified.png'}")
+    evaluation = task.evaluate(model, test_set, transform=default_transform(test_set),
+                               batch_size=args.batch_size)
+    task.report(config, evaluation, test_set, meta)
+    written = task.write_figures(run, history, evaluation, test_set)
+    print("figures: " + ", ".join(str(path) for path in written))
     return 0
 
 
-def _softmax(logits):
-    import numpy as np
+def _use_run(args, command: str) -> int:
+    """``predict`` and ``detect``: load the run, check its task uses ``command``, run it."""
+    from . import tasks
+    from .runfolder import load_run
 
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    config, model, meta = load_run(args.run, data_dir=args.data_dir)
+    return tasks.for_command(config, command).use(args, model, meta)
 
 
 def cmd_predict(args) -> int:
-    import json
-
-    import numpy as np
-
-    from .data import DataError
-    from .preprocess import image_files, prepare_image
-    from .train import load_run
-
-    config, model, meta = load_run(args.run, data_dir=args.data_dir)
-    from .detection.cli import require_task
-    require_task(config, "classification", "predict")
-    mean = np.asarray(meta.mean, dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(meta.std, dtype=np.float32).reshape(-1, 1, 1)
-    model.eval()
-    paths = image_files(args.images)
-    results, failures = [], 0
-    for path in paths:
-        try:
-            prepared = prepare_image(path, meta.input_shape, meta.dataset,
-                                     enhance=not args.no_preprocess)
-        except (DataError, OSError) as error:
-            print(f"{path}: cannot use this image: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        if prepared.inverted:
-            print(f"{path}: dark ink on a light background: inverted", file=sys.stderr)
-        probs = _softmax(model(((prepared.image - mean) / std)[None])[0])
-        top = np.argsort(probs)[::-1][:args.top]
-        entry = {"image": str(path), "inverted": prepared.inverted,
-                 "top": [{"label": meta.classes[i], "probability": float(probs[i])}
-                         for i in top]}
-        results.append(entry)
-        if not args.json:
-            print(f"{path}: " + ", ".join(f"{t['label']} {t['probability']:.1%}"
-                                          for t in entry["top"]))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    if failures:
-        raise UserError(f"{failures} of {len(paths)} image(s) could not be classified")
-    return 0
+    return _use_run(args, "predict")
 
 
 def cmd_detect(args) -> int:
-    from .detection.cli import cmd_detect as detect
-
-    return detect(args)
+    return _use_run(args, "detect")
 
 
 def cmd_datasets(args) -> int:

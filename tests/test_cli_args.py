@@ -123,16 +123,16 @@ def test_adamw_weight_decay_zero_stays_zero_and_the_cli_default_is_documented():
     group = make_optimizer(TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.0),
                            parameters()).param_groups[0]
     assert group["weight_decay"] == 0.0
-    from minicnn.cli import _config_from_args
+    from minicnn.cli import config_from_args
     parser = build_parser()
-    assert _config_from_args(parser.parse_args(["train", "--optimizer", "adamw"])) \
+    assert config_from_args(parser.parse_args(["train", "--optimizer", "adamw"])) \
         .weight_decay == 1e-2
-    assert _config_from_args(parser.parse_args(
+    assert config_from_args(parser.parse_args(
         ["train", "--optimizer", "adamw", "--weight-decay", "0"])).weight_decay == 0.0
-    assert _config_from_args(parser.parse_args(["train"])).weight_decay == 5e-4
-    assert _config_from_args(parser.parse_args(
+    assert config_from_args(parser.parse_args(["train"])).weight_decay == 5e-4
+    assert config_from_args(parser.parse_args(
         ["train", "--weight-decay", "0"])).weight_decay == 0.0
-    assert _config_from_args(parser.parse_args(["train", "--optimizer", "adam"])) \
+    assert config_from_args(parser.parse_args(["train", "--optimizer", "adam"])) \
         .weight_decay == 0.0
     help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
     assert "0.01 for adamw" in help_text and "0.0005 for sgd" in help_text
@@ -142,26 +142,26 @@ def test_the_default_recipe_is_the_documented_one():
     """``minicnn train`` trains on the whole training split with SGD 0.05, Nesterov momentum
     0.9, weight decay 5e-4, the per-batch warm-up + cosine schedule and augmented
     images (README)."""
-    from minicnn.cli import _config_from_args
+    from minicnn.cli import config_from_args
     parser = build_parser()
-    config = _config_from_args(parser.parse_args(["train", "--model", "mnist-cnn"]))
+    config = config_from_args(parser.parse_args(["train", "--model", "mnist-cnn"]))
     assert (config.optimizer, config.lr, config.momentum, config.nesterov) == (
         "sgd", 0.05, 0.9, True)
     assert (config.weight_decay, config.schedule, config.warmup_epochs) == (
         5e-4, "warmup-cosine", 0.2)
     assert config.val_size == 0 and config.seed == 0 and config.epochs == 5
     assert config.augment is True
-    assert _config_from_args(parser.parse_args(["train", "--no-augment"])).augment is False
-    assert _config_from_args(parser.parse_args(["train", "--no-nesterov"])).nesterov is False
+    assert config_from_args(parser.parse_args(["train", "--no-augment"])).augment is False
+    assert config_from_args(parser.parse_args(["train", "--no-nesterov"])).nesterov is False
     # Where Nesterov momentum does not exist the default does not ask for it.
     for argv in (["--optimizer", "adam"], ["--optimizer", "adamw"], ["--momentum", "0"]):
-        other = _config_from_args(parser.parse_args(["train", *argv]))
+        other = config_from_args(parser.parse_args(["train", *argv]))
         assert other.nesterov is False
         other.check()
-    asked = _config_from_args(parser.parse_args(
+    asked = config_from_args(parser.parse_args(
         ["train", "--val-size", "5000", "--schedule", "cosine", "--warmup-epochs", "0.5"]))
     assert (asked.val_size, asked.schedule, asked.warmup_epochs) == (5000, "cosine", 0.5)
-    assert _config_from_args(parser.parse_args(["train", "--quick"])).val_size == 500
+    assert config_from_args(parser.parse_args(["train", "--quick"])).val_size == 500
 
 
 def test_step_schedule_uses_the_given_step_size_and_gamma():

@@ -201,13 +201,13 @@ def test_detect_array_refuses_unexpected_channels(detection_run):
 
 def test_cli_train_defaults_for_a_detector(tmp_path, mnist_dir, capsys, monkeypatch):
     from minicnn import cli
-    from minicnn.cli import build_parser, _config_from_args
+    from minicnn.cli import build_parser, config_from_args
 
     monkeypatch.setitem(cli.QUICK, "test_limit", 48)       # keep the test seconds long
 
     args = build_parser().parse_args(["train", "--dataset", "mnist-scenes", "--model",
                                       "tiny-detector"])
-    config = _config_from_args(args)
+    config = config_from_args(args)
     assert (config.optimizer, config.lr, config.batch_size, config.epochs, config.augment) == (
         "adam", 2e-3, 32, 3, False)
     assert main(["train", "--dataset", "mnist-scenes", "--model", "tiny-detector", "--limit",

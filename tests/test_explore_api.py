@@ -20,7 +20,7 @@ from PIL import Image
 
 from minicnn import models, nn
 from minicnn.cli import main
-from minicnn.explore import Explorer, start_in_thread
+from minicnn.explore import Explorer, open_run, start_in_thread
 from minicnn.explore import encode
 from minicnn.explore.server import MAX_UPLOAD
 from minicnn.preprocess import decode_rgba, prepare_image, prepare_rgba
@@ -107,7 +107,7 @@ def run_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(run_folder):
-    server, client = serve(Explorer.from_run(run_folder))
+    server, client = serve(open_run(run_folder))
     yield client
     server.shutdown()
     server.server_close()
@@ -340,7 +340,7 @@ def check_convolution(client, explorer, result, layer_index, channel, y, x):
 
 
 def test_convolution_hover_data_of_a_trained_run(served, run_folder):
-    explorer = Explorer.from_run(run_folder)
+    explorer = open_run(run_folder)
     server, client = serve(explorer)
     try:
         status, result = client.analyse(png_bytes(drawn_digit(3)))

@@ -60,10 +60,10 @@ def run_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(run_folder):
-    from minicnn.explore import Explorer, start_in_thread
+    from minicnn.explore import open_run, start_in_thread
 
     script = load_screenshot_script()
-    server, _ = start_in_thread(Explorer.from_run(run_folder))
+    server, _ = start_in_thread(open_run(run_folder))
     profile = tempfile.mkdtemp(prefix="minicnn-chromium-")
     driver = script.chromium(1366, 768, profile)
     try:

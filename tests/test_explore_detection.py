@@ -21,7 +21,7 @@ from minicnn.cli import main
 from minicnn.data import load_dataset
 from minicnn.detection import decode
 from minicnn.detection.inference import fit_to_input, gray_image
-from minicnn.explore import Explorer, ExploreError, encode, start_in_thread
+from minicnn.explore import Explorer, ExploreError, encode, open_run, start_in_thread
 from minicnn.explore.detection import DetectionExplorer, cell_scores
 from minicnn.preprocess import decode_rgba, ink_on_black
 from minicnn.train import RunMeta, TrainConfig, fit, load_run
@@ -80,7 +80,7 @@ def pictures(tmp_path_factory, mnist_dir):
 
 
 def test_from_run_gives_a_detection_explorer(run_folder):
-    explorer = Explorer.from_run(run_folder)
+    explorer = open_run(run_folder)
     assert isinstance(explorer, DetectionExplorer) and explorer.task == "detection"
     info = explorer.info()
     assert info["task"] == "detection" and info["threshold"] == 0.5

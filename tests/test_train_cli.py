@@ -45,7 +45,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     partial_config = quick_config(epochs=3)
     out = tmp_path / "resumed"
     (out).mkdir()
-    import minicnn.train as train_module
+    # The classification task evaluates through this module's ``evaluate`` (validation after
+    # each epoch): interrupting it stops the run between two epochs.
+    import minicnn.tasks.classification as train_module
 
     calls = {"n": 0}
     original = train_module.evaluate

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from .. import allocator
 from ..argtypes import non_negative_int, positive_float, positive_int
@@ -386,11 +387,42 @@ def write_outputs(results: dict, args: argparse.Namespace) -> str:
     return text
 
 
+_OUTPUTS = (("--json", "json"), ("--markdown", "markdown"), ("--plot", "plot"))
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse, before any benchmark runs, an output file that cannot be written: a folder, or
+    a file in a folder that cannot be created or written to (:class:`BenchError`, one line
+    naming the option)."""
+    for flag, name in _OUTPUTS:
+        value = getattr(args, name, None)
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise BenchError(f"{flag} {value}: is a folder; give a file name")
+        folder = path.parent
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise BenchError(f"{flag} {value}: cannot create the folder {folder} "
+                             f"({existing} is a file)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise BenchError(f"{flag} {value}: cannot write into {existing} (permission "
+                             "denied)")
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run, write the outputs, print the table (unless ``--quiet``); exit status 0."""
+    check_output_paths(args)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     results = run(args, log=log)
-    text = write_outputs(results, args)
+    try:
+        text = write_outputs(results, args)
+    except OSError as error:
+        raise BenchError(f"cannot write the results: {error.strerror or error}"
+                         f"{f' ({error.filename})' if error.filename else ''}") from None
     if not args.quiet:
         print(text)
         for flag, path in (("JSON", args.json), ("Markdown", args.markdown),

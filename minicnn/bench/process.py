@@ -393,52 +393,17 @@ def child_steps(job: dict) -> dict:
 
 
 def _train_config(job: dict):
-    """The :class:`~minicnn.train.TrainConfig` that ``minicnn train --model M --epochs 1
-    --batch-size B --dataset D [--limit N] [--data-dir DIR]`` builds (its own parser and
-    defaults, so the recipe is whatever the command uses); with a limit, the test set is
-    limited to as many images (evaluation is not timed)."""
-    import dataclasses
+    """The :class:`~minicnn.config.TrainConfig` that ``minicnn train --model M --epochs 1
+    --batch-size B --dataset D [--limit N] [--data-dir DIR]`` runs (the command's recipe,
+    :func:`minicnn.config.recipe_config`); with a limit, the test set is limited to as many
+    images (evaluation is not timed)."""
+    from ..config import recipe_config
 
-    from .. import cli as main_cli
-    from ..train import TrainConfig
-
-    argv = ["train", "--model", job["model"], "--epochs", "1", "--batch-size",
-            str(job["batch"]), "--dataset", job["dataset"]]
-    if job.get("limit"):
-        argv += ["--limit", str(job["limit"])]
-    if job.get("data_dir"):
-        argv += ["--data-dir", job["data_dir"]]
-    if job["competitor"] not in TORCH_COMPETITORS:
-        argv += ["--backend", job["competitor"]]
-    build = getattr(main_cli, "_config_from_args", None)
-    if build is not None:
-        config = build(main_cli.build_parser().parse_args(argv))
-    else:  # pragma: no cover - the CLI changed: the training defaults
-        config = TrainConfig(model=job["model"], epochs=1, batch_size=job["batch"],
-                             dataset=job["dataset"], limit=job.get("limit"),
-                             data_dir=job.get("data_dir"))
-    if job.get("limit"):
-        config = dataclasses.replace(config, test_limit=job["limit"])
-    return config
-
-
-def _load_split(config):
-    """``(train_full, train_set, val_set, test_set)`` exactly as ``minicnn train`` splits
-    them (its own loader when it has one)."""
-    from .. import train
-
-    loader = getattr(train, "_load_data", None)
-    if loader is not None:
-        return loader(config)
-    from ..data import load_dataset  # pragma: no cover - the training module changed
-
-    full = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.limit,
-                        seed=config.seed)
-    test = load_dataset(config.dataset, "test", data_dir=config.data_dir,
-                        limit=config.test_limit, seed=config.seed)
-    train_set, val_set = train.split_validation(full, min(config.val_size, len(full) // 5),
-                                                config.seed)
-    return full, train_set, val_set, test
+    backend = None if job["competitor"] in TORCH_COMPETITORS else job["competitor"]
+    return recipe_config(model=job["model"], dataset=job["dataset"], epochs=1,
+                         batch_size=job["batch"], limit=job.get("limit"),
+                         test_limit=job.get("limit"), data_dir=job.get("data_dir"),
+                         backend=backend)
 
 
 def _warm_up(job: dict, config, shape, classes: int) -> float:
@@ -476,7 +441,8 @@ def child_epoch_minicnn(job: dict) -> dict:
     started = time.perf_counter()
     _set_threads(job["threads"], False)
     config = _train_config(job)
-    train_full, train_set, _, _ = _load_split(config)
+    data = train.load_data(config)
+    train_full, train_set = data.train_full, data.train_set
     warmup_s = _warm_up(job, config, train_full.images.shape[1:], len(train_full.classes))
 
     with tempfile.TemporaryDirectory(prefix="minicnn-bench-epoch-") as out:
@@ -514,7 +480,9 @@ def child_epoch_torch(job: dict) -> dict:
     started = time.perf_counter()
     _set_threads(job["threads"], True)
     config = _train_config(job)
-    train_full, train_set, val_set, test_set = _load_split(config)
+    data = train.load_data(config)
+    train_full, train_set, val_set, test_set = (data.train_full, data.train_set, data.val_set,
+                                                data.test_set)
     warmup_s = _warm_up(job, config, train_full.images.shape[1:], len(train_full.classes))
     channels_last = job["competitor"] == "torch-cl"
     meta = train.RunMeta.from_dataset(config, train_full)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nn.functional import log_softmax, softmax
 from ..nn.loss import _Loss
 from .boxes import batched_nms, clip_boxes, nms
 
@@ -153,8 +154,7 @@ class DetectionLoss(_Loss):
         box_loss = self.box_weight * (box_error ** 2).sum()
 
         logits = p[:, HEAD_CHANNELS:]
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = log_softmax(logits, axis=1)
         image, i, j = np.nonzero(responsible)
         cls_loss = -log_probs[image, classes[image, i, j], i, j].sum()
 
@@ -218,8 +218,7 @@ def decode(prediction: np.ndarray, stride: float, prior: float, score_threshold:
     n, _, rows, cols = p.shape
     height, width = image_size if image_size is not None else (rows * stride, cols * stride)
     logits = p[:, HEAD_CHANNELS:]
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = softmax(logits, axis=1)
     scores = _sigmoid(p[:, 0]) * probs.max(axis=1)
     classes = probs.argmax(axis=1)
     ii, jj = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")

@@ -17,7 +17,7 @@ import numpy as np
 from ..data import DataError
 from ..preprocess import composite, ink_on_black, luminance, read_rgba
 from .head import decode
-from .task import NMS_IOU, detector_geometry
+from .evaluation import NMS_IOU, detector_geometry
 
 #: Boxes scoring below this are not reported by ``minicnn detect`` (its ``--threshold``).
 DEFAULT_THRESHOLD = 0.5

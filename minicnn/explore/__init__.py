@@ -10,7 +10,9 @@ For a detection run the page shows the boxes ``minicnn detect`` finds (the same 
 finds them), every layer, and the saliency of a box's score.
 
 Modules: :mod:`.analysis` (the computation), :mod:`.detection` (the same for a detection run),
-:mod:`.geometry` (receptive fields), :mod:`.encode` (arrays as JSON), :mod:`.server` (HTTP).
+:mod:`.geometry` (receptive fields), :mod:`.encode` (arrays as JSON), :mod:`.payloads` (the
+page's answers), :mod:`.runs` (a run folder's explorer, chosen by its task), :mod:`.server`
+(HTTP).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 
 from .analysis import Explorer, ExploreError
+from .runs import open_run
 from .server import ExploreServer, serve, start_in_thread
 
 
@@ -32,5 +35,5 @@ def port_number(text: str) -> int:
     return value
 
 
-__all__ = ["ExploreError", "ExploreServer", "Explorer", "port_number", "serve",
+__all__ = ["ExploreError", "ExploreServer", "Explorer", "open_run", "port_number", "serve",
            "start_in_thread"]

@@ -23,6 +23,7 @@ import numpy as np
 from .. import models, nn
 from ..data import DataError
 from ..kernels.im2col import im2col
+from ..nn.functional import softmax
 from ..preprocess import decode_rgba, prepare_rgba
 from . import geometry
 
@@ -65,12 +66,6 @@ class Analysis:
     inverted: bool
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, as ``minicnn predict`` computes it."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def decode_upload(data: bytes) -> np.ndarray:
     """An uploaded image file's bytes as RGBA ``(H, W, 4)`` float32 in [0, 1].
 
@@ -102,6 +97,8 @@ class Explorer:
     """
 
     task = "classification"
+    #: What a saliency is asked for (``GET /api/saliency?class=K``).
+    saliency_target = "class"
 
     def __init__(self, model: nn.Module, meta, name: str = "", keep: int = 32):
         self.model = model.eval()
@@ -129,24 +126,11 @@ class Explorer:
                                f"{self._shapes[-1]}, expected ({classes},) for its "
                                f"{classes} classes")
 
-    @classmethod
-    def from_run(cls, run, data_dir=None) -> "Explorer":
-        """Load a run folder written by ``minicnn train`` (see :func:`minicnn.train.load_run`).
+    def payload(self, analysis: Analysis, gradient: np.ndarray, predicted: int) -> dict:
+        """The answer to ``POST /api/analyse`` for what :meth:`analyse` returned."""
+        from .payloads import analysis_payload
 
-        A detection run gives a :class:`minicnn.explore.detection.DetectionExplorer`.
-        """
-        from pathlib import Path
-
-        from ..models import task_of
-        from ..train import load_run
-
-        config, model, meta = load_run(run, data_dir=data_dir)
-        name = Path(run).resolve().name
-        if task_of(config.model) == "detection":
-            from .detection import DetectionExplorer
-
-            return DetectionExplorer(model, meta, name=name)
-        return cls(model, meta, name=name)
+        return analysis_payload(self, analysis, gradient, predicted)
 
     # -----------------------------------------------------------------------------------------
     # The model: names, summary, first-layer filters

@@ -22,10 +22,11 @@ import hashlib
 
 import numpy as np
 
+from ..detection.evaluation import detector_geometry
 from ..detection.head import HEAD_CHANNELS
 from ..detection.inference import (DEFAULT_THRESHOLD, Detections, detect_image, fit_to_input,
                                    gray_image)
-from ..detection.task import detector_geometry
+from ..nn.functional import softmax
 from ..preprocess import ink_on_black
 from .analysis import Analysis, Explorer, ExploreError, decode_upload
 
@@ -47,8 +48,7 @@ def cell_scores(head: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     p = np.asarray(head, dtype=np.float64)
     logits = p[HEAD_CHANNELS:]
-    probabilities = np.exp(logits - logits.max(axis=0, keepdims=True))
-    probabilities /= probabilities.sum(axis=0, keepdims=True)
+    probabilities = softmax(logits, axis=0)
     objectness = 0.5 * (1.0 + np.tanh(0.5 * p[0]))
     return objectness * probabilities.max(axis=0), probabilities.argmax(axis=0), probabilities
 
@@ -75,6 +75,8 @@ class DetectionExplorer(Explorer):
     """
 
     task = "detection"
+    #: What a saliency is asked for (``GET /api/saliency?box=N``).
+    saliency_target = "box"
 
     def __init__(self, model, meta, name: str = "", keep: int = 32,
                  threshold: float = DEFAULT_THRESHOLD):
@@ -100,6 +102,13 @@ class DetectionExplorer(Explorer):
     def info(self) -> dict:
         return {**super().info(), "task": "detection", "threshold": self.threshold,
                 "stride": self.stride, "prior": self.prior}
+
+    def payload(self, analysis: Analysis, found: Detections, scale: float,
+                gradient: np.ndarray, top: int | None) -> dict:
+        """The answer to ``POST /api/analyse``: the boxes instead of class probabilities."""
+        from .payloads import detection_payload
+
+        return detection_payload(self, analysis, found, scale, gradient, top)
 
     # -----------------------------------------------------------------------------------------
     def analyse(self, data: bytes, enhance: bool = True

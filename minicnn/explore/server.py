@@ -35,7 +35,8 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from . import encode
-from .analysis import Analysis, Explorer, ExploreError
+from .analysis import Explorer, ExploreError
+from .runs import open_run
 
 MAX_UPLOAD = 8 * 1024 * 1024        # bytes of an uploaded image file
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -57,63 +58,6 @@ def static_files() -> dict[str, tuple[bytes, str]]:
             files["/static/" + entry.name] = (entry.read_bytes(), CONTENT_TYPES[suffix])
     files["/"] = files["/static/index.html"]
     return files
-
-
-def steps_payload(analysis: Analysis) -> list[dict]:
-    """The preprocessing steps as pictures, the normalised network input last."""
-    steps = [{"name": name, **encode.picture(encode.thumbnail(image))}
-             for name, image in analysis.steps]
-    steps.append({"name": "normalised: (x - mean) / std",
-                  **encode.picture(_hwc(analysis.network_input[0]))})
-    return steps
-
-
-def layers_payload(explorer: Explorer, analysis: Analysis) -> list[dict]:
-    """Every layer's output: feature maps as pictures, vectors as exact values."""
-    layers = []
-    for name, layer, output in zip(explorer.layer_names, explorer.layers, analysis.outputs):
-        entry = {"name": name, "kind": type(layer).__name__, "shape": list(output.shape)}
-        if output.ndim == 3:
-            entry["maps"] = encode.picture(output)
-        else:
-            entry["values"] = encode.exact(output)
-        layers.append(entry)
-    return layers
-
-
-def analysis_payload(explorer: Explorer, analysis: Analysis, gradient: np.ndarray,
-                     predicted: int) -> dict:
-    """The answer to ``POST /api/analyse``."""
-    steps, layers = steps_payload(analysis), layers_payload(explorer, analysis)
-    return {"id": analysis.id, "inverted": analysis.inverted, "predicted": predicted,
-            "probabilities": [float(p) for p in analysis.probabilities],
-            "steps": steps, "layers": layers,
-            "saliency": {"class": predicted, **encode.exact(gradient)}}
-
-
-def detection_payload(explorer, analysis: Analysis, found, scale: float,
-                      gradient: np.ndarray, top) -> dict:
-    """The answer to ``POST /api/analyse`` for a detection run.
-
-    ``boxes`` are ``minicnn detect --json``'s (label, score, box in the picture's pixels), each
-    with ``class`` and ``input_box``: the same box on the network's input canvas. ``picture``
-    is the picture as the detector saw it (gray, light on black; shrunk for showing) and
-    ``picture_size`` its own ``[height, width]``, the pixels the boxes are in.
-    """
-    steps, layers = steps_payload(analysis), layers_payload(explorer, analysis)
-    boxes = [{**shown, "class": int(k), "input_box": [float(v) * scale for v in box]}
-             for shown, k, box in zip(found.to_json(), found.classes, found.boxes)]
-    return {"id": analysis.id, "task": "detection", "inverted": analysis.inverted,
-            "boxes": boxes, "scale": scale, "picture_size": list(found.image.shape),
-            "picture": encode.picture(encode.thumbnail(found.image, 288)),
-            "cell_scores": encode.exact(analysis.probabilities),
-            "steps": steps, "layers": layers,
-            "saliency": {"box": top, **encode.exact(gradient)}}
-
-
-def _hwc(chw: np.ndarray) -> np.ndarray:
-    """(C, H, W) to what a picture of it shows: (H, W) for one channel, (H, W, 3) for three."""
-    return chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)
 
 
 class ExploreHandler(BaseHTTPRequestHandler):
@@ -220,14 +164,12 @@ class ExploreHandler(BaseHTTPRequestHandler):
                                             self._text(query, "layer"),
                                             self._int(query, "channel"), self._int(query, "y"),
                                             self._int(query, "x")))
-        elif path == "/api/saliency" and explorer.task == "detection":
-            box = self._int(query, "box")
-            gradient = explorer.saliency(self._text(query, "input"), box)
-            self._json({"box": box, **encode.exact(gradient)})
         elif path == "/api/saliency":
-            class_index = self._int(query, "class")
-            gradient = explorer.saliency(self._text(query, "input"), class_index)
-            self._json({"class": class_index, **encode.exact(gradient)})
+            # A class (classifier) or a box (detector): the explorer says which.
+            target = explorer.saliency_target
+            index = self._int(query, target)
+            gradient = explorer.saliency(self._text(query, "input"), index)
+            self._json({target: index, **encode.exact(gradient)})
         else:
             raise ExploreError(f"nothing at {path!r}", 404)
 
@@ -239,8 +181,7 @@ class ExploreHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         enhance = self._query().get("enhance", "1") not in ("0", "false", "no")
         explorer = self.server.explorer
-        payload = detection_payload if explorer.task == "detection" else analysis_payload
-        self._json(payload(explorer, *explorer.analyse(body, enhance=enhance)))
+        self._json(explorer.payload(*explorer.analyse(body, enhance=enhance)))
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -335,7 +276,7 @@ def serve(run, host: str = "127.0.0.1", port: int = 8765, open_browser: bool = T
     if host not in LOOPBACK_NAMES:
         print(f"minicnn explore: warning: --host {host} lets other machines on the network "
               "use this page and its API; it has no password", file=sys.stderr)
-    explorer = Explorer.from_run(run, data_dir=data_dir)
+    explorer = open_run(run, data_dir=data_dir)
     _warm_up(explorer)
     try:
         server = ExploreServer(explorer, host, port)

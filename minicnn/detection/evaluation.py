@@ -1,7 +1,8 @@
-"""Detection as a training task: the grid detector's loss, mAP@0.5 as the metric.
+"""A grid detector measured on a scene data set: its loss and mAP@0.5 over every scene.
 
-:func:`minicnn.train.fit` trains any task through one loop; this module supplies what is
-particular to detection (see :class:`minicnn.train.ClassificationTask` for the other one).
+:class:`minicnn.tasks.detection.DetectionTask` uses :func:`evaluate_detector` as the
+detection task's evaluation (after each epoch on the validation scenes, at the end on the test
+scenes, and for ``minicnn evaluate``).
 """
 
 from __future__ import annotations
@@ -88,36 +89,21 @@ def detect_batches(model, loader, score_threshold: float = EVAL_SCORE_THRESHOLD,
     return detections, (loss_sum / seen if loss_fn is not None and seen else None)
 
 
-class DetectionTask:
-    """Find and classify every object: :class:`DetectionLoss`, mAP@0.5."""
+def evaluate_detector(model, dataset, transform=None,
+                      batch_size: int = 256) -> DetectionEvaluation:
+    """mAP@0.5, per-class AP, mean loss and every detection of ``model`` on ``dataset``."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, transform=transform)
+    detections, loss = detect_batches(model, loader, loss_fn=detection_loss(model))
+    truth = ground_truth_of(dataset)
+    curves = class_curves(detections, truth, len(dataset.classes), MATCH_IOU)
+    per_class = np.array([c.average_precision for c in curves])
+    valid = ~np.isnan(per_class)
+    mean = float(per_class[valid].mean()) if valid.any() else float("nan")
+    return DetectionEvaluation(map=mean, per_class_ap=per_class, loss=float(loss),
+                               curves=curves, detections=detections, ground_truth=truth)
 
-    name = "detection"
 
-    def loss(self, model) -> DetectionLoss:
-        stride, prior = detector_geometry(model)
-        return DetectionLoss(stride=stride, prior=prior)
-
-    def batch_correct(self, outputs, targets) -> None:
-        return None             # no right-or-wrong per image; mAP is measured per epoch
-
-    def evaluate(self, model, dataset, transform=None,
-                 batch_size: int = 256) -> DetectionEvaluation:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, transform=transform)
-        detections, loss = detect_batches(model, loader, loss_fn=self.loss(model))
-        truth = ground_truth_of(dataset)
-        curves = class_curves(detections, truth, len(dataset.classes), MATCH_IOU)
-        per_class = np.array([c.average_precision for c in curves])
-        valid = ~np.isnan(per_class)
-        mean = float(per_class[valid].mean()) if valid.any() else float("nan")
-        return DetectionEvaluation(map=mean, per_class_ap=per_class, loss=float(loss),
-                                   curves=curves, detections=detections, ground_truth=truth)
-
-    def validation_record(self, evaluation: DetectionEvaluation) -> dict:
-        return {"val_loss": evaluation.loss, "val_map": evaluation.map}
-
-    def result(self, evaluation: DetectionEvaluation) -> dict:
-        return {"test_map": evaluation.map, "test_loss": evaluation.loss,
-                "test_ap": [None if np.isnan(v) else float(v) for v in evaluation.per_class_ap]}
-
-    def summary(self, evaluation: DetectionEvaluation, count: int) -> str:
-        return f"test mAP@0.5 {evaluation.map:.4f} ({count} scenes)"
+def detection_loss(model) -> DetectionLoss:
+    """The :class:`DetectionLoss` for a detector built by :mod:`minicnn.models`."""
+    stride, prior = detector_geometry(model)
+    return DetectionLoss(stride=stride, prior=prior)
