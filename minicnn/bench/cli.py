@@ -203,6 +203,109 @@ def _thread_counts(args: argparse.Namespace, suite, model_runs: str) -> tuple[in
     return tuple(dict.fromkeys((args.threads, 1)))
 
 
+def _select_suite(args: argparse.Namespace):
+    """The suite ``args`` name, at its batch size, limited to ``--models``."""
+    suite = get_suite(args.suite).with_batch(args.batch_size)
+    if args.models is not None:
+        suite = replace(suite, models=tuple(c for c in suite.models if c.model in args.models))
+        if not suite.models:
+            raise BenchError(f"--models {','.join(args.models)}: suite {suite.name} has no "
+                             "such model case")
+    return suite
+
+
+def _blas_native_notes(args, suite, in_children: bool, blas_env: dict) -> list[str]:
+    """What ``--blas-native`` changed, and what it could not change, as report notes."""
+    from . import process as process_bench
+
+    if not args.blas_native:
+        return []
+    notes = []
+    kept = ", ".join(f"{k}={v}" for k, v in blas_env.items() if v)
+    if in_children:
+        notes.append("--blas-native: the child processes ran without "
+                     + ", ".join(process_bench.BLAS_ENV) + " (OpenBLAS's own choice of "
+                     "kernels for this CPU)" + (f"; this process kept {kept}" if kept else ""))
+    if suite.layers or (suite.models and not in_children):
+        notes.append("--blas-native changes only child processes: the layers, the GEMM "
+                     "peak and in-process models ran in this process with its "
+                     "environment (run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+                     "minicnn bench ...` for them)")
+    return notes
+
+
+def _bench_layers(suite, backends, args, say) -> tuple[list, list]:
+    """Every layer case of the suite: ``(records, skipped)``."""
+    from . import layers as layer_bench
+
+    records, skipped = [], []
+    for case in suite.layers:
+        done, missed = layer_bench.bench_layer(case, backends, args.repeats, args.warmup,
+                                               args.reference_max_gflop, log=say)
+        records += done
+        skipped += missed
+    layer_bench.attach_ratios(records)
+    return records, skipped
+
+
+def _bench_models(suite, backends, args, thread_counts, in_children: bool, say) -> dict:
+    """The suite's model cases: training steps and inference, or whole epochs, each
+    competitor in its own process (``in_children``) or all in this one."""
+    from . import models as model_bench
+    from . import process as process_bench
+
+    out = {"models": [], "scaling": [], "epochs": [], "process_runs": [],
+           "process_peaks": None, "skipped": []}
+    if suite.models and in_children:
+        child_backends = [b for b in backends if b != "reference"]
+        if "reference" in backends:
+            out["skipped"].append({"name": "models", "backend": "reference",
+                                   "reason": "the reference backend is not timed in separate "
+                                             "processes (use --in-process)"})
+        if suite.epoch:
+            say(f"epochs: each competitor alone in its own process, {args.processes} each ...")
+            done = process_bench.bench_epoch(
+                suite.models, child_backends, thread_counts, args.processes, args.warmup,
+                dataset=args.dataset, limit=args.limit, data_dir=args.data_dir,
+                blas_native=args.blas_native, log=say)
+            out["epochs"] = done["records"]
+        else:
+            say("model steps: each competitor alone in its own process ...")
+            done = process_bench.bench_models(
+                suite.models, child_backends, thread_counts, args.processes, args.repeats,
+                args.warmup, blas_native=args.blas_native, log=say)
+            out["models"], out["scaling"] = done["records"], done["scaling"]
+            out["process_peaks"] = done["peaks"]
+        out["process_runs"] = done["runs"]
+        return out
+    for case in suite.models:
+        records, missed = model_bench.bench_model(case, backends, args.repeats, args.warmup,
+                                                  args.reference_max_gflop,
+                                                  interleave=args.interleave, log=say)
+        out["models"] += records
+        out["skipped"] += missed
+    return out
+
+
+def _config_record(args, suite, backends, in_children: bool, thread_counts,
+                   do_compile) -> dict:
+    """The report's ``config`` section: what was asked for and how it ran."""
+    return {"suite": suite.name, "backends": list(backends), "repeats": args.repeats,
+            "warmup": args.warmup, "batch_size": args.batch_size,
+            "threads": args.threads, "reference_max_gflop": args.reference_max_gflop,
+            "dtype": "float32", "layout": "NCHW", "compile": bool(do_compile),
+            "interleave": args.interleave,
+            "model_runs": "process" if in_children else "in-process",
+            "processes": args.processes if in_children else None,
+            "thread_counts": list(thread_counts) if in_children else [args.threads],
+            "blas_native": bool(args.blas_native),
+            "child_blas_env": ("native (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)"
+                               if args.blas_native else "inherited") if in_children else None,
+            "models": list(args.models) if args.models else None,
+            "dataset": args.dataset if suite.epoch else None,
+            "limit": args.limit if suite.epoch else None}
+
+
 def run(args: argparse.Namespace, log=None) -> dict:
     """Run the suite described by parsed ``args`` and return the result dictionary.
 
@@ -220,22 +323,17 @@ def run(args: argparse.Namespace, log=None) -> dict:
         but missing, options contradict each other or a child process fails.
     """
     from ..kernels.threads import set_num_threads
+    from . import layers as layer_bench
     from . import machine
+    from . import models as model_bench
     from . import process as process_bench
     from .compile import measure_compile
-    from . import layers as layer_bench
-    from . import models as model_bench
 
     say = log or (lambda line: None)
     started = time.time()
     load_start = machine.load_average()
     notes: list[str] = []
-    suite = get_suite(args.suite).with_batch(args.batch_size)
-    if args.models is not None:
-        suite = replace(suite, models=tuple(c for c in suite.models if c.model in args.models))
-        if not suite.models:
-            raise BenchError(f"--models {','.join(args.models)}: suite {suite.name} has no "
-                             "such model case")
+    suite = _select_suite(args)
     model_runs = _model_runs(args, suite)
     thread_counts = _thread_counts(args, suite, model_runs)
     in_children = bool(suite.models) and (suite.epoch or model_runs == "process")
@@ -247,17 +345,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
                      "forward GFLOP are skipped; at most 3 repeats and 1 warm-up elsewhere")
     environment = machine.describe_environment()
     blas_env = {name: os.environ.get(name) for name in process_bench.BLAS_ENV}
-    if args.blas_native:
-        kept = ", ".join(f"{k}={v}" for k, v in blas_env.items() if v)
-        if in_children:
-            notes.append("--blas-native: the child processes ran without "
-                         + ", ".join(process_bench.BLAS_ENV) + " (OpenBLAS's own choice of "
-                         "kernels for this CPU)" + (f"; this process kept {kept}" if kept else ""))
-        if suite.layers or (suite.models and not in_children):
-            notes.append("--blas-native changes only child processes: the layers, the GEMM "
-                         "peak and in-process models ran in this process with its "
-                         "environment (run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
-                         "minicnn bench ...` for them)")
+    notes += _blas_native_notes(args, suite, in_children, blas_env)
 
     say(f"minicnn bench: suite {suite.name}, backends {','.join(backends)}, "
         f"{args.threads} thread(s), {args.repeats} repeats after {args.warmup} warm-up"
@@ -269,42 +357,9 @@ def run(args: argparse.Namespace, log=None) -> dict:
     say(f"GEMM peak (NumPy float32 {peak_start['size']}^3): {peak_start['gflops']:.1f} GFLOP/s "
         f"at {args.threads} thread(s), {core_start['gflops']:.1f} at 1")
 
-    layer_records, model_records, skipped = [], [], []
-    scaling, epochs, process_runs, process_peaks = [], [], [], None
-    for case in suite.layers:
-        records, missed = layer_bench.bench_layer(case, backends, args.repeats, args.warmup,
-                                                  args.reference_max_gflop, log=say)
-        layer_records += records
-        skipped += missed
-    layer_bench.attach_ratios(layer_records)
-    if suite.models and in_children:
-        child_backends = [b for b in backends if b != "reference"]
-        if "reference" in backends:
-            skipped.append({"name": "models", "backend": "reference",
-                            "reason": "the reference backend is not timed in separate "
-                                      "processes (use --in-process)"})
-        if suite.epoch:
-            say(f"epochs: each competitor alone in its own process, {args.processes} each ...")
-            done = process_bench.bench_epoch(
-                suite.models, child_backends, thread_counts, args.processes, args.warmup,
-                dataset=args.dataset, limit=args.limit, data_dir=args.data_dir,
-                blas_native=args.blas_native, log=say)
-            epochs = done["records"]
-        else:
-            say("model steps: each competitor alone in its own process ...")
-            done = process_bench.bench_models(
-                suite.models, child_backends, thread_counts, args.processes, args.repeats,
-                args.warmup, blas_native=args.blas_native, log=say)
-            model_records, scaling = done["records"], done["scaling"]
-            process_peaks = done["peaks"]
-        process_runs = done["runs"]
-    else:
-        for case in suite.models:
-            records, missed = model_bench.bench_model(case, backends, args.repeats,
-                                                      args.warmup, args.reference_max_gflop,
-                                                      interleave=args.interleave, log=say)
-            model_records += records
-            skipped += missed
+    layer_records, skipped = _bench_layers(suite, backends, args, say)
+    models = _bench_models(suite, backends, args, thread_counts, in_children, say)
+    skipped += models["skipped"]
 
     compiled = None
     do_compile = suite.compile_default if args.compile is None else args.compile
@@ -322,7 +377,8 @@ def run(args: argparse.Namespace, log=None) -> dict:
     used = min(args.threads, description.get("usable_cores") or args.threads)
     layer_bench.attach_fractions(layer_records, peak["gflops"], core_peak["gflops"], used)
     if not in_children:
-        model_bench.attach_fractions(model_records, peak["gflops"], core_peak["gflops"], used)
+        model_bench.attach_fractions(models["models"], peak["gflops"], core_peak["gflops"],
+                                     used)
     if peak["drift"] > 0.2:
         notes.append(f"the GEMM rate changed by {peak['drift']:.0%} during the run "
                      f"({peak['start_gflops']:.0f} -> {peak['end_gflops']:.0f} GFLOP/s): the "
@@ -337,21 +393,8 @@ def run(args: argparse.Namespace, log=None) -> dict:
                    .isoformat(timespec="seconds"),
         "duration_s": time.time() - started,
         "command": " ".join(sys.argv),
-        "config": {"suite": suite.name, "backends": list(backends), "repeats": args.repeats,
-                   "warmup": args.warmup, "batch_size": args.batch_size,
-                   "threads": args.threads, "reference_max_gflop": args.reference_max_gflop,
-                   "dtype": "float32", "layout": "NCHW", "compile": bool(do_compile),
-                   "interleave": args.interleave,
-                   "model_runs": "process" if in_children else "in-process",
-                   "processes": args.processes if in_children else None,
-                   "thread_counts": list(thread_counts) if in_children else [args.threads],
-                   "blas_native": bool(args.blas_native),
-                   "child_blas_env": ("native (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)"
-                                      if args.blas_native else "inherited") if in_children
-                                     else None,
-                   "models": list(args.models) if args.models else None,
-                   "dataset": args.dataset if suite.epoch else None,
-                   "limit": args.limit if suite.epoch else None},
+        "config": _config_record(args, suite, backends, in_children, thread_counts,
+                                 do_compile),
         "machine": description,
         "load_average": {"start": load_start, "end": machine.load_average()},
         "versions": machine.describe_versions(),
@@ -362,11 +405,11 @@ def run(args: argparse.Namespace, log=None) -> dict:
         "gemm_peak": peak,
         "gemm_core_peak": core_peak,
         "layers": layer_records,
-        "models": model_records,
-        "scaling": scaling,
-        "epochs": epochs,
-        "process_runs": process_runs,
-        "process_peaks": process_peaks,
+        "models": models["models"],
+        "scaling": models["scaling"],
+        "epochs": models["epochs"],
+        "process_runs": models["process_runs"],
+        "process_peaks": models["process_peaks"],
         "compile": compiled,
         "skipped": skipped,
         "notes": notes,
