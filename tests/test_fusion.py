@@ -147,7 +147,8 @@ def test_each_layer_keeps_what_its_own_forward_keeps(rng):
     separate.fuse = False
     y = fused(x)
     separate(x)
-    for a, b in ((fused[1]._y, separate[1]._y), (fused[2]._ctx[1][2], separate[2]._ctx[1][2])):
+    for a, b in ((fused[1]._y, separate[1]._y),
+                 (fused[2]._ctx.ctx.argmax, separate[2]._ctx.ctx.argmax)):
         assert bits(a) == bits(b)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     fused.zero_grad()
@@ -178,7 +179,7 @@ def test_eval_mode_pools_without_positions_and_finds_them_if_asked(case, rng):
         model.zero_grad()
         out += [y, model.backward(dy)] + [p.grad.copy() for p in model.parameters()]
         if out is got:
-            assert model._fused_blocks and model[2]._ctx[1][2] is None   # no positions kept
+            assert model._fused_blocks and model[2]._ctx.ctx.argmax is None   # no positions kept
             out.append(model[2].backward(dy))        # the pooling's own backward, positions found
         else:
             out.append(model[2].backward(dy))

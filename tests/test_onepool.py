@@ -97,7 +97,7 @@ def test_the_grid_reaches_both_paths():
         x = np.zeros((n, cin, h, w), np.float32)
         _, ctx = onepool.conv2d_forward(x, np.zeros((cout, cin, kh, kw), np.float32), None,
                                         stride, pads, dilation)
-        shift = ctx[-1]                         # True: the shift path; False: unroll
+        shift = ctx.plan.stacked                # True: the shift path; False: unroll
         paths.add(shift)
         if stride == (1, 1) and cin >= onepool.SHIFT_MIN_CHANNELS and not shift:
             top, bottom, left, right = pads
@@ -168,19 +168,20 @@ def test_numba_backend_routes_through_onepool_and_falls_back(monkeypatch, rng):
     weight = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(4).astype(np.float32)
     y, ctx = numba_backend.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1)
-    assert ctx[0] == "onepool"
+    assert isinstance(ctx, onepool.ConvContext)
     grads = numba_backend.conv2d_backward(np.sin(y), ctx)
 
     monkeypatch.setattr(blas, "AVAILABLE", False)
     assert not onepool.supports(x.dtype, weight, 1)
     y_relay, ctx_relay = numba_backend.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1),
                                                       (1, 1), 1)
-    assert ctx_relay[0] == "gemm"
+    assert isinstance(ctx_relay, numba_backend.GemmContext)
     assert_close(y, y_relay, "y")
     monkeypatch.setattr(blas, "AVAILABLE", True)
     monkeypatch.setattr(numba_backend, "USE_ONEPOOL", False)       # the switch tutorial 09 uses
-    assert numba_backend.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1)[1][0] \
-        == "gemm"
+    _, ctx_switched = numba_backend.conv2d_forward(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1),
+                                                   1)
+    assert isinstance(ctx_switched, numba_backend.GemmContext)
     for ours, relay, name in zip(grads, numba_backend.conv2d_backward(np.sin(y), ctx_relay),
                                  ("dx", "dweight", "dbias")):
         assert_close(ours, relay, name)

@@ -16,7 +16,7 @@ import pytest
 
 import minicnn
 from minicnn import nn
-from minicnn.kernels import blas, numba_backend, onepool, winograd
+from minicnn.kernels import blas, contracts, numba_backend, onepool, winograd
 from torch_oracle import GRADCHECK_TOL, assert_close, to_numpy, to_torch
 
 torch = pytest.importorskip("torch")
@@ -59,11 +59,17 @@ def with_threads(n_threads, function, *args, **kwargs):
         numba.set_num_threads(previous)
 
 
+def layer_plan(x_shape, w_shape, stride, pads, dilation):
+    """The layer's plan, with the shift path's stacked layout where stride 1 allows one."""
+    plan = contracts.conv_plan(x_shape, w_shape, stride, pads, dilation)
+    stacked = (contracts.with_stacked_layout(plan, x_shape, pads, onepool.SHIFT_GROUP)
+               if stride == (1, 1) else None)
+    return plan if stacked is None else stacked
+
+
 def runs_winograd(x, weight, pads) -> bool:
-    geometry = onepool._geometry(x.shape, weight.shape, (1, 1), pads, (1, 1))
-    layout = onepool._stacked_layout(x.shape, pads, geometry[10], geometry[11],
-                                     onepool.SHIFT_GROUP)
-    return onepool._winograd_applies(layout, geometry, x.shape[1])
+    plan = layer_plan(x.shape, weight.shape, (1, 1), pads, (1, 1))
+    return onepool._winograd_applies(plan, x.shape[1])
 
 
 def test_every_grid_case_runs_winograd(rng):
@@ -83,11 +89,8 @@ def test_where_winograd_applies(rng):
              ((2, 32, 9, 9), (4, 32, 3, 3), (2, 2), (1, 1), False),            # stride 2
              ((2, 32, 9, 9), (4, 32, 3, 3), (1, 1), (2, 2), False)]            # dilated
     for x_shape, w_shape, stride, dilation, expected in cases:
-        geometry = onepool._geometry(x_shape, w_shape, stride, (1, 1, 1, 1), dilation)
-        layout = (onepool._stacked_layout(x_shape, (1, 1, 1, 1), geometry[10], geometry[11],
-                                          onepool.SHIFT_GROUP)
-                  if stride == (1, 1) else None)
-        assert onepool._winograd_applies(layout, geometry, x_shape[1]) is expected
+        plan = layer_plan(x_shape, w_shape, stride, (1, 1, 1, 1), dilation)
+        assert onepool._winograd_applies(plan, x_shape[1]) is expected
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])

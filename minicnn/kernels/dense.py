@@ -15,7 +15,6 @@ which OpenBLAS itself stays on one thread) run on the calling thread.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -98,9 +97,8 @@ def supports(x_dtype, weight) -> bool:
 def _n_threads(n_batch: int, n_in: int, n_out: int) -> int:
     """Threads worth using: one for small products, else one per Numba thread (a thread whose
     share of rows or features is empty just skips that part)."""
-    if n_batch * n_in * n_out < PARALLEL_MIN_WORK:
-        return 1
-    return max(1, numba.get_num_threads())
+    work = n_batch * n_in * n_out
+    return 1 if work < PARALLEL_MIN_WORK else _threads.threads_for(work)
 
 
 def linear_forward(x, weight, bias):

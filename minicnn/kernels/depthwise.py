@@ -18,19 +18,26 @@ plane at that position plus ``i*dH*Wp + j*dW``: a contiguous shift, a loop LLVM 
 The ``kW - 1`` positions past ``W_out`` in each row are garbage and never written out; in
 backward they stay zero in ``dY``'s grid, so they add nothing.
 
-The kernels take the same argument types as :mod:`minicnn.kernels.onepool`'s (the weights as
-a stack of ``(kH, kW)`` matrices, one per channel; the same 18-int plan), so they share its
-compiled parallel loops (:mod:`minicnn.kernels.parallel`).
+They are chunk kernels (:mod:`minicnn.kernels.parallel`): ``chunk(args, plan, thread,
+n_threads)``, ``args`` a :class:`DepthwiseForwardArgs` or :class:`DepthwiseBackwardArgs`,
+``plan`` the same :class:`~minicnn.kernels.contracts.ConvPlan` the one-pool convolution
+computes (:func:`~minicnn.kernels.contracts.conv_plan`; no stacked layout: only the geometry
+is read). Their arguments records are their own, so each kernel compiles its own parallel
+loop; they share with :mod:`minicnn.kernels.onepool` the plan and the wide grid, not compiled
+code.
 """
 
 from __future__ import annotations
 
-import numba
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
-from . import onepool, parallel
+from . import parallel
+from .contracts import ConvPlan, conv_plan
 from .parallel import share
+from .threads import threads_for
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -45,13 +52,35 @@ def _pad_plane(x, n, c, top, left, xpad):
             dest[w] = src[w]
 
 
+class DepthwiseForwardArgs(NamedTuple):
+    """``args`` of :func:`_forward_chunk`."""
+
+    x: np.ndarray           #: (N, C, H, W) input, C-contiguous
+    weights: np.ndarray     #: (C, kH, kW) one filter per channel
+    bias: np.ndarray        #: (C,), or (1,) unused when not ``has_bias``
+    has_bias: bool
+    y: np.ndarray           #: (N, C, H_out, W_out) output, written
+
+
+class DepthwiseBackwardArgs(NamedTuple):
+    """``args`` of :func:`_backward_chunk`."""
+
+    x: np.ndarray           #: (N, C, H, W) the forward's input
+    dy: np.ndarray          #: (N, C, H_out, W_out) gradient of the output
+    weights: np.ndarray     #: (C, kH, kW)
+    dx: np.ndarray          #: (N, C, H, W) input gradient, written; (0, C, H, W) if not needed
+    need_input_grad: bool
+    dw_partial: np.ndarray  #: (threads, C, kH, kW) each thread's weight gradient
+    db_partial: np.ndarray  #: (threads, C) each thread's bias gradient
+
+
 @njit(**_JIT)
-def _forward_chunk(args, thread, n_threads):
+def _forward_chunk(args, plan, thread, n_threads):
     """``y[n, c] = bias[c] + sum_ij weights[c, i, j] * xpad[n, c] shifted by (i*dH, j*dW)``
-    for this thread's planes; ``args = (x, weights, bias, has_bias, y) + plan`` (the plan of
-    :func:`minicnn.kernels.onepool._plan`)."""
-    x, weights, bias, has_bias, y = args[:5]
-    kh, kw, _, _, dh, dw, top, left, padded_h, padded_w = args[5:15]
+    for this thread's planes."""
+    x, weights, bias, has_bias, y = args.x, args.weights, args.bias, args.has_bias, args.y
+    kh, kw, dh, dw = plan.kh, plan.kw, plan.dh, plan.dw
+    top, left, padded_h, padded_w = plan.top, plan.left, plan.padded_h, plan.padded_w
     channels = x.shape[1]
     out_h, out_w = y.shape[2], y.shape[3]
     first, last = share(x.shape[0] * channels, thread, n_threads)
@@ -104,10 +133,10 @@ def _weight_grad_taps(grid, margin, flat, kh, kw, dh, dw, padded_w, length, dwei
 
 
 @njit(**_JIT)
-def _backward_chunk(args, thread, n_threads):
+def _backward_chunk(args, plan, thread, n_threads):
     """Backward of :func:`_forward_chunk` for this thread's planes: ``dW`` and ``db`` into
     ``dw_partial[thread]`` (C, kH, kW) and ``db_partial[thread]``, ``dx`` (when asked) plane
-    by plane; ``args = (x, dy, weights, dx, need_input_grad, dw_partial, db_partial) + plan``.
+    by plane.
 
     ``dY`` sits on the wide grid after a zero margin of ``(kH-1)*dH*Wp + (kW-1)*dW`` values,
     so the input gradient is a *gather*, like the forward pass: ``dX_pad[p] = sum_ij
@@ -115,12 +144,14 @@ def _backward_chunk(args, thread, n_threads):
     ``dX_pad[p + offset_ij] += W[i, j] * dY[p]`` tap by tap was 3x slower: each tap re-reads
     what the previous one wrote one element away, and the CPU cannot forward those
     overlapping vector stores to the loads.)"""
-    x, dy, weights, dx, need_input_grad, dw_partial, db_partial = args[:7]
-    kh, kw, _, _, dh, dw, top, left, padded_h, padded_w = args[7:17]
+    x, dy, weights, dx = args.x, args.dy, args.weights, args.dx
+    need_input_grad = args.need_input_grad
+    kh, kw, dh, dw = plan.kh, plan.kw, plan.dh, plan.dw
+    top, left, padded_h, padded_w = plan.top, plan.left, plan.padded_h, plan.padded_w
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     out_h, out_w = dy.shape[2], dy.shape[3]
     first, last = share(x.shape[0] * channels, thread, n_threads)
-    dweight, dbias = dw_partial[thread], db_partial[thread]
+    dweight, dbias = args.dw_partial[thread], args.db_partial[thread]
     length = (out_h - 1) * padded_w + out_w
     margin = (kh - 1) * dh * padded_w + (kw - 1) * dw
     xpad = np.zeros((padded_h, padded_w), dtype=x.dtype)
@@ -177,45 +208,50 @@ def supports(x_dtype, weight, groups, stride) -> bool:
             and x_dtype in (np.float32, np.float64) and weight.dtype == x_dtype)
 
 
+class DepthwiseContext(NamedTuple):
+    """What :func:`conv2d_forward` keeps for :func:`conv2d_backward`: the input itself, as the
+    one-pool kernels keep it."""
+
+    x: np.ndarray           #: (N, C, H, W) the input, C-contiguous
+    weight_shape: tuple     #: (C, 1, kH, kW)
+    weights: np.ndarray     #: (C, kH, kW)
+    has_bias: bool
+    plan: ConvPlan
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation):
     """Depthwise convolution forward; parameters and returns as in
     :func:`minicnn.kernels.reference.conv2d_forward` (with ``groups = C``), for layers
-    :func:`supports` accepts. ``ctx`` keeps the input, as the one-pool kernels do."""
+    :func:`supports` accepts; ``ctx`` is a :class:`DepthwiseContext`."""
     x = np.ascontiguousarray(x)
     channels = x.shape[1]
-    geometry = onepool._geometry(x.shape, weight.shape, stride, padding, dilation)
-    kh, kw, out_h, out_w = geometry[0], geometry[1], geometry[10], geometry[11]
-    plan = onepool._plan(geometry, None)
-    weights = np.ascontiguousarray(weight).reshape(channels, kh, kw)
+    plan = conv_plan(x.shape, weight.shape, stride, padding, dilation)
+    weights = np.ascontiguousarray(weight).reshape(channels, plan.kh, plan.kw)
     has_bias = bias is not None
     bias_arg = np.ascontiguousarray(bias, dtype=x.dtype) if has_bias else np.zeros(1, dtype=x.dtype)
-    y = np.empty((x.shape[0], channels, out_h, out_w), dtype=x.dtype)
-    parallel.run(_forward_chunk, (x, weights, bias_arg, has_bias, y) + plan,
-                 _n_threads(x), x.dtype)
-    return y, (x, weight.shape, weights, has_bias, plan)
+    y = np.empty((x.shape[0], channels, plan.out_h, plan.out_w), dtype=x.dtype)
+    parallel.run(_forward_chunk, DepthwiseForwardArgs(x, weights, bias_arg, has_bias, y), plan,
+                 threads_for(x.shape[0] * channels), x.dtype)
+    return y, DepthwiseContext(x, weight.shape, weights, has_bias, plan)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
     """``(dx or None, dweight, dbias or None)`` for :func:`conv2d_forward`'s ``ctx``."""
-    x, weight_shape, weights, has_bias, plan = ctx
+    x, weights = ctx.x, ctx.weights
     dy = np.ascontiguousarray(dy)
     need_input_grad = bool(need_input_grad)
     dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
-    n_threads = _n_threads(x)
+    n_threads = threads_for(x.shape[0] * x.shape[1])    # one chunk of planes per thread
     dw_partial = np.zeros((n_threads,) + weights.shape, dtype=x.dtype)
     db_partial = np.zeros((n_threads, x.shape[1]), dtype=x.dtype)
     parallel.run(_backward_chunk,
-                 (x, dy, weights, dx, need_input_grad, dw_partial, db_partial) + plan,
-                 n_threads, x.dtype)
+                 DepthwiseBackwardArgs(x, dy, weights, dx, need_input_grad, dw_partial,
+                                       db_partial),
+                 ctx.plan, n_threads, x.dtype)
     # The threads' partial sums in a fixed order: the same result for a given thread count.
     dweight, dbias = dw_partial[0], db_partial[0]
     for t in range(1, n_threads):
         dweight = dweight + dw_partial[t]
         dbias = dbias + db_partial[t]
-    return ((dx if need_input_grad else None), dweight.reshape(weight_shape),
-            (dbias if has_bias else None))
-
-
-def _n_threads(x) -> int:
-    """One chunk of planes per Numba thread, at least one plane each."""
-    return max(1, min(numba.get_num_threads(), x.shape[0] * x.shape[1]))
+    return ((dx if need_input_grad else None), dweight.reshape(ctx.weight_shape),
+            (dbias if ctx.has_bias else None))

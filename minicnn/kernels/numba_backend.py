@@ -26,16 +26,17 @@ own machine code) and cached on disk (``cache=True``), so later processes start 
 
 from __future__ import annotations
 
-import numba
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 from . import depthwise, onepool, parallel
-from . import threads as _threads  # noqa: F401  (chooses Numba's threading layer before use)
 from .geometry import output_size, pad_nchw
 from .im2col import im2col
 from .maxpool2x2 import max_row_pair
 from .parallel import share
+from .threads import threads_for  # importing threads chooses Numba's threading layer first
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 
@@ -173,11 +174,6 @@ def _depthwise_input_grad(dy, weight, padded_h, padded_w, sh, sw, dh, dw):
     return dx
 
 
-def _plane_threads(tasks: int) -> int:
-    """Threads for a loop over ``tasks`` planes: one per Numba thread, at least one task each."""
-    return max(1, min(numba.get_num_threads(), tasks))
-
-
 def _is_depthwise(weight, groups, c_in):
     return groups > 1 and groups == c_in and weight.shape[0] == c_in and weight.shape[1] == 1
 
@@ -185,19 +181,45 @@ def _is_depthwise(weight, groups, c_in):
 # --------------------------------------------------------------------------------------------
 # Convolution: the contract
 # --------------------------------------------------------------------------------------------
+class StridedDepthwiseContext(NamedTuple):
+    """What a strided depthwise forward (the per-plane loops above) keeps for backward."""
+
+    x_shape: tuple          #: (N, C, H, W)
+    weight: np.ndarray      #: (C, 1, kH, kW), C-contiguous
+    has_bias: bool
+    x_padded: np.ndarray    #: (N, C, H + top + bottom, W + left + right)
+    stride: tuple           #: (sH, sW)
+    padding: tuple          #: (top, bottom, left, right)
+    dilation: tuple         #: (dH, dW)
+
+
+class GemmContext(NamedTuple):
+    """What a grouped forward (im2col + one GEMM per group) keeps for backward."""
+
+    x_shape: tuple          #: (N, C_in, H, W)
+    weight: np.ndarray      #: (C_out, C_in / groups, kH, kW)
+    has_bias: bool
+    cols: np.ndarray        #: (C_in * kH * kW, N * H_out * W_out), the unrolled input
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     """Convolution forward. Ungrouped float32/float64 layers run as one parallel loop over the
     batch (:mod:`minicnn.kernels.onepool`); depthwise layers use the direct loops above; other
     grouped layers ``y = W (C_out_g, K_g) @ cols (K_g, N*L)`` per group, with NumPy unrolling.
 
-    Parameters and returns as in :func:`minicnn.kernels.reference.conv2d_forward`.
+    Parameters and returns as in :func:`minicnn.kernels.reference.conv2d_forward`; ``ctx`` is
+    the context of the path that ran (:class:`minicnn.kernels.onepool.ConvContext`,
+    :class:`minicnn.kernels.depthwise.DepthwiseContext`, :class:`StridedDepthwiseContext` or
+    :class:`GemmContext`), and its type tells :func:`conv2d_backward` which path to take.
     """
     if USE_ONEPOOL and onepool.supports(x.dtype, weight, groups):
-        y, ctx = onepool.conv2d_forward(x, weight, bias, stride, padding, dilation)
-        return y, ("onepool", ctx)
+        return onepool.conv2d_forward(x, weight, bias, stride, padding, dilation)
     if depthwise.supports(x.dtype, weight, groups, stride):
-        y, ctx = depthwise.conv2d_forward(x, weight, bias, stride, padding, dilation)
-        return y, ("depthwise-onepool", ctx)
+        return depthwise.conv2d_forward(x, weight, bias, stride, padding, dilation)
     x = np.ascontiguousarray(x)
     n_batch, _, height, width = x.shape
     c_out, _, kh, kw = weight.shape
@@ -211,7 +233,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
         weight = np.ascontiguousarray(weight)
         y = _depthwise_forward(x_padded, weight, bias_arg, has_bias, sh, sw, dh, dw, out_h,
                                out_w)
-        return y, ("depthwise", x.shape, weight, has_bias, x_padded, stride, padding, dilation)
+        return y, StridedDepthwiseContext(x.shape, weight, has_bias, x_padded, stride, padding,
+                                          dilation)
     # NumPy's strided copy unrolls faster than every Numba loop we tried (measured 1.3-3x on
     # the benchmark suite's shapes, even against two Numba threads), so we reuse it.
     cols, _ = im2col(x, (kh, kw), stride, padding, dilation)
@@ -222,26 +245,26 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
         y_matrix = np.matmul(w_matrix, cols.reshape(groups, -1, cols.shape[1]))
         y_matrix = y_matrix.reshape(c_out, -1)
     y = _gemm_to_nchw(y_matrix, bias_arg, has_bias, n_batch, out_h, out_w)
-    return y, ("gemm", x.shape, weight, has_bias, cols, stride, padding, dilation, groups)
+    return y, GemmContext(x.shape, weight, has_bias, cols, stride, padding, dilation, groups)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
     """``dW = dY @ colsᵀ``, ``db = Σ dY``, ``dx = col2im(Wᵀ @ dY)`` per group (depthwise
     layers: the direct loops above)."""
-    if ctx[0] == "onepool":
-        return onepool.conv2d_backward(dy, ctx[1], need_input_grad)
-    if ctx[0] == "depthwise-onepool":
-        return depthwise.conv2d_backward(dy, ctx[1], need_input_grad)
-    if ctx[0] == "depthwise":
+    if isinstance(ctx, onepool.ConvContext):
+        return onepool.conv2d_backward(dy, ctx, need_input_grad)
+    if isinstance(ctx, depthwise.DepthwiseContext):
+        return depthwise.conv2d_backward(dy, ctx, need_input_grad)
+    if isinstance(ctx, StridedDepthwiseContext):
         return _depthwise_backward(np.ascontiguousarray(dy), ctx, need_input_grad)
-    _, x_shape, weight, has_bias, cols, stride, padding, dilation, groups = ctx
-    n_batch, c_in, height, width = x_shape
+    weight, cols, groups = ctx.weight, ctx.cols, ctx.groups
+    n_batch, c_in, height, width = ctx.x_shape
     c_out, _, kh, kw = weight.shape
-    (sh, sw), (dh, dw), (top, _, left, _) = stride, dilation, padding
+    (sh, sw), (dh, dw), (top, _, left, _) = ctx.stride, ctx.dilation, ctx.padding
     out_h, out_w = dy.shape[2], dy.shape[3]
     # (N, C_out, Ho, Wo) -> (C_out, N*Ho*Wo): NumPy's transposing copy beat a Numba loop.
     dy_matrix = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(c_out, -1)
-    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    dbias = dy.sum(axis=(0, 2, 3)) if ctx.has_bias else None
     w_matrix = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1)
     if groups == 1:
         dweight = (dy_matrix @ cols.T).reshape(weight.shape)
@@ -273,17 +296,19 @@ def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, groups, maxp
 
     Returns ``(y, pooled, conv_ctx, pool_ctx)``: the ReLU's output, the pooling's output
     (``None`` without ``maxpool``), and the contexts :func:`conv2d_backward` and
-    :func:`maxpool2d_backward` would get from the layers run one by one, so each layer can
-    still run its own backward.
+    :func:`maxpool2d_backward` would get from the layers run one by one (a
+    :class:`~minicnn.kernels.onepool.ConvContext` and a :class:`MaxPoolContext` or ``None``),
+    so each layer can still run its own backward.
     """
     if not (USE_ONEPOOL and onepool.supports(x.dtype, weight, groups)):
         return None
-    y, pooled, argmax, ctx = onepool.conv2d_relu_forward(x, weight, bias, stride, padding,
-                                                         dilation, maxpool, winners)
+    y, pooled, argmax, conv_ctx = onepool.conv2d_relu_forward(x, weight, bias, stride, padding,
+                                                              dilation, maxpool, winners)
     pool_ctx = None
     if maxpool:
-        pool_ctx = (y.shape[2], y.shape[3], argmax, True, None if winners else y)
-    return y, pooled, ("onepool", ctx), pool_ctx
+        pool_ctx = MaxPoolContext(y.shape[2], y.shape[3], argmax, tiled=True,
+                                  source=None if winners else y)
+    return y, pooled, conv_ctx, pool_ctx
 
 
 def conv2d_relu_backward(dy, conv_ctx, y, pooled=None, pool_ctx=None, need_input_grad=True):
@@ -291,12 +316,13 @@ def conv2d_relu_backward(dy, conv_ctx, y, pooled=None, pool_ctx=None, need_input
     (the pooling's when ``pool_ctx`` is given, else the ReLU's): ``(dx or None, dweight,
     dbias or None)``, the numbers the three layers' backward passes give."""
     argmax = None if pool_ctx is None else _winners(pool_ctx)
-    return onepool.conv2d_relu_backward(dy, conv_ctx[1], y, need_input_grad, pooled, argmax)
+    return onepool.conv2d_relu_backward(dy, conv_ctx, y, need_input_grad, pooled, argmax)
 
 
 def _depthwise_backward(dy, ctx, need_input_grad):
-    _, x_shape, weight, has_bias, x_padded, (sh, sw), (top, _, left, _), (dh, dw) = ctx
-    height, width = x_shape[2], x_shape[3]
+    weight, x_padded = ctx.weight, ctx.x_padded
+    (sh, sw), (top, _, left, _), (dh, dw) = ctx.stride, ctx.padding, ctx.dilation
+    height, width = ctx.x_shape[2], ctx.x_shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
     dweight, dbias = _depthwise_weight_grad(x_padded, dy, kh, kw, sh, sw, dh, dw)
     dx = None
@@ -304,7 +330,7 @@ def _depthwise_backward(dy, ctx, need_input_grad):
         dx_padded = _depthwise_input_grad(dy, weight, x_padded.shape[2], x_padded.shape[3],
                                           sh, sw, dh, dw)
         dx = np.ascontiguousarray(dx_padded[:, :, top:top + height, left:left + width])
-    return dx, dweight, (dbias if has_bias else None)
+    return dx, dweight, (dbias if ctx.has_bias else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,14 +403,25 @@ def _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w):
 
 
 # The 2x2 pooling kernels are chunk kernels (:mod:`minicnn.kernels.parallel`): each thread
-# takes its share of the (sample, channel) planes. Forward and backward take the same argument
-# types, ``(source, argmax, destination)``, so they share one compiled parallel loop.
+# takes its share of the (sample, channel) planes. Forward and backward take the same
+# arguments record and no plan (every size is an array's shape), so they share one compiled
+# parallel loop.
+class PoolPlanesArgs(NamedTuple):
+    """``args`` of the 2x2 pooling's chunk kernels: what each reads, the winners' flat
+    positions, what each writes."""
+
+    source: np.ndarray          #: forward: the input x; backward: dy
+    argmax: np.ndarray          #: (N, C, H_out, W_out) int32, written forward, read backward
+    destination: np.ndarray     #: forward: the output y; backward: dx
+
+
 @njit(**_JIT)
-def _maxpool_2x2_planes(args, thread, n_threads):
-    """:func:`_maxpool_forward_unpadded` for the common 2x2 window with stride 2, ``args =
-    (x, argmax, y)``: one :func:`~minicnn.kernels.maxpool2x2.max_row_pair` per row pair (the
-    four cells unrolled, 3x faster on 64x32x28x28). Same tie and NaN rule."""
-    x, argmax, y = args
+def _maxpool_2x2_planes(args, plan, thread, n_threads):
+    """:func:`_maxpool_forward_unpadded` for the common 2x2 window with stride 2, from
+    ``args.source`` (x) into ``args.destination`` (y): one
+    :func:`~minicnn.kernels.maxpool2x2.max_row_pair` per row pair (the four cells unrolled,
+    3x faster on 64x32x28x28). Same tie and NaN rule."""
+    x, argmax, y = args.source, args.argmax, args.destination
     first, last = share(x.shape[0] * x.shape[1], thread, n_threads)
     channels, width = x.shape[1], x.shape[3]
     for task in range(first, last):
@@ -395,11 +432,12 @@ def _maxpool_2x2_planes(args, thread, n_threads):
 
 
 @njit(**_JIT)
-def _maxpool_2x2_backward_planes(args, thread, n_threads):
-    """Backward of :func:`_maxpool_2x2_planes`, ``args = (dy, argmax, dx)``: the windows
-    tile the input, so each row pair is cleared and scattered while it is in cache, instead
-    of a separate zero-filled array the size of the input."""
-    dy, argmax, dx = args
+def _maxpool_2x2_backward_planes(args, plan, thread, n_threads):
+    """Backward of :func:`_maxpool_2x2_planes`, from ``args.source`` (dy) into
+    ``args.destination`` (dx): the windows tile the input, so each row pair is cleared and
+    scattered while it is in cache, instead of a separate zero-filled array the size of the
+    input."""
+    dy, argmax, dx = args.source, args.argmax, args.destination
     first, last = share(dy.shape[0] * dy.shape[1], thread, n_threads)
     channels, out_h, out_w = dy.shape[1], dy.shape[2], dy.shape[3]
     height, width = dx.shape[2], dx.shape[3]
@@ -422,21 +460,21 @@ POOL_PARALLEL_MIN_SIZE = 1 << 17
 
 
 def _pool_threads(size: int, planes: int) -> int:
-    return 1 if size < POOL_PARALLEL_MIN_SIZE else _plane_threads(planes)
+    return 1 if size < POOL_PARALLEL_MIN_SIZE else threads_for(planes)
 
 
 def _maxpool_2x2(x, out_h, out_w):
     n_batch, channels = x.shape[0], x.shape[1]
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n_batch, channels, out_h, out_w), dtype=np.int32)
-    parallel.run(_maxpool_2x2_planes, (x, argmax, y), _pool_threads(x.size, n_batch * channels),
-                 x.dtype)
+    parallel.run(_maxpool_2x2_planes, PoolPlanesArgs(x, argmax, y), parallel.NO_PLAN,
+                 _pool_threads(x.size, n_batch * channels), x.dtype)
     return y, argmax
 
 
 def _maxpool_2x2_backward(dy, argmax, height, width):
     dx = np.empty(dy.shape[:2] + (height, width), dtype=dy.dtype)
-    parallel.run(_maxpool_2x2_backward_planes, (dy, argmax, dx),
+    parallel.run(_maxpool_2x2_backward_planes, PoolPlanesArgs(dy, argmax, dx), parallel.NO_PLAN,
                  _pool_threads(dx.size, dy.shape[0] * dy.shape[1]), dy.dtype)
     return dx
 
@@ -507,8 +545,20 @@ def _avgpool_backward(dy, kh, kw, sh, sw, top, left, height, width,
     return dx
 
 
+class MaxPoolContext(NamedTuple):
+    """What a max pooling forward keeps for its backward (built by :func:`maxpool2d_forward`
+    and by a fused block, :func:`conv2d_relu_forward`)."""
+
+    input_height: int
+    input_width: int
+    argmax: np.ndarray | None   #: (N, C, H_out, W_out) int32 flat winner positions, or None
+    tiled: bool                 #: 2x2 windows, stride 2, no padding: the fast kernels
+    source: np.ndarray | None   #: the input, kept only where ``argmax`` was skipped
+
+
 def maxpool2d_forward(x, kernel_size, stride, padding):
-    """Parameters and returns as in :func:`minicnn.kernels.reference.maxpool2d_forward`."""
+    """Parameters and returns as in :func:`minicnn.kernels.reference.maxpool2d_forward`;
+    ``ctx`` is a :class:`MaxPoolContext`."""
     x = np.ascontiguousarray(x)
     height, width = x.shape[2:]
     (kh, kw), (sh, sw), (top, bottom, left, right) = kernel_size, stride, padding
@@ -521,45 +571,58 @@ def maxpool2d_forward(x, kernel_size, stride, padding):
         y, argmax = _maxpool_forward_unpadded(x, kh, kw, sh, sw, out_h, out_w)
     else:
         y, argmax = _maxpool_forward(x, kh, kw, sh, sw, top, left, out_h, out_w)
-    return y, (height, width, argmax, tiled, None)
+    return y, MaxPoolContext(height, width, argmax, tiled, source=None)
 
 
 def _winners(ctx):
     """The pooling's ``argmax`` from its ``ctx``: kept by the forward, or, where a fused
     block skipped it (:func:`conv2d_relu_forward` with ``winners=False``), found now from the
     pooling's input with the same rule (2x2 windows, stride 2: the only pooling fused)."""
-    height, width, argmax, _, source = ctx
-    if argmax is None:
-        _, argmax = _maxpool_2x2(source, height // 2, width // 2)
+    if ctx.argmax is not None:
+        return ctx.argmax
+    _, argmax = _maxpool_2x2(ctx.source, ctx.input_height // 2, ctx.input_width // 2)
     return argmax
 
 
 def maxpool2d_backward(dy, ctx):
-    height, width, argmax, tiled, source = ctx
-    expected = argmax.shape if argmax is not None else source.shape[:2] + (height // 2,
-                                                                            width // 2)
+    height, width = ctx.input_height, ctx.input_width
+    expected = (ctx.argmax.shape if ctx.argmax is not None
+                else ctx.source.shape[:2] + (height // 2, width // 2))
     # The kernel reads ``argmax`` at every index of ``dy`` without bounds checks: a dy of any
     # other shape would read outside it (a crash, not an error). Layers check dy first; this
     # guards direct callers of the kernel.
     if dy.shape != expected:
         raise ValueError(f"maxpool2d_backward: expected dy of shape {expected} (the "
                          f"forward output), got {dy.shape}")
-    backward = _maxpool_2x2_backward if tiled else _maxpool_backward
+    backward = _maxpool_2x2_backward if ctx.tiled else _maxpool_backward
     return backward(np.ascontiguousarray(dy), _winners(ctx), height, width)
 
 
+class AvgPoolContext(NamedTuple):
+    """What an average pooling forward keeps for its backward."""
+
+    input_height: int
+    input_width: int
+    kernel_size: tuple          #: (kH, kW)
+    stride: tuple               #: (sH, sW)
+    padding: tuple              #: (top, bottom, left, right)
+    count_include_pad: bool
+
+
 def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
-    """Parameters and returns as in :func:`minicnn.kernels.reference.avgpool2d_forward`."""
+    """Parameters and returns as in :func:`minicnn.kernels.reference.avgpool2d_forward`;
+    ``ctx`` is an :class:`AvgPoolContext`."""
     x = np.ascontiguousarray(x)
     height, width = x.shape[2:]
     (kh, kw), (sh, sw), (top, bottom, left, right) = kernel_size, stride, padding
     out_h = output_size(height, kh, sh, top, bottom)
     out_w = output_size(width, kw, sw, left, right)
     y = _avgpool_forward(x, kh, kw, sh, sw, top, left, out_h, out_w, bool(count_include_pad))
-    return y, (height, width, kernel_size, stride, padding, bool(count_include_pad))
+    return y, AvgPoolContext(height, width, kernel_size, stride, padding,
+                             bool(count_include_pad))
 
 
 def avgpool2d_backward(dy, ctx):
-    height, width, (kh, kw), (sh, sw), (top, _, left, _), count_include_pad = ctx
-    return _avgpool_backward(np.ascontiguousarray(dy), kh, kw, sh, sw, top, left, height, width,
-                             count_include_pad)
+    (kh, kw), (sh, sw), (top, _, left, _) = ctx.kernel_size, ctx.stride, ctx.padding
+    return _avgpool_backward(np.ascontiguousarray(dy), kh, kw, sh, sw, top, left,
+                             ctx.input_height, ctx.input_width, ctx.count_include_pad)

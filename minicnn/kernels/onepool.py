@@ -17,9 +17,10 @@ fixed offset: every tap is a *contiguous shift* of the padded input.
 
 - **shift** (many input channels): no unrolled matrix at all. A thread stacks a group of its
   samples, per channel, into one zero-padded image whose padding rows and columns are shared
-  between neighbours (:func:`_stacked_layout`); for each tap the ``(C_in, span)`` matrix of
-  shifted inputs *is* a strided view of that buffer, and ``Y += W_tap @ X_tap`` is one GEMM
-  for the whole group: ``kH*kW`` GEMMs with ``K = C_in``.
+  between neighbours (the *stacked layout*:
+  :func:`~minicnn.kernels.contracts.with_stacked_layout`); for each tap the ``(C_in, span)``
+  matrix of shifted inputs *is* a strided view of that buffer, and ``Y += W_tap @ X_tap`` is
+  one GEMM for the whole group: ``kH*kW`` GEMMs with ``K = C_in``.
 - **unroll** (few input channels, where ``K = C_in`` would starve the GEMM): copy the taps of
   one padded sample into a ``(C_in*kH*kW, L)`` matrix, one contiguous row copy per tap, then
   one GEMM.
@@ -30,11 +31,19 @@ zero in ``dy`` so they add nothing.
 
 Strided convolutions unroll onto the ordinary ``(H_out, W_out)`` grid. Depthwise and grouped
 convolutions, and dtypes without an in-kernel GEMM, stay with :mod:`minicnn.kernels.numba_backend`.
+
+Every chunk kernel here is called as ``chunk(args, plan, thread, n_threads)``
+(:mod:`minicnn.kernels.parallel`): ``args`` is a :class:`ConvForwardArgs` or
+:class:`ConvBackwardArgs` (the arrays, flags and function pointers, by name), ``plan`` the
+layer's :class:`~minicnn.kernels.contracts.ConvPlan` (every size, by name: ``plan.kh``,
+``plan.pitch``), computed once per call by :mod:`minicnn.kernels.contracts`, which the
+Winograd and depthwise kernels read too. Forward returns a :class:`ConvContext` for backward.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -42,10 +51,12 @@ from numba import njit, types
 
 from . import blas, parallel, pointwise, winograd
 from .blas import gemm as _gemm
+from .contracts import (PLAIN, RELU, RELU_MAXPOOL, RELU_MAXPOOL_VALUES,  # noqa: F401
+                        ConvPlan, conv_plan, with_stacked_layout)
 from .maxpool2x2 import max_row_pair, max_row_pair_values
 from . import threads as _threads  # also chooses Numba's threading layer before first use
-from .geometry import output_size
 from .parallel import share
+from .threads import threads_for
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -91,11 +102,12 @@ WINOGRAD_MIN_CHANNELS = 32
 #: results agree to float32 rounding, not bit for bit (tutorial 09 compares them).
 USE_WINOGRAD = True
 
-#: What the output pass does after adding the bias: nothing, a ReLU, a ReLU and 2x2 max
-#: pooling with stride 2 (:func:`conv2d_relu_forward`), or the same pooling without the
-#: winners' positions (when no backward needs them yet); backward reads its gradient through
-#: the pooling and the ReLU for :data:`RELU_MAXPOOL` (:func:`_read_unpooled`).
-PLAIN, RELU, RELU_MAXPOOL, RELU_MAXPOOL_VALUES = 0, 1, 2, 3
+# What the output pass does after adding the bias (``PLAIN``, ``RELU``, ``RELU_MAXPOOL``,
+# ``RELU_MAXPOOL_VALUES``: :mod:`minicnn.kernels.contracts`, imported above, so that
+# ``onepool.RELU`` still names them): nothing, a ReLU, a ReLU and 2x2 max pooling with stride
+# 2 (:func:`conv2d_relu_forward`), or the same pooling without the winners' positions (when no
+# backward needs them yet); backward reads its gradient through the pooling and the ReLU for
+# ``RELU_MAXPOOL`` (:func:`_read_unpooled`).
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +147,7 @@ def _crop_from(dxpad, top, left, dx, n):
 def _stack_into(x, n, xbuf, slot, gap_v, gap_h, block, pitch):
     """Copy sample ``n`` into slot ``slot`` of a stacked buffer ``xbuf`` (C, length): per
     channel, the samples' rows are stacked with ``gap_v`` zero rows between them and ``gap_h``
-    zero columns between rows (see :func:`_stacked_layout`)."""
+    zero columns between rows (see :func:`~minicnn.kernels.contracts.with_stacked_layout`)."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     for c in range(channels):
         for h in range(height):
@@ -383,7 +395,8 @@ def _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad):
 @njit(**_JIT)
 def _tap_offset(tap, kw, dh, dw, row0, col0, pitch):
     """Where tap ``tap`` (row-major over the kernel) of grid position 0 reads the stacked
-    buffer (:func:`_stacked_layout`); grid position ``q`` reads ``q`` further on."""
+    buffer (:func:`~minicnn.kernels.contracts.with_stacked_layout`); grid position ``q``
+    reads ``q`` further on."""
     return (row0 + (tap // kw) * dh) * pitch + col0 + (tap % kw) * dw
 
 
@@ -403,46 +416,78 @@ def _unroll_slab(xbuf, first, count, kh, kw, dh, dw, row0, col0, pitch, cols):
 
 # --------------------------------------------------------------------------------------------
 # One thread's work. Each ``*_chunk`` kernel follows :mod:`minicnn.kernels.parallel`'s calling
-# convention, ``chunk(args, thread, n_threads)``: it takes its share of the samples and writes
-# its own slice of the per-thread gradient buffers. The two forward paths take the same
-# ``args`` types, and so do the two backward paths, so each pair shares one compiled parallel
-# loop: the weights are always a stack of matrices (the shift path's ``kH*kW`` taps, the unroll
-# path's single unrolled matrix), and ``args`` ends with the same 18 ints, the *plan*
-# (:func:`_plan`; flat, because a parallel loop cannot take a tuple nested in a tuple). Both
-# directions also take the fused ReLU / pooling mode and its arrays (empty when unused) and
-# the pass that uses them, as a function pointer (:func:`_pass_pointer`): ``epilogue, pooled,
-# argmax, write_output`` forward, ``prologue, y, pooled, argmax, read_grad`` backward.
+# convention, ``chunk(args, plan, thread, n_threads)``: it takes its share of the samples and
+# writes its own slice of the per-thread gradient buffers. ``args`` is one of the two records
+# below, ``plan`` the layer's :class:`~minicnn.kernels.contracts.ConvPlan`. The two forward
+# paths take the same record types, and so do the two backward paths, so each pair shares one
+# compiled parallel loop: the weights are always a stack of matrices (the shift path's
+# ``kH*kW`` taps, the unroll path's single unrolled matrix), and the unroll path's plan has
+# zeros for the stacked layout. Both directions also take the fused ReLU / pooling mode and
+# its arrays (empty when unused) and the pass that uses them, as a function pointer
+# (:func:`_pass_pointer`).
 # --------------------------------------------------------------------------------------------
+class ConvForwardArgs(NamedTuple):
+    """``args`` of the forward chunk kernels."""
+
+    x: np.ndarray           #: (N, C_in, H, W) input, C-contiguous
+    #: (taps, C_out, K): shift (kH*kW, C_out, C_in), unroll (1, C_out, C_in*kH*kW)
+    weights: np.ndarray
+    bias: np.ndarray        #: (C_out,), or (1,) unused when not ``has_bias``
+    has_bias: bool
+    y: np.ndarray           #: (N, C_out, H_out, W_out) output, written
+    #: :data:`PLAIN`, :data:`RELU`, :data:`RELU_MAXPOOL` or :data:`RELU_MAXPOOL_VALUES`
+    epilogue: int
+    pooled: np.ndarray      #: (N, C_out, H_out//2, W_out//2) pooled output, or empty
+    argmax: np.ndarray      #: int32, the pooling's winners, same shape as ``pooled``, or empty
+    write_output: object    #: :func:`_write_biased` or :func:`_write_rectified`, a pointer
+
+
+class ConvBackwardArgs(NamedTuple):
+    """``args`` of the backward chunk kernels."""
+
+    x: np.ndarray           #: (N, C_in, H, W) the forward's input
+    dy: np.ndarray          #: gradient of the convolution's output, or of the fused pooling's
+    weights: np.ndarray     #: the forward's ``weights``
+    dx: np.ndarray          #: (N, C_in, H, W) input gradient, written; (0, ...) if not needed
+    need_input_grad: bool
+    dw_partial: np.ndarray  #: (threads, taps, K, C_out) each thread's transposed weight gradient
+    db_partial: np.ndarray  #: (threads, C_out) each thread's bias gradient
+    prologue: int           #: :data:`PLAIN` or :data:`RELU_MAXPOOL`
+    y: np.ndarray           #: (N, C_out, H_out, W_out) the convolution's (ReLU's) output
+    pooled: np.ndarray      #: the fused pooling's output, or empty
+    argmax: np.ndarray      #: the fused pooling's winners, or empty
+    read_grad: object       #: :func:`_read_plain` or :func:`_read_unpooled`, a pointer
+
+
 @njit(**_JIT)
-def _forward_shift_chunk(args, thread, n_threads):
-    """Stride 1, ``group`` samples per GEMM on the stacked layout: for a group of ``g``
+def _forward_shift_chunk(args, plan, thread, n_threads):
+    """Stride 1, ``plan.group`` samples per GEMM on the stacked layout: for a group of ``g``
     samples each tap's input is one strided ``(C_in, span)`` view of the buffer, so ``kH*kW``
     GEMMs ``Y += W_tap @ X_tap`` cover the whole group."""
-    x, w_taps, bias, has_bias, y, epilogue, pooled, argmax, write_output = args[:9]
-    kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
-        group = args[9:]
+    x, w_taps, y = args.x, args.weights, args.y
+    pitch, block, group = plan.pitch, plan.block, plan.group
     first, last = share(x.shape[0], thread, n_threads)
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
+    xbuf = np.zeros((channels, plan.channel_length), dtype=x.dtype)
     grid = np.empty((c_out, group * block * pitch), dtype=x.dtype)
     for n0 in range(first, last, group):
         count = min(group, last - n0)
         for slot in range(count):
-            _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
+            _stack_into(x, n0 + slot, xbuf, slot, plan.gap_v, plan.gap_h, block, pitch)
         span = ((count - 1) * block + out_h - 1) * pitch + out_w
-        for tap in range(kh * kw):
-            offset = _tap_offset(tap, kw, dh, dw, row0, col0, pitch)
+        for tap in range(plan.kh * plan.kw):
+            offset = _tap_offset(tap, plan.kw, plan.dh, plan.dw, plan.row0, plan.col0, pitch)
             _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, span, channels, w_taps[tap], channels,
-                  xbuf[0, offset:], channel_length, 0.0 if tap == 0 else 1.0, grid,
+                  xbuf[0, offset:], plan.channel_length, 0.0 if tap == 0 else 1.0, grid,
                   grid.shape[1])
         for slot in range(count):
-            write_output(grid, slot * block * pitch, bias, has_bias, pitch, y, n0 + slot,
-                          epilogue, pooled, argmax)
+            args.write_output(grid, slot * block * pitch, args.bias, args.has_bias, pitch, y,
+                              n0 + slot, args.epilogue, args.pooled, args.argmax)
 
 
 @njit(**_JIT)
-def _backward_shift_chunk(args, thread, n_threads):
+def _backward_shift_chunk(args, plan, thread, n_threads):
     """Backward of :func:`_forward_shift_chunk`, the same groups.
 
     The weight gradient goes into this thread's ``dw_partial[thread]``, *transposed* per tap
@@ -452,12 +497,12 @@ def _backward_shift_chunk(args, thread, n_threads):
     once instead of once per tap: MNIST conv2's weight gradient 4.7 -> 3.2 ms at one thread
     (benchmarks/RESULTS.md). The bias gradient goes into ``db_partial[thread]``, and
     ``dX_tap += W_tapᵀ @ dY`` into this thread's buffer, then unstacked into ``dx``."""
-    x, dy, w_taps, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax, \
-        read_grad = args[:12]
-    kh, kw, _, _, dh, dw, _, _, _, _, gap_v, gap_h, block, pitch, channel_length, row0, col0, \
-        group = args[12:]
+    x, dy, w_taps, dx, y = args.x, args.dy, args.weights, args.dx, args.y
+    need_input_grad = args.need_input_grad
+    kh, kw, dh, dw, row0, col0 = plan.kh, plan.kw, plan.dh, plan.dw, plan.row0, plan.col0
+    pitch, block, group, channel_length = plan.pitch, plan.block, plan.group, plan.channel_length
     first, last = share(x.shape[0], thread, n_threads)
-    dw_transposed, dbias = dw_partial[thread], db_partial[thread]
+    dw_transposed, dbias = args.dw_partial[thread], args.db_partial[thread]
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     xbuf = np.zeros((channels, channel_length), dtype=x.dtype)
@@ -468,9 +513,9 @@ def _backward_shift_chunk(args, thread, n_threads):
     for n0 in range(first, last, group):
         count = min(group, last - n0)
         for slot in range(count):
-            _stack_into(x, n0 + slot, xbuf, slot, gap_v, gap_h, block, pitch)
-            read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias, prologue, y,
-                       pooled, argmax)
+            _stack_into(x, n0 + slot, xbuf, slot, plan.gap_v, plan.gap_h, block, pitch)
+            args.read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias,
+                           args.prologue, y, args.pooled, args.argmax)
         span = ((count - 1) * block + out_h - 1) * pitch + out_w
         for start in range(0, span, slab):
             length = min(slab, span - start)
@@ -490,42 +535,46 @@ def _backward_shift_chunk(args, thread, n_threads):
                       grid, grid.shape[1], 0.0 if tap == 0 else 1.0, dxbuf[0, offset:],
                       channel_length)
             for slot in range(count):
-                _unstack_from(dxbuf, slot, gap_v, gap_h, block, pitch, dx, n0 + slot)
+                _unstack_from(dxbuf, slot, plan.gap_v, plan.gap_h, block, pitch, dx, n0 + slot)
 
 
 @njit(**_JIT)
-def _forward_unroll_chunk(args, thread, n_threads):
+def _forward_unroll_chunk(args, plan, thread, n_threads):
     """One sample at a time: unroll its windows into ``cols`` (K, L), ``Y = W @ cols``
-    (``W`` is ``weights[0]``, the unrolled (C_out, K) matrix)."""
-    x, weights, bias, has_bias, y, epilogue, pooled, argmax, write_output = args[:9]
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[9:19]
+    (``W`` is ``weights[0]``, the unrolled (C_out, K) matrix). The grid's ``pitch`` is the
+    padded width for stride 1 (every tap a contiguous shift) and ``W_out`` otherwise; the
+    plan's stacked layout is unused."""
+    x, y = args.x, args.y
     first, last = share(x.shape[0], thread, n_threads)
-    w_matrix = weights[0]
+    w_matrix = args.weights[0]
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    pitch = padded_w if sh == 1 and sw == 1 else out_w
+    pitch = plan.padded_w if plan.sh == 1 and plan.sw == 1 else out_w
     length = (out_h - 1) * pitch + out_w
     k = w_matrix.shape[1]
-    xpad = np.zeros((channels, padded_h, padded_w), dtype=x.dtype)
+    xpad = np.zeros((channels, plan.padded_h, plan.padded_w), dtype=x.dtype)
     cols = np.empty((k, length), dtype=x.dtype)
     grid = np.empty((c_out, length), dtype=x.dtype)
     for n in range(first, last):
-        _pad_into(x, n, top, left, xpad)
-        _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
+        _pad_into(x, n, plan.top, plan.left, xpad)
+        _unroll(xpad, plan.kh, plan.kw, plan.sh, plan.sw, plan.dh, plan.dw, out_h, out_w,
+                pitch, cols)
         _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, length, k, w_matrix, k, cols, length, 0.0,
               grid, length)
-        write_output(grid, 0, bias, has_bias, pitch, y, n, epilogue, pooled, argmax)
+        args.write_output(grid, 0, args.bias, args.has_bias, pitch, y, n, args.epilogue,
+                          args.pooled, args.argmax)
 
 
 @njit(**_JIT)
-def _backward_unroll_chunk(args, thread, n_threads):
+def _backward_unroll_chunk(args, plan, thread, n_threads):
     """Backward of :func:`_forward_unroll_chunk`: ``dW += dY @ colsᵀ`` into this thread's
     partial ``dw_partial[thread, 0]`` (C_out, K); ``dx = fold(Wᵀ @ dY)``."""
-    x, dy, weights, dx, need_input_grad, dw_partial, db_partial, prologue, y, pooled, argmax, \
-        read_grad = args[:12]
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w = args[12:22]
+    x, dy, dx, y = args.x, args.dy, args.dx, args.y
+    need_input_grad = args.need_input_grad
+    kh, kw, sh, sw, dh, dw = plan.kh, plan.kw, plan.sh, plan.sw, plan.dh, plan.dw
+    padded_h, padded_w = plan.padded_h, plan.padded_w
     first, last = share(x.shape[0], thread, n_threads)
-    w_matrix, dweight, dbias = weights[0], dw_partial[thread, 0], db_partial[thread]
+    w_matrix, dweight, dbias = args.weights[0], args.dw_partial[thread, 0], args.db_partial[thread]
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     pitch = padded_w if sh == 1 and sw == 1 else out_w
@@ -537,8 +586,8 @@ def _backward_unroll_chunk(args, thread, n_threads):
     dcols = np.empty((k if need_input_grad else 0, length), dtype=x.dtype)
     grid = np.zeros((c_out, length), dtype=x.dtype)
     for n in range(first, last):
-        _pad_into(x, n, top, left, xpad)
-        read_grad(dy, n, grid, 0, pitch, dbias, prologue, y, pooled, argmax)
+        _pad_into(x, n, plan.top, plan.left, xpad)
+        args.read_grad(dy, n, grid, 0, pitch, dbias, args.prologue, y, args.pooled, args.argmax)
         _unroll(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, cols)
         # dWᵀ (K, C_out) += cols (K, L) @ dYᵀ (L, C_out)
         _gemm(blas.NO_TRANS, blas.TRANS, k, c_out, length, cols, length, grid, length, 1.0,
@@ -549,89 +598,54 @@ def _backward_unroll_chunk(args, thread, n_threads):
                   dcols, length)
             dxpad[:] = 0
             _fold(dcols, kh, kw, sh, sw, dh, dw, out_h, out_w, pitch, dxpad)
-            _crop_from(dxpad, top, left, dx, n)
+            _crop_from(dxpad, plan.top, plan.left, dx, n)
 
 
 # --------------------------------------------------------------------------------------------
 # The contract (as in :mod:`minicnn.kernels.reference`)
 # --------------------------------------------------------------------------------------------
+class ConvContext(NamedTuple):
+    """What :func:`conv2d_forward` keeps for :func:`conv2d_backward`: the input itself
+    (backward pads and unrolls it again, which costs less than keeping an unrolled copy)."""
+
+    x: np.ndarray               #: (N, C_in, H, W) the input, C-contiguous
+    weight_shape: tuple         #: (C_out, C_in, kH, kW)
+    weights: np.ndarray         #: the weights as the chunk kernels took them (``args.weights``)
+    has_bias: bool
+    plan: ConvPlan              #: with a stacked layout on the shift path (``plan.stacked``)
+
+
 def supports(x_dtype, weight, groups) -> bool:
     """Whether these kernels handle the layer: an in-kernel GEMM for the dtype, no groups."""
     return groups == 1 and blas.dtype_supported(x_dtype) and weight.dtype == x_dtype
 
 
-def _n_threads(x) -> int:
-    """Chunks to split the batch into: one per Numba thread, at least one sample each.
-    (Asked here, not inside the kernels: ``numba.get_num_threads()`` in compiled code makes
-    Numba refuse to cache them.)"""
-    return max(1, min(numba.get_num_threads(), x.shape[0]))
-
-
-def _geometry(x_shape, weight_shape, stride, padding, dilation):
-    (sh, sw), (dh, dw), (top, bottom, left, right) = stride, dilation, padding
-    height, width = x_shape[2], x_shape[3]
-    kh, kw = weight_shape[2], weight_shape[3]
-    out_h = output_size(height, kh, sh, top, bottom, dh)
-    out_w = output_size(width, kw, sw, left, right, dw)
-    # Rows/columns of padding that no window reaches (a stride that does not divide evenly)
-    # are never read, so the padded buffers stop at the last one read.
-    padded_h = (out_h - 1) * sh + (kh - 1) * dh + 1
-    padded_w = (out_w - 1) * sw + (kw - 1) * dw + 1
-    padded_h = max(padded_h, top + height)
-    padded_w = max(padded_w, left + width)
-    return kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, out_h, out_w
-
-
-def _stacked_layout(x_shape, padding, out_h, out_w, group):
-    """Where the shift path puts its samples, or ``None`` where it cannot.
-
-    Per channel, a thread's ``group`` samples are stacked into one zero-padded image: rows of
-    pitch ``W + gap_h`` (the ``gap_h = max(left, right)`` zero columns at the start of each row
-    are also the previous row's right padding) and samples of ``block = H + gap_v`` rows (the
-    ``gap_v = max(top, bottom)`` zero rows are shared the same way). Output ``(s, oh, ow)`` is
-    grid position ``(s*block + oh) * pitch + ow`` and tap ``(i, j)`` reads the input at that
-    position plus ``(row0 + i*dh) * pitch + col0 + j*dw``. Shared padding wastes fewer GEMM
-    columns than a padded plane per sample (15x15 against 16x16 per 14x14 output for a 3x3
-    'same' convolution). It needs each sample's output to fit in its block:
-    ``H_out <= block`` and ``W_out <= pitch``.
-
-    Returns ``(gap_v, gap_h, block, pitch, channel_length, row0, col0)``.
-    """
-    height, width = x_shape[2], x_shape[3]
-    top, bottom, left, right = padding
-    gap_v, gap_h = max(top, bottom), max(left, right)
-    block, pitch = height + gap_v, width + gap_h
-    if out_h > block or out_w > pitch:
+def _shift_plan(plan: ConvPlan, x_shape, padding, c_in) -> ConvPlan | None:
+    """``plan`` with the shift path's stacked layout (:func:`~minicnn.kernels.contracts.
+    with_stacked_layout`) where the shift path runs: stride 1, at least
+    :data:`SHIFT_MIN_CHANNELS` input channels and at most :data:`SHIFT_MAX_GRID_WASTE` grid
+    positions per output; else ``None`` (the unroll path)."""
+    if plan.sh != 1 or plan.sw != 1 or c_in < SHIFT_MIN_CHANNELS:
         return None
-    channel_length = (gap_v + group * block) * pitch + gap_h
-    return gap_v, gap_h, block, pitch, channel_length, gap_v - top, gap_h - left
+    stacked = with_stacked_layout(plan, x_shape, padding, SHIFT_GROUP)
+    if stacked is None or stacked.block * stacked.pitch > (SHIFT_MAX_GRID_WASTE * plan.out_h
+                                                           * plan.out_w):
+        return None   # block * pitch grid positions per sample: too many wasted
+    return stacked
 
 
-def _winograd_applies(layout, geometry, c_in) -> bool:
+def _winograd_applies(plan: ConvPlan, c_in) -> bool:
     """Whether the forward runs :mod:`minicnn.kernels.winograd`: a layer on the shift path (so
     stride 1 and a stacked layout for backward) with a 3x3 undilated kernel and at least
     :data:`WINOGRAD_MIN_CHANNELS` input channels."""
-    kh, kw, _, _, dh, dw = geometry[:6]
-    return (USE_WINOGRAD and layout is not None and kh == kw == 3 and dh == dw == 1
-            and c_in >= WINOGRAD_MIN_CHANNELS)
-
-
-def _plan(geometry, layout):
-    """The geometry as one tuple of 18 ints, the same for both paths (so their chunk kernels
-    share a compiled parallel loop): ``(kH, kW, sH, sW, dH, dW, top, left, Hp, Wp)`` and the
-    shift path's stacked layout ``(gap_v, gap_h, block, pitch, channel_length, row0, col0,
-    group)``, zeros for the unroll path."""
-    kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w, _, _ = geometry
-    stacked = (*layout, SHIFT_GROUP) if layout is not None else (0,) * 8
-    return tuple(int(v) for v in (kh, kw, sh, sw, dh, dw, top, left, padded_h, padded_w,
-                                  *stacked))
+    return (USE_WINOGRAD and plan.stacked and plan.kh == plan.kw == 3
+            and plan.dh == plan.dw == 1 and c_in >= WINOGRAD_MIN_CHANNELS)
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups=1):
     """Convolution forward (see :func:`minicnn.kernels.reference.conv2d_forward`).
 
-    Only for layers :func:`supports` accepts; ``ctx`` keeps the input itself (backward pads
-    and unrolls it again, which costs less than keeping an unrolled copy)."""
+    Only for layers :func:`supports` accepts; ``ctx`` is a :class:`ConvContext`."""
     y, _, _, ctx = _forward(x, weight, bias, stride, padding, dilation, PLAIN)
     return y, ctx
 
@@ -662,42 +676,37 @@ def conv2d_relu_forward(x, weight, bias, stride, padding, dilation, maxpool=Fals
 
 def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     x = np.ascontiguousarray(x)
-    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation)
-    kh, kw, sh, sw, _, _, _, _, _, _, out_h, out_w = geometry
+    plan = conv_plan(x.shape, weight.shape, stride, padding, dilation)
     c_out, c_in = weight.shape[0], weight.shape[1]
-    layout = None
-    if sh == 1 and sw == 1 and c_in >= SHIFT_MIN_CHANNELS:
-        layout = _stacked_layout(x.shape, padding, out_h, out_w, SHIFT_GROUP)
-        if layout is not None and layout[2] * layout[3] > SHIFT_MAX_GRID_WASTE * out_h * out_w:
-            layout = None   # block * pitch grid positions per sample: too many wasted
-    if layout is not None:   # tap-major (kH*kW, C_out, C_in): each tap's weights are one matrix
-        chunk = _forward_shift_chunk
+    shift_plan = _shift_plan(plan, x.shape, padding, c_in)
+    if shift_plan is not None:   # tap-major (kH*kW, C_out, C_in): each tap's weights a matrix
+        plan, chunk = shift_plan, _forward_shift_chunk
         weights = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
-        weights = weights.reshape(kh * kw, c_out, c_in)
-    else:                    # one (C_out, C_in*kH*kW) matrix
+        weights = weights.reshape(plan.kh * plan.kw, c_out, c_in)
+    else:                        # one (C_out, C_in*kH*kW) matrix
         chunk = _forward_unroll_chunk
         weights = np.ascontiguousarray(weight).reshape(1, c_out, -1)
-    winograd_forward = _winograd_applies(layout, geometry, c_in)
-    plan = _plan(geometry, layout)
     has_bias = bias is not None
     bias_arg = np.ascontiguousarray(bias) if has_bias else np.zeros(1, dtype=x.dtype)
-    y = np.empty((x.shape[0], c_out, out_h, out_w), dtype=x.dtype)
-    pooled_shape = (x.shape[0], c_out, out_h // 2, out_w // 2)
+    y = np.empty((x.shape[0], c_out, plan.out_h, plan.out_w), dtype=x.dtype)
+    pooled_shape = (x.shape[0], c_out, plan.out_h // 2, plan.out_w // 2)
     pooled = np.empty(pooled_shape if epilogue >= RELU_MAXPOOL else (0, 0, 0, 0), dtype=x.dtype)
     argmax = np.empty(pooled_shape if epilogue == RELU_MAXPOOL else (0, 0, 0, 0), dtype=np.int32)
+    n_threads = threads_for(x.shape[0])
     with _threads.blas_single_threaded():
-        if winograd_forward:   # the filters transformed; backward keeps the tap-major weights
-            u = winograd.transform_weights(np.ascontiguousarray(weight))
+        if _winograd_applies(plan, c_in):   # the filters transformed; backward keeps the
+            u = winograd.transform_weights(np.ascontiguousarray(weight))   # tap-major weights
             parallel.run(winograd.forward_chunk,
                          winograd.arguments(x, u, bias_arg, has_bias, y, epilogue, pooled,
-                                            argmax, plan[6], plan[7]),
-                         _n_threads(x), x.dtype)
+                                            argmax),
+                         plan, n_threads, x.dtype)
         else:
-            parallel.run(chunk, (x, weights, bias_arg, has_bias, y, epilogue, pooled, argmax,
-                                 _pass_pointer(_write_biased if epilogue == PLAIN
-                                               else _write_rectified, x.dtype)) + plan,
-                         _n_threads(x), x.dtype)
-    ctx = (x, weight.shape, weights, has_bias, plan, layout is not None)
+            write_output = _write_biased if epilogue == PLAIN else _write_rectified
+            parallel.run(chunk, ConvForwardArgs(x, weights, bias_arg, has_bias, y, epilogue,
+                                                pooled, argmax,
+                                                _pass_pointer(write_output, x.dtype)),
+                         plan, n_threads, x.dtype)
+    ctx = ConvContext(x, weight.shape, weights, has_bias, plan)
     return (y, pooled if epilogue >= RELU_MAXPOOL else None,
             argmax if epilogue == RELU_MAXPOOL else None, ctx)
 
@@ -757,11 +766,7 @@ def _pass_pointer(function, dtype):
 
 def _output_shape(ctx):
     """The convolution's output shape (N, C_out, H_out, W_out), from its ``ctx``."""
-    x, weight_shape, _, _, plan, _ = ctx
-    kh, kw, sh, sw, dh, dw, _, _, padded_h, padded_w = plan[:10]
-    # The padded buffers end at the last row/column a window reads (:func:`_geometry`).
-    return (x.shape[0], weight_shape[0], (padded_h - (kh - 1) * dh - 1) // sh + 1,
-            (padded_w - (kw - 1) * dw - 1) // sw + 1)
+    return (ctx.x.shape[0], ctx.weight_shape[0], ctx.plan.out_h, ctx.plan.out_w)
 
 
 def _check_shape(name, array, expected):
@@ -773,8 +778,7 @@ def _check_shape(name, array, expected):
 
 
 def _backward(dy, ctx, need_input_grad, prologue, y, pooled, argmax):
-    x, weight_shape, weights, has_bias, plan, shift = ctx
-    kh, kw = plan[0], plan[1]
+    x, weights, plan = ctx.x, ctx.weights, ctx.plan
     y = np.ascontiguousarray(y)
     if pooled is None:
         pooled = np.empty((0, 0, 0, 0), dtype=x.dtype)
@@ -782,29 +786,29 @@ def _backward(dy, ctx, need_input_grad, prologue, y, pooled, argmax):
     pooled, argmax = np.ascontiguousarray(pooled), np.ascontiguousarray(argmax)
     need_input_grad = bool(need_input_grad)
     dx = np.empty(x.shape if need_input_grad else (0,) + x.shape[1:], dtype=x.dtype)
-    n_threads = _n_threads(x)
-    c_out = weight_shape[0]
+    n_threads = threads_for(x.shape[0])
+    c_out = ctx.weight_shape[0]
     # Per-thread partial sums, each thread writing only its own slice: shift keeps dWᵀ tap by
     # tap (kH*kW, C_in, C_out), unroll one (C_out, C_in*kH*kW) matrix.
     taps, rows, columns = weights.shape
     partial_shape = (taps, columns, rows)
     dw_partial = np.zeros((n_threads,) + partial_shape, dtype=x.dtype)
     db_partial = np.zeros((n_threads, c_out), dtype=x.dtype)
-    chunk = _backward_shift_chunk if shift else _backward_unroll_chunk
+    chunk = _backward_shift_chunk if plan.stacked else _backward_unroll_chunk
+    read_grad = _pass_pointer(_read_plain if prologue == PLAIN else _read_unpooled, x.dtype)
     with _threads.blas_single_threaded():
-        parallel.run(chunk, (x, dy, weights, dx, need_input_grad, dw_partial, db_partial,
-                             prologue, y, pooled, argmax,
-                             _pass_pointer(_read_plain if prologue == PLAIN else _read_unpooled,
-                                           x.dtype))
-                     + plan, n_threads, x.dtype)
+        parallel.run(chunk, ConvBackwardArgs(x, dy, weights, dx, need_input_grad, dw_partial,
+                                             db_partial, prologue, y, pooled, argmax,
+                                             read_grad),
+                     plan, n_threads, x.dtype)
     # Add the threads' partial sums in a fixed order: the same result for a given thread count.
     dweight, dbias = dw_partial[0], db_partial[0]
     for t in range(1, n_threads):
         dweight = dweight + dw_partial[t]
         dbias = dbias + db_partial[t]
-    if shift:   # tap-major, transposed (kH, kW, C_in, C_out) -> (C_out, C_in, kH, kW)
-        dweight = dweight.reshape(kh, kw, -1, c_out).transpose(3, 2, 0, 1)
+    if plan.stacked:   # tap-major, transposed (kH, kW, C_in, C_out) -> (C_out, C_in, kH, kW)
+        dweight = dweight.reshape(plan.kh, plan.kw, -1, c_out).transpose(3, 2, 0, 1)
         dweight = np.ascontiguousarray(dweight)
-    else:       # (C_in*kH*kW, C_out) -> (C_out, C_in, kH, kW)
-        dweight = np.ascontiguousarray(dweight.T).reshape(weight_shape)
-    return (dx if need_input_grad else None), dweight, (dbias if has_bias else None)
+    else:              # (C_in*kH*kW, C_out) -> (C_out, C_in, kH, kW)
+        dweight = np.ascontiguousarray(dweight.T).reshape(ctx.weight_shape)
+    return (dx if need_input_grad else None), dweight, (dbias if ctx.has_bias else None)

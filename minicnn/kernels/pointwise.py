@@ -8,9 +8,10 @@ mask. Arrays smaller than :data:`PARALLEL_MIN_SIZE` are not worth waking the poo
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
+
+from .threads import threads_for
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -57,7 +58,7 @@ def _parallel_relu_backward(flat_dy, flat_y, flat_dx, n_threads):
 
 
 def _n_threads(size: int) -> int:
-    return max(1, numba.get_num_threads()) if size >= PARALLEL_MIN_SIZE else 1
+    return threads_for(size) if size >= PARALLEL_MIN_SIZE else 1
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:

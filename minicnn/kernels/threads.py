@@ -39,6 +39,16 @@ def _choose_threading_layer() -> None:
 _choose_threading_layer()
 
 
+def threads_for(n_items: int) -> int:
+    """How many threads to split ``n_items`` independent items across: one per Numba thread,
+    at least one item each, at least one thread.
+
+    Every parallel kernel asks this in Python before it calls compiled code: calling
+    ``numba.get_num_threads()`` inside a compiled kernel makes Numba refuse to cache it.
+    """
+    return max(1, min(numba.get_num_threads(), n_items))
+
+
 @lru_cache(maxsize=1)
 def _blas_controllers():
     """threadpoolctl's controllers for the BLAS libraries loaded in this process (after NumPy),

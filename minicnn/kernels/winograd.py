@@ -48,6 +48,7 @@ so that output row ``2*ty + a`` comes out in order, ready to copy into ``y`` and
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -55,6 +56,7 @@ from numba import njit, types
 
 from . import blas
 from .blas import gemm as _gemm
+from .contracts import PLAIN, RELU_MAXPOOL, RELU_MAXPOOL_VALUES
 from .maxpool2x2 import max_row_pair, max_row_pair_values
 from . import parallel
 from .parallel import share as _share
@@ -183,8 +185,9 @@ def _output_transform(m, co, count, bias, rectify, sums, image):
 @njit(**_JIT)
 def _write_rows(image, tile0, pitch, plane, epilogue, pooled, argmax):
     """One sample's output rows from :func:`_output_transform`'s ``image`` into its (H_out,
-    W_out) ``plane`` (a last odd row or column of tiles is dropped), and for ``epilogue`` 2
-    or 3 its 2x2 max pooling into ``pooled`` (with the winners into ``argmax`` for 2), straight
+    W_out) ``plane`` (a last odd row or column of tiles is dropped), and for ``epilogue``
+    :data:`~minicnn.kernels.contracts.RELU_MAXPOOL` or ``RELU_MAXPOOL_VALUES`` its 2x2 max
+    pooling into ``pooled`` (with the winners into ``argmax`` for ``RELU_MAXPOOL``), straight
     from the tile rows with the pooling layer's rule."""
     out_h, out_w = plane.shape
     for row in range(out_h):
@@ -194,27 +197,46 @@ def _write_rows(image, tile0, pitch, plane, epilogue, pooled, argmax):
             dest[ow] = src[ow]
     for ph in range(pooled.shape[0]):
         start = 2 * (tile0 + ph * pitch)
-        if epilogue == 2:
+        if epilogue == RELU_MAXPOOL:
             max_row_pair(image[0, start:], image[1, start:], pooled[ph], argmax[ph],
                          2 * ph * out_w, out_w)
-        elif epilogue == 3:
+        elif epilogue == RELU_MAXPOOL_VALUES:
             max_row_pair_values(image[0, start:], image[1, start:], pooled[ph])
 
 
+class WinogradForwardArgs(NamedTuple):
+    """``args`` of :func:`forward_chunk` (built by :func:`arguments`): the one-pool forward's
+    arrays and epilogue (:class:`minicnn.kernels.onepool.ConvForwardArgs`), the transformed
+    filters for the weights, and the four passes as function pointers."""
+
+    x: np.ndarray           #: (N, C_in, H, W) input, C-contiguous
+    u: np.ndarray           #: (16, C_out, C_in) transformed filters (:func:`transform_weights`)
+    bias: np.ndarray        #: (C_out,), or (1,) unused when not ``has_bias``
+    has_bias: bool
+    y: np.ndarray           #: (N, C_out, H_out, W_out) output, written
+    epilogue: int           #: an epilogue mode of :mod:`minicnn.kernels.contracts`
+    pooled: np.ndarray      #: (N, C_out, H_out//2, W_out//2) pooled output, or empty
+    argmax: np.ndarray      #: int32 winners of the pooling, or empty
+    split_phases: object    #: :func:`_split_phases`, a pointer
+    input_transform: object     #: :func:`_input_transform`, a pointer
+    output_transform: object    #: :func:`_output_transform`, a pointer
+    write_rows: object      #: :func:`_write_rows`, a pointer
+
+
 @njit(**_JIT)
-def forward_chunk(args, thread, n_threads):
+def forward_chunk(args, plan, thread, n_threads):
     """One thread's samples, a group at a time: split each channel into its phases and
     transform every tile, 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per output channel the output
     transform, the bias (and ReLU, and 2x2 max pooling) and the tiles into ``y``.
 
-    ``args`` is :func:`arguments`': the shift path's first eight (with ``U``, (16, C_out,
-    C_in), for the weights), the four passes as function pointers, and the padding's top and
-    left. The passes are called through pointers (:func:`minicnn.kernels.parallel.pointer`),
-    so each is compiled once and not optimised again inside this kernel: 1.5 s less in a cold
-    start."""
-    x, u, bias, has_bias, y, epilogue, pooled, argmax, split_phases = args[:9]
-    input_transform, output_transform, write_rows = args[9], args[10], args[11]
-    top, left = args[12], args[13]
+    ``args`` is a :class:`WinogradForwardArgs`, ``plan`` the layer's
+    :class:`~minicnn.kernels.contracts.ConvPlan` (only the padding's ``top`` and ``left`` are
+    read; the output sizes come from ``y``). The passes are called through pointers
+    (:func:`minicnn.kernels.parallel.pointer`), so each is compiled once and not optimised
+    again inside this kernel: 1.5 s less in a cold start."""
+    x, u, bias, has_bias, y = args.x, args.u, args.bias, args.has_bias, args.y
+    epilogue, pooled, argmax = args.epilogue, args.pooled, args.argmax
+    top, left = plan.top, plan.left
     no_pooled = np.empty((0, 0), dtype=x.dtype)     # write_rows' pooling arrays, unused
     no_argmax = np.empty((0, 0), dtype=np.int32)
     first, last = _share(x.shape[0], thread, n_threads)
@@ -234,32 +256,33 @@ def forward_chunk(args, thread, n_threads):
     sums = np.empty((8, capacity), dtype=x.dtype)
     image = np.empty((2, 2 * capacity), dtype=x.dtype)
     zero = x.dtype.type(0)
-    rectify = epilogue != 0
+    rectify = epilogue != PLAIN
     for n0 in range(first, last, group):
         count = min(group, last - n0)
         tiles = count * per_sample
         for slot in range(count):
             for c in range(channels):
-                split_phases(x, n0 + slot, c, top, left, phases)
-                input_transform(phases, c, slot * per_sample, rows, v)
+                args.split_phases(x, n0 + slot, c, top, left, phases)
+                args.input_transform(phases, c, slot * per_sample, rows, v)
         for xi in range(16):
             # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles)
             _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, tiles, channels, u[xi], channels,
                   v[xi], capacity, 0.0, m[xi], capacity)
         for co in range(c_out):
             b = bias[co] if has_bias else zero
-            output_transform(m, co, tiles, b, rectify, sums, image)
+            args.output_transform(m, co, tiles, b, rectify, sums, image)
             for slot in range(count):
                 n = n0 + slot
                 tile0 = slot * per_sample
-                if epilogue == 2:
-                    write_rows(image, tile0, pitch, y[n, co], epilogue, pooled[n, co],
-                               argmax[n, co])
-                elif epilogue == 3:
-                    write_rows(image, tile0, pitch, y[n, co], epilogue, pooled[n, co],
-                               no_argmax)
+                if epilogue == RELU_MAXPOOL:
+                    args.write_rows(image, tile0, pitch, y[n, co], epilogue, pooled[n, co],
+                                    argmax[n, co])
+                elif epilogue == RELU_MAXPOOL_VALUES:
+                    args.write_rows(image, tile0, pitch, y[n, co], epilogue, pooled[n, co],
+                                    no_argmax)
                 else:
-                    write_rows(image, tile0, pitch, y[n, co], epilogue, no_pooled, no_argmax)
+                    args.write_rows(image, tile0, pitch, y[n, co], epilogue, no_pooled,
+                                    no_argmax)
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,7 +301,8 @@ def _pointers(dtype):
                                        winners)))
 
 
-def arguments(x, u, bias, has_bias, y, epilogue, pooled, argmax, top, left):
-    """:func:`forward_chunk`'s ``args`` (for :func:`minicnn.kernels.parallel.run`)."""
-    return (x, u, bias, has_bias, y, epilogue, pooled, argmax) + _pointers(x.dtype) + (
-        int(top), int(left))
+def arguments(x, u, bias, has_bias, y, epilogue, pooled, argmax) -> WinogradForwardArgs:
+    """:func:`forward_chunk`'s ``args`` (for :func:`minicnn.kernels.parallel.run`), with the
+    four passes compiled for ``x``'s dtype."""
+    return WinogradForwardArgs(x, u, bias, has_bias, y, epilogue, pooled, argmax,
+                               *_pointers(x.dtype))

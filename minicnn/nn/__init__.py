@@ -17,9 +17,10 @@ from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss, MSELoss
-from .module import Module, Parameter, Sequential
+from .module import Module, Parameter
 from .norm import BatchNorm1d, BatchNorm2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .sequential import Sequential
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BasicBlock", "BatchNorm1d", "BatchNorm2d", "Conv2d",

@@ -6,7 +6,8 @@ import numpy as np
 
 from .activation import ReLU
 from .conv import Conv2d
-from .module import Module, Sequential
+from .module import Module
+from .sequential import Sequential
 from .norm import BatchNorm2d
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from .. import init, kernels
 from ..kernels.geometry import output_size
 from ._checks import as_dtype, check_input, pair
-from .module import Module, Parameter
+from .module import BackendContext, Module, Parameter
 
 
 class Conv2d(Module):
@@ -113,16 +113,15 @@ class Conv2d(Module):
         y, ctx = kernels.get(backend_name).conv2d_forward(x, weight, bias, self.stride,
                                                           self._pads, self.dilation,
                                                           self.groups)
-        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
-        self._ctx = (backend_name, ctx)
+        self._ctx = BackendContext(backend_name, ctx)
         return self._output(y)
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Accumulate ``weight.grad`` (and ``bias.grad``); return ``dx`` (``None`` when
         ``need_input_grad`` is False, which skips the most expensive product)."""
         dy = self._check_dy(dy, self._ctx)
-        backend_name, ctx = self._ctx
-        dx, dweight, dbias = kernels.get(backend_name).conv2d_backward(dy, ctx, need_input_grad)
+        dx, dweight, dbias = kernels.get(self._ctx.backend).conv2d_backward(dy, self._ctx.ctx,
+                                                                            need_input_grad)
         self._accumulate(dweight, dbias)
         return dx
 

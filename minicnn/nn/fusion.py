@@ -17,9 +17,10 @@ explore``, :func:`minicnn.models.summary`) see the usual per-layer outputs.
 A block is fused only where nothing can tell the difference: the exact classes ``Conv2d``,
 ``ReLU`` and ``MaxPool2d`` (a subclass may change ``forward``) with their own ``forward`` and
 ``backward`` (code that replaces them on a layer, as :func:`minicnn.models.profile` does to
-record every layer's output, sees every call), all three on the ``numba`` backend, a convolution the one-pool kernels run (ungrouped, float32 or float64), and for the
-pooling a 2x2 window with stride 2 and no padding over an output of at least 2x2. Anything
-else runs layer by layer, as before. ``Sequential.fuse = False`` turns fusion off (to time
+record every layer's output, sees every call), all three on the ``numba`` backend, a
+convolution the one-pool kernels run (ungrouped, float32 or float64), and for the pooling a
+2x2 window with stride 2 and no padding over an output of at least 2x2. Anything else runs
+layer by layer, as before. ``Sequential.fuse = False`` turns fusion off (to time
 the difference, as tutorial 09 does).
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 from .. import kernels
 from .activation import ReLU
 from .conv import Conv2d
-from .module import Module
+from .module import BackendContext, Module
 from .pool import MaxPool2d
 
 _BACKEND = "numba"
@@ -109,7 +110,7 @@ def forward(layers: list[Module], first: int, x: np.ndarray) -> FusedBlock | Non
         return None
     y, pooled, conv_ctx, pool_ctx = fused
     # Every layer keeps what its own forward would have kept.
-    conv._ctx = (_BACKEND, conv_ctx)
+    conv._ctx = BackendContext(_BACKEND, conv_ctx)
     conv._output(y)
     relu._remember(y)
     if pool is not None:

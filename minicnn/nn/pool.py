@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ._checks import check_input, pair
-from .module import Module
+from .module import BackendContext, Module
 
 
 class _Pool2d(Module):
@@ -41,9 +41,8 @@ class _Pool2d(Module):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dy = self._check_dy(dy, self._ctx)
-        backend_name, ctx = self._ctx
-        backend = kernels.get(backend_name)
-        return getattr(backend, f"{self._kind}pool2d_backward")(dy, ctx)
+        backend = kernels.get(self._ctx.backend)
+        return getattr(backend, f"{self._kind}pool2d_backward")(dy, self._ctx.ctx)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -68,7 +67,6 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
-        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
         backend_name = self.backend or kernels.get_default_backend()
         backend = kernels.get(backend_name)
         y, ctx = backend.maxpool2d_forward(x, self.kernel_size, self.stride, self._pads)
@@ -77,7 +75,7 @@ class MaxPool2d(_Pool2d):
     def _remember(self, backend_name: str, ctx, y: np.ndarray) -> np.ndarray:
         """Keep the backend's ``ctx`` for backward and ``y``'s shape; returns ``y`` (also
         called by a fused block that pooled for this layer: :mod:`minicnn.nn.fusion`)."""
-        self._ctx = (backend_name, ctx)
+        self._ctx = BackendContext(backend_name, ctx)
         return self._output(y)
 
 
@@ -97,12 +95,11 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
-        # Remember the backend by name: a module object in ``_ctx`` could not be deep-copied.
         backend_name = self.backend or kernels.get_default_backend()
         backend = kernels.get(backend_name)
         y, ctx = backend.avgpool2d_forward(x, self.kernel_size, self.stride, self._pads,
                                            self.count_include_pad)
-        self._ctx = (backend_name, ctx)
+        self._ctx = BackendContext(backend_name, ctx)
         return self._output(y)
 
 
