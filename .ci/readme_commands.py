@@ -18,7 +18,9 @@ def setup_commands(readme: str) -> list[str]:
         if block is None and line.strip() == "```bash":
             block = []
         elif block is not None and line.strip() == "```":
-            commands.append(" ".join(part.strip() for part in block if part.strip()))
+            # One command per block; a line ending in a backslash continues on the next.
+            parts = [part.strip().removesuffix("\\").strip() for part in block]
+            commands.append(" ".join(part for part in parts if part))
             block = None
         elif block is not None:
             block.append(line)
