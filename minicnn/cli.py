@@ -27,6 +27,8 @@ EXAMPLES = """examples:
   minicnn explore runs/fashion                    draw or upload, watch every layer (a local page)
   minicnn datasets                                what it knows, where it looks, what it found
   minicnn bench --suite conv --plot conv.png      time layers and models against PyTorch
+  minicnn export runs/fashion fashion.onnx        the trained model as ONNX
+  minicnn import net.onnx --out runs/net --dataset mnist   a run folder from an ONNX file
 """
 
 class _Parser(argparse.ArgumentParser):
@@ -208,7 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
                            description=BENCH_DESCRIPTION, epilog=BENCH_EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_arguments(bench)
+    _add_onnx_commands(sub)
     return parser
+
+
+def _add_onnx_commands(sub) -> None:
+    """``export`` and ``import``: a run folder to ONNX and back (:mod:`minicnn.onnx.runs`)."""
+    export = sub.add_parser("export", help="write a run's trained model as an ONNX file",
+                            description="Write a run's trained model as ONNX (batch size "
+                                        "free; the input is the normalised image; mean, std "
+                                        "and class names in the file's metadata). Needs the "
+                                        "onnx package: pip install 'minicnn[onnx]'.")
+    export.add_argument("run", help="a run folder written by `minicnn train`")
+    export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--data-dir", help="where to look for an old run's data set")
+    imported = sub.add_parser("import", help="make a run folder from an ONNX file",
+                              description="Make a run folder from an .onnx file (e.g. a "
+                                          "network trained in PyTorch) whose graph is one of "
+                                          "minicnn's models, so that evaluate, predict, detect "
+                                          "and explore open it.")
+    imported.add_argument("model_file", metavar="MODEL.onnx", help="the ONNX file to read")
+    imported.add_argument("--out", type=_run_folder, required=True, help="run folder to create")
+    from .data import dataset_names
+    from .models import MODELS
+    imported.add_argument("--dataset", required=True, choices=dataset_names(),
+                          help="the data set it is for (input shape, classes; mean and std "
+                               "unless the file carries its own)")
+    imported.add_argument("--model", choices=list(MODELS),
+                          help="the minicnn model the graph must be (default: found by "
+                               "comparing the graph with every model of the data set's task)")
 
 
 def _apply_runtime(args) -> None:
@@ -375,9 +405,42 @@ def cmd_explore(args) -> int:
         raise UserError(str(error)) from error
 
 
+def cmd_export(args) -> int:
+    from .onnx.runs import export_run
+
+    _require_onnx_package()
+    try:
+        path = export_run(args.run, args.out, data_dir=args.data_dir)
+    except OSError as error:        # the run is read through load_run, which says its own
+        raise UserError(f"cannot write {args.out}: {error.strerror or error}") from None
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .onnx.runs import import_run
+
+    _require_onnx_package()
+    try:
+        result = import_run(args.model_file, args.out, args.dataset, model_name=args.model)
+    except OSError as error:        # the .onnx is read by minicnn.onnx, which says its own
+        raise UserError(f"cannot write the run folder {args.out}: "
+                        f"{error.strerror or error}") from None
+    print(f"imported {result['source']} as {result['model']} into {result['out']}")
+    return 0
+
+
+def _require_onnx_package() -> None:
+    try:
+        import onnx  # noqa: F401 - only checking that it is installed
+    except ImportError:
+        raise UserError("this command needs the onnx package: pip install "
+                        "'minicnn[onnx]'") from None
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "detect": cmd_detect, "datasets": cmd_datasets, "bench": cmd_bench,
-            "explore": cmd_explore}
+            "explore": cmd_explore, "export": cmd_export, "import": cmd_import}
 
 
 def _quiet_broken_pipe() -> int:

@@ -47,6 +47,16 @@ def split_validation(dataset, val_size: int, seed: int):
     return dataset.subset(np.sort(order[val_size:])), dataset.subset(np.sort(order[:val_size]))
 
 
+def initial_checkpoint(config: TrainConfig, model: nn.Module) -> dict:
+    """The checkpoint of a run before its first step: ``model``'s weights and a fresh
+    optimiser (as :func:`fit` would build it from ``config``). Resuming from it trains *on*
+    from those weights (``minicnn import`` writes one beside an imported network)."""
+    optimizer = make_optimizer(config, model.parameters())
+    # No schedule state: resume builds the schedule fresh, from its first step.
+    return _checkpoint_state(model, optimizer, None, epoch=0, batch=0,
+                             partial=[0.0, 0.0, 0.0], history=[])
+
+
 def _checkpoint_state(model, optimizer, schedule, epoch, batch, partial, history):
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     state.update({f"optim.{k}": v for k, v in optimizer.state_dict().items()})

@@ -105,12 +105,14 @@ COMMANDS = {
     "explore": lambda run, image: ["explore", str(run), "--no-browser", "--port", "0"],
     "train --resume": lambda run, image: ["train", "--out", str(run), "--resume",
                                           "--no-progress", "--backend", "im2col"],
+    "export": lambda run, image: ["export", str(run), str(image.parent / "model.onnx")],
 }
 # Which files each command reads (train --resume rewrites meta.json and repairs
 # history.json from its checkpoint, as it always has: see test_run_folder.py).
 READS = {"evaluate": ("config.json", "meta.json", "history.json"),
          "predict": ("config.json", "meta.json"), "detect": ("config.json", "meta.json"),
-         "explore": ("config.json", "meta.json"), "train --resume": ("config.json",)}
+         "explore": ("config.json", "meta.json"), "train --resume": ("config.json",),
+         "export": ("config.json", "meta.json")}
 
 CASES = [(command, f"{file_name}: {label}", file_name, make, words)
          for cases in (CONFIG_CASES, META_CASES, HISTORY_CASES)

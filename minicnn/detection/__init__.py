@@ -4,7 +4,7 @@
   (several objects per canvas)
 - :mod:`.boxes`: IoU, non-maximum suppression, clipping
 - :mod:`.head`: the detector's loss (explicit backward) and decoding into boxes
-- :mod:`.metric`: mean average precision (PASCAL VOC 2010+ / COCO all-point interpolation)
+- :mod:`.metric`: mean average precision (PASCAL VOC 2010+ all-point interpolation)
 - :mod:`.evaluation`: a detector's loss and mAP@0.5 over a scene data set (the detection
   task, :mod:`minicnn.tasks.detection`, evaluates with it)
 - :mod:`.inference`: detecting objects in image files of any size

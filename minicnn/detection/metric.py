@@ -1,4 +1,6 @@
-"""Mean average precision (mAP) of detections, as PASCAL VOC (2010 on) and COCO define it.
+"""Mean average precision (mAP) of detections at one IoU threshold, as PASCAL VOC (2010 on)
+defines it (COCO's AP differs: precision interpolated at 101 recall points, averaged over
+IoU thresholds 0.5 to 0.95; its AP50 is this metric at IoU 0.5, up to that interpolation).
 
 For one class, every detection of that class over all images is sorted by score (highest
 first). Walking down that list, a detection is a *true positive* when its IoU with a ground
