@@ -407,7 +407,8 @@ def test_residual_check_rejects_a_skip_that_bypasses_the_final_relu():
     _rejects(ec.check_residual_backward, skip_before_relu, "dx")
 
 
-def test_check_compares_counts_and_shapes_exactly(capsys):
+def test_check_compares_counts_and_shapes_exactly(capsys, monkeypatch):
+    monkeypatch.setenv("MINICNN_TUTORIAL_STRICT", "1")       # a wrong answer raises
     tutorial_tools.check("bytes", 1_572_864, np.int64(1_572_864))
     tutorial_tools.check("shape", (27, 32), (27, 32))
     with pytest.raises(AssertionError, match="expected 1572864"):
@@ -417,3 +418,282 @@ def test_check_compares_counts_and_shapes_exactly(capsys):
     tutorial_tools.check("a float", 0.25 + 1e-9, 0.25)            # floats keep a tolerance
     with pytest.raises(AssertionError):
         tutorial_tools.check("a float", 0.26, 0.25)
+
+
+def test_check_reports_a_wrong_short_answer_and_carries_on(capsys, monkeypatch):
+    monkeypatch.delenv("MINICNN_TUTORIAL_SOLUTIONS", raising=False)
+    monkeypatch.delenv("MINICNN_TUTORIAL_STRICT", raising=False)
+    assert tutorial_tools.check("bytes", 1_572_860, 1_572_864) is None
+    assert tutorial_tools.check("an answer", None, 3) is None
+    out = capsys.readouterr().out
+    assert "got 1572860, expected 1572864" in out and "replace the None" in out
+    monkeypatch.setenv("MINICNN_TUTORIAL_SOLUTIONS", "1")     # the notebook test's setting
+    with pytest.raises(AssertionError, match="expected 1572864"):
+        tutorial_tools.check("bytes", 1_572_860, 1_572_864)
+
+
+# ---- any exception from the learner's code becomes a message --------------------------------
+
+def _conv_forward_missing_a_transpose(x, weight, bias, stride=1, padding=0):
+    """A plausible bug: im2col's column matrix times the weight matrix without its ``.T``."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    view = sliding_window_view(padded, weight.shape[2:], axis=(2, 3))[:, :, ::stride, ::stride]
+    n, c, out_h, out_w = view.shape[:4]
+    cols = view.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_h * out_w, -1)
+    y = cols @ weight.reshape(weight.shape[0], -1)              # should be (...).T
+    return y.reshape(n, out_h, out_w, -1).transpose(0, 3, 1, 2) + bias[None, :, None, None]
+
+
+def _conv_forward_reading_past_the_end(x, weight, bias, stride=1, padding=0):
+    """A plausible bug: one output row too many, which indexes past the padded input."""
+    y = conv_forward(x, weight, bias, stride, padding)
+    rows = np.arange(y.shape[2] + 1) * stride + weight.shape[2] - 1 + x.shape[2]
+    return y + x[0, 0, rows[-1:], 0].sum() * 0          # an index past the end of H
+
+
+def _conv_forward_with_a_missing_parameter(x, weight, bias):
+    """A plausible bug: the signature lost stride and padding."""
+    return conv_forward(x, weight, bias)
+
+
+@pytest.mark.parametrize("wrong, error, hint", [
+    (_conv_forward_missing_a_transpose, "ValueError", "transpose"),
+    (_conv_forward_reading_past_the_end, "IndexError", "loop ranges"),
+    (_conv_forward_with_a_missing_parameter, "TypeError", "signature"),
+], ids=["ValueError", "IndexError", "TypeError"])
+def test_an_exception_in_the_learners_code_is_a_message_and_the_library_carries_on(
+        wrong, error, hint, capsys, monkeypatch):
+    monkeypatch.delenv("MINICNN_TUTORIAL_SOLUTIONS", raising=False)
+    monkeypatch.delenv("MINICNN_TUTORIAL_STRICT", raising=False)
+    carried_on = tutorial_tools.check_exercise("conv2d_forward_loop", wrong,
+                                               ec.check_conv2d_forward,
+                                               reference=ec.library_conv2d_forward)
+    assert carried_on is ec.library_conv2d_forward
+    out = capsys.readouterr().out
+    assert f"conv2d_forward_loop raised {error}" in out, out
+    assert "called as conv2d_forward_loop(" in out and "array of shape (2, 3, 7, 7)" in out, out
+    assert "hint: " in out and hint in out, out
+    assert "carrying on with the library's version" in out, out
+    if error != "TypeError":        # the call itself failed for the TypeError: no line inside
+        assert "in your code at line" in out, out
+
+
+def test_an_exception_in_the_learners_code_stops_the_tutorial_when_strict(monkeypatch, capsys):
+    monkeypatch.delenv("MINICNN_TUTORIAL_SOLUTIONS", raising=False)
+    monkeypatch.setenv("MINICNN_TUTORIAL_STRICT", "1")
+    with pytest.raises(ValueError):
+        tutorial_tools.check_exercise("conv2d_forward_loop",
+                                      _conv_forward_missing_a_transpose,
+                                      ec.check_conv2d_forward,
+                                      reference=ec.library_conv2d_forward)
+    assert "raised ValueError" in capsys.readouterr().out
+
+
+def test_a_result_the_check_cannot_use_is_described(capsys, monkeypatch):
+    """The learner's function returns, but a list where a tuple of arrays was expected: the
+    message says what it returned."""
+    monkeypatch.delenv("MINICNN_TUTORIAL_SOLUTIONS", raising=False)
+    monkeypatch.delenv("MINICNN_TUTORIAL_STRICT", raising=False)
+
+    def returns_a_number(parameters, lr, weight_decay):
+        for p in parameters:
+            p.data -= lr * p.grad
+        return 0
+
+    def check_that_uses_the_result(fn):
+        fn([], 0.1, 0.0).shape                  # the check expected an array back
+
+    tutorial_tools.check_exercise("step", returns_a_number, check_that_uses_the_result,
+                                  reference=ec.library_weight_decay_step)
+    out = capsys.readouterr().out
+    assert "raised AttributeError" in out and "it returned 0" in out, out
+
+
+# ---- right variants are accepted, plausible wrong ones rejected, for every exercise ---------
+
+def test_conv_forward_check_rejects_rounding_the_output_size_up():
+    """Every earlier case divided evenly, so a ceil passed; the 8x9 case does not divide."""
+    def ceil_size(x, weight, bias, stride=1, padding=0):
+        n, c, h, w = x.shape
+        o, _, kh, kw = weight.shape
+        padded = np.pad(x, ((0, 0), (0, 0), (padding, padding + stride),
+                            (padding, padding + stride)))
+        out_h = -(-(h + 2 * padding - kh) // stride) + 1          # ceil instead of floor
+        out_w = -(-(w + 2 * padding - kw) // stride) + 1
+        y = np.zeros((n, o, out_h, out_w))
+        for i in range(out_h):
+            for j in range(out_w):
+                window = padded[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                y[:, :, i, j] = np.einsum("nchw,ochw->no", window, weight)
+        return y + bias[None, :, None, None]
+    _rejects(ec.check_conv2d_forward, ceil_size, "rounded down", "shape (1, 2, 4, 4)",
+             "expected (1, 2, 3, 4)")
+
+
+def test_conv_forward_check_rejects_swapped_kernel_sizes():
+    def swapped(x, weight, bias, stride=1, padding=0):
+        kh, kw = weight.shape[2:]
+        return conv_forward(x, weight.reshape(weight.shape[:2] + (kw, kh)), bias, stride,
+                            padding)
+    _rejects(ec.check_conv2d_forward, swapped, "2x3 kernel", "shape")
+
+
+def test_conv_forward_check_accepts_a_vectorised_version():
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def windows(x, weight, bias, stride=1, padding=0):
+        padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        view = sliding_window_view(padded, weight.shape[2:], axis=(2, 3))[:, :, ::stride,
+                                                                          ::stride]
+        return np.einsum("nchwij,ocij->nohw", view, weight) + bias[None, :, None, None]
+    ec.check_conv2d_forward(windows)
+
+
+def test_conv_backward_check_accepts_a_version_written_with_einsum_per_tap():
+    def per_tap(x, weight, dy, stride=1, padding=0):
+        padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        dpadded = np.zeros_like(padded)
+        dweight = np.zeros_like(weight)
+        out_h, out_w = dy.shape[2:]
+        for u in range(weight.shape[2]):
+            for v in range(weight.shape[3]):
+                rows = slice(u, u + stride * (out_h - 1) + 1, stride)
+                cols = slice(v, v + stride * (out_w - 1) + 1, stride)
+                dweight[:, :, u, v] = np.einsum("nohw,nchw->oc", dy, padded[:, :, rows, cols])
+                dpadded[:, :, rows, cols] += np.einsum("nohw,oc->nchw", dy, weight[:, :, u, v])
+        h, w = x.shape[2:]
+        return (dpadded[:, :, padding:padding + h, padding:padding + w], dweight,
+                dy.sum(axis=(0, 2, 3)))
+    ec.check_conv2d_backward(per_tap)
+
+
+def test_maxpool_check_accepts_a_mask_built_per_window():
+    def mask(x, dy, kernel_size, stride):
+        dx = np.zeros_like(x)
+        for i in range(dy.shape[2]):
+            for j in range(dy.shape[3]):
+                window = x[:, :, i * stride:i * stride + kernel_size,
+                           j * stride:j * stride + kernel_size]
+                flat = window.reshape(window.shape[0], window.shape[1], -1)
+                first = np.zeros_like(flat)
+                np.put_along_axis(first, flat.argmax(axis=2)[..., None], 1.0, axis=2)
+                dx[:, :, i * stride:i * stride + kernel_size,
+                   j * stride:j * stride + kernel_size] += \
+                    first.reshape(window.shape) * dy[:, :, i:i + 1, j:j + 1]
+        return dx
+    ec.check_maxpool2d_backward(mask)
+
+
+def test_cross_entropy_check_accepts_log_sum_exp_written_out():
+    def log_sum_exp(logits, labels):
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        n = len(labels)
+        grad = np.exp(log_p)
+        grad[np.arange(n), labels] -= 1
+        return float(-np.take_along_axis(log_p, labels[:, None], axis=1).mean()), grad / n
+    ec.check_softmax_cross_entropy(log_sum_exp)
+
+
+def test_batchnorm_check_accepts_the_compact_formula():
+    def compact(dy, x, gamma, eps=1e-5):
+        axes = (0, 2, 3)
+        m = x.size // x.shape[1]
+        inv_std = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+        x_hat = (x - x.mean(axis=axes, keepdims=True)) * inv_std
+        dbeta = dy.sum(axis=axes)
+        dgamma = (dy * x_hat).sum(axis=axes)
+        dx = gamma[None, :, None, None] * inv_std / m * (
+            m * dy - dbeta[None, :, None, None] - x_hat * dgamma[None, :, None, None])
+        return dx, dgamma, dbeta
+    ec.check_batchnorm2d_backward(compact)
+
+
+def test_initial_loss_check_accepts_minus_log_of_a_uniform_probability():
+    import math
+    ec.check_expected_initial_loss(lambda c: -math.log(1 / c))
+
+
+def test_weight_decay_check_accepts_undecayed_biases_and_says_so(capsys):
+    def skip_biases(parameters, lr, weight_decay):
+        for p in parameters:
+            decay = weight_decay if p.data.ndim > 1 else 0.0      # biases: no decay
+            p.data -= lr * (p.grad + decay * p.data)
+    ec.check_weight_decay_step(skip_biases)
+    assert "not decayed" in capsys.readouterr().out
+    ec.check_weight_decay_step(decay_step)
+    assert "decayed like the weights" in capsys.readouterr().out
+
+
+def test_weight_decay_check_rejects_a_decay_that_ignores_its_argument():
+    def fixed_decay(parameters, lr, weight_decay):
+        for p in parameters:
+            p.data -= lr * (p.grad + 0.05 * p.data)
+    _rejects(ec.check_weight_decay_step, fixed_decay, "weight_decay 0 (plain SGD)")
+
+
+def test_weight_decay_check_rejects_a_bias_decayed_twice():
+    def bias_twice(parameters, lr, weight_decay):
+        for p in parameters:
+            decay = weight_decay if p.data.ndim > 1 else 2 * weight_decay
+            p.data -= lr * (p.grad + decay * p.data)
+    _rejects(ec.check_weight_decay_step, bias_twice, "bias after one step",
+             "leaving the bias undecayed is accepted too")
+
+
+def test_residual_check_accepts_the_body_walked_as_a_list():
+    def as_a_list(block, dy):
+        d_sum = block.relu_out.backward(dy)
+        d = d_sum
+        for layer in reversed([block.conv1, block.bn1, block.relu, block.conv2, block.bn2]):
+            d = layer.backward(d)
+        return d_sum + d
+    ec.check_residual_backward(as_a_list)
+
+
+# ---- 14: non-maximum suppression (the check is defined in the tutorial) ----------------------
+
+def _nms_check():
+    """``check_nms`` from tutorials/14_detection.py, without running the tutorial."""
+    import ast
+
+    from minicnn.detection import nms
+    tree = ast.parse((TUTORIALS_DIR / "14_detection.py").read_text(encoding="utf-8"))
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check_nms")
+    namespace = {"np": np, "nms": nms}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "14_detection.py", "exec"), namespace)
+    return namespace["check_nms"]
+
+
+def _nms_with_order(order_of):
+    """Greedy NMS whose visiting order is ``order_of(scores)``."""
+    from minicnn.detection import box_iou
+
+    def nms_fn(boxes, scores, iou_threshold):
+        boxes, scores = np.asarray(boxes, dtype=float).reshape(-1, 4), np.asarray(scores, float)
+        order, keep = list(order_of(scores)), []
+        while order:
+            best = order.pop(0)
+            keep.append(best)
+            order = [k for k in order
+                     if box_iou(boxes[best:best + 1], boxes[k:k + 1])[0, 0] <= iou_threshold]
+        return np.asarray(keep, dtype=np.int64)
+    return nms_fn
+
+
+def test_nms_check_states_the_tie_rule_when_it_rejects_a_reversed_argsort():
+    with pytest.raises(AssertionError) as caught:
+        _nms_check()(_nms_with_order(lambda scores: np.argsort(scores)[::-1]))
+    assert "lower index first" in str(caught.value) and "expected" in str(caught.value)
+
+
+def test_nms_check_rejects_keeping_every_box_and_accepts_a_stable_sort():
+    check_nms = _nms_check()
+    with pytest.raises(AssertionError, match="expected"):
+        check_nms(lambda boxes, scores, iou_threshold:
+                  np.argsort(-np.asarray(scores, dtype=float), kind="stable"))
+    check_nms(_nms_with_order(lambda scores: np.argsort(-scores, kind="stable")))
+    # lexsort by (index, -score) is the same rule written another way
+    check_nms(_nms_with_order(lambda scores: np.lexsort((np.arange(len(scores)), -scores))))
+

@@ -6,10 +6,16 @@ This is tutorial plumbing, not part of minicnn. Each tutorial starts with::
 
 - ``FAST`` is True when ``MINICNN_FAST=1`` is set (or ``--fast`` is passed). The test suite runs
   every tutorial that way: less data, fewer epochs, the same code path.
+- ``loop_length(full, fast)`` is how long a training loop (steps, epochs, repetitions) runs:
+  ``fast`` in fast mode, ``full`` otherwise. With ``MINICNN_TUTORIAL_SHORT_LOOPS=1`` (the test
+  suite's full-mode test) the data and models keep their full size but the loops run at their
+  fast-mode length, so the full-size code paths run in seconds; ``SHORT_LOOPS`` says so, and
+  ``claim(holds, what)`` asserts a claim that needs the full-length training everywhere
+  except there (where it prints the claim and whether this short run shows it instead).
 - ``show(fig, "name")`` saves the figure as ``tutorials/output/<tutorial>/name.png`` (or under
   ``$MINICNN_TUTORIAL_OUT``) and, in a notebook, also displays it.
 - ``check(what, answer, expected)`` compares a short answer (a number, a shape) with the
-  expected value and says whether it is right.
+  expected value and says whether it is right (a wrong answer is a message, not a stop).
 - ``@exercise("02_convolution")`` marks a function the learner writes, and
   ``check_exercise(name, fn, check, reference)`` tests it and hands back what the tutorial
   carries on with (the learner's function once it is right, the library's until then).
@@ -18,20 +24,54 @@ This is tutorial plumbing, not part of minicnn. Each tutorial starts with::
 
 Environment variables: ``MINICNN_TUTORIAL_SOLUTIONS=1`` swaps every exercise stub for the
 worked solution in ``tutorials/solutions/<tutorial>.py``; ``MINICNN_TUTORIAL_STRICT=1`` makes a
-wrong answer stop the tutorial instead of carrying on with the library's version.
+wrong answer stop the tutorial instead of carrying on with the library's version (and a wrong
+short answer to ``check`` raise ``AssertionError``, as it also does with the solutions).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 FAST = os.environ.get("MINICNN_FAST", "") not in ("", "0") or "--fast" in sys.argv
+
+# Full-size data and models, fast-mode loop lengths: the test suite's full-mode run (see
+# loop_length). Meaningless in fast mode, where the loops are short anyway.
+SHORT_LOOPS = not FAST and os.environ.get("MINICNN_TUTORIAL_SHORT_LOOPS", "") not in ("", "0")
+
+
+def loop_length(full: int, fast: int) -> int:
+    """Length of a training loop (steps, epochs, repetitions) in the running mode.
+
+    ``fast`` in fast mode, ``full`` in full mode (the default), and ``fast`` again in full mode
+    with ``MINICNN_TUTORIAL_SHORT_LOOPS=1``: there the data sets and models keep their full
+    size, so every full-size code path runs, but the loops that take the time are short.
+    Claims that only hold after the full-length training go through ``claim``.
+    """
+    return fast if (FAST or SHORT_LOOPS) else full
+
+
+def claim(holds, what: str) -> None:
+    """Assert ``holds`` (a claim the text makes about a training run), saying ``what`` it is.
+
+    A claim about what training *reaches* only holds in a run that trained that long. In fast
+    and full mode the tutorial really does, so the claim is asserted (``AssertionError`` naming
+    ``what`` if not). With ``MINICNN_TUTORIAL_SHORT_LOOPS=1`` the loops were cut short, so the
+    claim is evaluated and printed, not asserted. Returns None.
+    """
+    holds = bool(holds)
+    if SHORT_LOOPS:
+        print(f"[short loops] not asserted (the training was cut short): {what} -- "
+              f"{'holds' if holds else 'does not hold'} in this run")
+        return
+    assert holds, f"claim does not hold in this run: {what}"
 
 _IN_NOTEBOOK = "ipykernel" in sys.modules
 
@@ -88,29 +128,41 @@ def show(fig, name: str) -> None:
 
 
 def check(what: str, answer, expected, rtol: float = 1e-5, atol: float = 1e-6) -> None:
-    """Check an exercise answer.
+    """Check a short exercise answer (a number, a shape, a list) against ``expected``.
 
-    Numbers and arrays are compared with a tolerance, anything else with ``==``. Prints a
-    friendly verdict and raises ``AssertionError`` when the answer is wrong, so a wrong answer
-    cannot be missed (and the test suite, which runs the tutorials with the worked answers,
-    fails if an answer ever stops being right). Returns None (nothing echoed in a notebook).
+    Numbers and arrays are compared with a tolerance, counts, sizes and shapes exactly,
+    anything else with ``==``. Prints a verdict. A wrong (or missing) answer prints what was
+    expected and the tutorial carries on; with ``MINICNN_TUTORIAL_STRICT=1`` or
+    ``MINICNN_TUTORIAL_SOLUTIONS=1`` it raises ``AssertionError`` instead (the test suite runs
+    the notebooks that way, so an answer that stops being right fails a test). Returns None
+    (nothing echoed in a notebook).
     """
+    problem = _answer_problem(what, answer, expected, rtol, atol)
+    if problem is None:
+        print(f"{what}: correct!")
+        return
+    if solutions_enabled() or _flag("MINICNN_TUTORIAL_STRICT"):
+        raise AssertionError(problem)
+    print(f"[check] {problem}. Change your answer and run this cell again.")
+
+
+def _answer_problem(what: str, answer, expected, rtol: float, atol: float) -> str | None:
+    """None if ``answer`` matches ``expected``, else a sentence saying what is wrong."""
     if answer is None:
-        raise AssertionError(f"{what}: no answer yet -- replace the None with your answer")
+        return f"{what}: no answer yet -- replace the None with your answer"
     if _all_integers(answer) and _all_integers(expected):
         # Counts, sizes and shapes are exact: a tolerance would let 1,572,860 bytes pass.
         if np.shape(answer) != np.shape(expected) or not np.array_equal(answer, expected):
-            raise AssertionError(f"{what}: not quite -- got {answer!r}, expected {expected!r}")
-        print(f"{what}: correct!")
-        return
+            return f"{what}: not quite -- got {answer!r}, expected {expected!r}"
+        return None
     try:
         ok = np.allclose(np.asarray(answer, dtype=float), np.asarray(expected, dtype=float),
                          rtol=rtol, atol=atol) and np.shape(answer) == np.shape(expected)
     except (TypeError, ValueError):
         ok = answer == expected
     if not ok:
-        raise AssertionError(f"{what}: not quite -- got {answer!r}, expected {expected!r}")
-    print(f"{what}: correct!")
+        return f"{what}: not quite -- got {answer!r}, expected {expected!r}"
+    return None
 
 
 def _all_integers(value) -> bool:
@@ -167,6 +219,103 @@ def exercise(tutorial: str):
     return decorate
 
 
+class _RecordedCalls:
+    """Wraps the learner's function and remembers its last call (arguments, result), so that a
+    failure can say what was called with which shapes."""
+
+    def __init__(self, fn):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.last_arguments = None          # (args, kwargs) of the last call
+        self.returned = False               # did the last call return (or raise)?
+        self.last_result = None
+
+    def __call__(self, *args, **kwargs):
+        self.last_arguments, self.returned, self.last_result = (args, kwargs), False, None
+        result = self.fn(*args, **kwargs)
+        self.returned, self.last_result = True, result
+        return result
+
+
+def describe(value) -> str:
+    """A short description of an argument or result: an array's shape and dtype, a tuple's
+    items, a scalar's value, a list's length (the parameters of a layer are listed by shape)."""
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape}, {value.dtype}"
+    if hasattr(value, "data") and isinstance(getattr(value, "data"), np.ndarray):
+        return f"{type(value).__name__} with .data of shape {value.data.shape}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(describe(item) for item in value) + ")"
+    if isinstance(value, list):
+        shown = ", ".join(describe(item) for item in value[:4])
+        return f"a list of {len(value)}: [{shown}{', ...' if len(value) > 4 else ''}]"
+    if isinstance(value, (bool, int, float, str, np.generic)) or value is None:
+        return repr(value)
+    return type(value).__name__
+
+
+# What usually causes each kind of exception in an exercise, said as a hint.
+_HINTS = {
+    ValueError: "a shape mismatch (arrays that cannot be multiplied, broadcast or reshaped): "
+                "print the shapes on that line and compare them with the docstring's; a "
+                "missing transpose (.T) or swapped kernel sizes (kH/kW) are the usual causes",
+    IndexError: "an index past the end of an array: check the loop ranges and the output-size "
+                "formula, and where padding moves the indices",
+    TypeError: "a wrong type or number of arguments: compare your function's signature and "
+               "return value with the stub's docstring (None returned where an array was "
+               "expected shows up here too)",
+    AttributeError: "an attribute that does not exist: often None where an array was expected "
+                    "(a function that forgot to return), or a list where an array was meant",
+    KeyError: "a missing key: check the names you look up",
+    ZeroDivisionError: "a division by zero: check the sizes you divide by",
+    FloatingPointError: "a floating-point error (overflow, invalid value): check for exp of "
+                        "large numbers or log of 0",
+}
+
+
+def _hint_for(error: BaseException) -> str:
+    for kind, hint in _HINTS.items():
+        if isinstance(error, kind):
+            return hint
+    return "read the error above and the line it points to"
+
+
+def _learner_line(error: BaseException, fn) -> str | None:
+    """``line N: <code>`` of the innermost traceback frame in the learner's function's file."""
+    code = getattr(getattr(fn, "__wrapped__", fn), "__code__", None)
+    if code is None:
+        return None
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if frame.filename == code.co_filename]
+    if not frames:
+        return None
+    frame = frames[-1]
+    text = f" `{frame.line.strip()}`" if frame.line else ""
+    return f"line {frame.lineno} (in {frame.name}){text}"
+
+
+def _crash_message(name: str, error: BaseException, recorded: _RecordedCalls) -> str:
+    """What was called, with which shapes, what went wrong and where, and a hint."""
+    lines = [f"{name} raised {type(error).__name__}: {error}"]
+    if recorded.last_arguments is not None:
+        args, kwargs = recorded.last_arguments
+        try:        # name every argument, positional ones included
+            named = inspect.signature(recorded.fn).bind(*args, **kwargs).arguments.items()
+            shown = [f"{key}={describe(value)}" for key, value in named]
+        except (TypeError, ValueError):     # the call itself did not fit the signature
+            shown = [describe(value) for value in args]
+            shown += [f"{key}={describe(value)}" for key, value in kwargs.items()]
+        lines.append(f"  called as {name}({', '.join(shown)})")
+        if recorded.returned:
+            lines.append(f"  it returned {describe(recorded.last_result)}, which the check "
+                         f"could not use (compare it with what the docstring asks for)")
+    where = _learner_line(error, recorded.fn)
+    if where and not recorded.returned:
+        lines.append(f"  in your code at {where}")
+    lines.append(f"  hint: {_hint_for(error)}")
+    return "\n".join(lines)
+
+
 def check_exercise(name: str, learner_fn, check, reference):
     """Test the learner's function and return what the tutorial carries on with.
 
@@ -176,21 +325,31 @@ def check_exercise(name: str, learner_fn, check, reference):
     - ``learner_fn`` raises ``NotImplementedError`` (the stub as shipped): prints one line
       saying the exercise is not filled in yet and that the tutorial carries on with the
       library's version; returns ``reference``.
-    - The check fails: prints the check's message; with ``MINICNN_TUTORIAL_SOLUTIONS=1`` or
+    - The check fails (``AssertionError``), or the learner's code raises anything else (a
+      ``ValueError`` from a shape bug, an ``IndexError``, a ``TypeError``, ...): prints the
+      message -- for an exception, what was called with which shapes, what went wrong, on
+      which line of the learner's code, and a hint; with ``MINICNN_TUTORIAL_SOLUTIONS=1`` or
       ``MINICNN_TUTORIAL_STRICT=1`` re-raises (so tests catch a wrong solution), otherwise
       returns ``reference`` so the tutorial still runs top to bottom.
     - The check passes: prints a one-line "correct" message; returns ``learner_fn``.
 
     Always returns a callable; the caller assigns it, so nothing is echoed in a notebook.
     """
+    recorded = _RecordedCalls(learner_fn)
     try:
-        check(learner_fn)
+        check(recorded)
     except NotImplementedError:
         print(f"[exercise] {name} is not filled in yet -- carrying on with the library's "
               f"version. Write it and run this cell again.")
         return reference
     except AssertionError as wrong:
         print(f"[exercise] {name} is not right yet: {wrong}")
+        if solutions_enabled() or _flag("MINICNN_TUTORIAL_STRICT"):
+            raise
+        print(f"[exercise] carrying on with the library's version of {name}.")
+        return reference
+    except Exception as crash:      # noqa: BLE001 -- any bug in the learner's code is a message
+        print(f"[exercise] {_crash_message(name, crash, recorded)}")
         if solutions_enabled() or _flag("MINICNN_TUTORIAL_STRICT"):
             raise
         print(f"[exercise] carrying on with the library's version of {name}.")
