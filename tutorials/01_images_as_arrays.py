@@ -28,7 +28,8 @@ from matplotlib.colors import LinearSegmentedColormap
 from minicnn import nn, viz
 from minicnn.data import load_dataset
 from minicnn.kernels import threads
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_to_network_input, library_to_network_input
+from tutorial_tools import FAST, check, check_exercise, exercise, show
 
 rng = np.random.default_rng(0)
 
@@ -93,10 +94,52 @@ show(fig, "channels")
 # The network wants floats, not bytes. The usual recipe is divide by 255 (values in [0, 1]),
 # then normalise with the training set's mean and standard deviation so inputs are centred
 # near 0 with spread about 1.
+#
+# ## Exercise: from an image file to the network's input
+#
+# Image files, Pillow and matplotlib hold a colour picture channels *last*, `(H, W, C)`, and a
+# stack of them as `(N, H, W, C)` ("NHWC"). Write `to_network_input(images, mean, std)`: it
+# takes such a `uint8` batch and the data set's mean and standard deviation per channel (one
+# number per channel, on the [0, 1] scale) and returns the float32 NCHW batch a network
+# expects, `x[n, c] = (images[n, :, :, c] / 255 - mean[c]) / std[c]`. Four traps, each one
+# caught by the check (`check_to_network_input` in `exercise_checks.py`):
+#
+# - moving an axis is a `transpose`, not a `reshape`: `reshape(N, C, H, W)` gives the right
+#   shape with the pixels in the wrong places (the numbers keep their order in memory, only
+#   the way they are cut into rows changes);
+# - `mean` and `std` need the shape `(1, C, 1, 1)` to broadcast over images, rows and columns;
+# - `np.array([0.49, 0.48, 0.45])` is float64, and float32 minus float64 is float64: cast the
+#   statistics with `np.float32`, or the batch silently doubles in memory;
+# - `transpose` only changes how the array is *read*: in memory it is still NHWC, and
+#   `astype` and arithmetic keep that order. Copy it into NCHW order
+#   (`astype(np.float32, order="C")`), so that each channel is one contiguous plane (the
+#   section after next shows what that means for the strides).
+#
+# The check runs your function on a colour batch and a grayscale one and says which case is
+# wrong and how. Until it passes, the tutorial carries on with the library's version. A
+# worked solution is in `solutions/01_images_as_arrays.py`; try without it first.
 
 # %%
-x = test.images.astype(np.float32) / 255.0                      # (64, 1, 28, 28) float32
-x = (x - np.float32(test.mean[0])) / np.float32(test.std[0])
+@exercise("01_images_as_arrays")
+def to_network_input(images, mean, std):
+    """Turn a batch as image files store it into what a network expects.
+
+    images (N, H, W, C) uint8; mean, std: C floats each (on the [0, 1] pixel scale)
+    -> x (N, C, H, W) float32, x[n, c] = (images[n, :, :, c] / 255 - mean[c]) / std[c].
+    """
+    # YOUR CODE HERE: move the channel axis, scale to [0, 1], normalise per channel.
+    raise NotImplementedError("fill in to_network_input")
+
+
+to_input = check_exercise("to_network_input", to_network_input, check_to_network_input,
+                          reference=library_to_network_input)
+
+# %% [markdown]
+# MNIST is stored NCHW already; as an image file holds it, the batch is `(N, 28, 28, 1)`, one
+# `transpose` away. Your function (or the library's) turns that into the network's input:
+
+# %%
+x = to_input(test.images.transpose(0, 2, 3, 1), test.mean, test.std)   # (64, 1, 28, 28)
 print("batch:", x.shape, x.dtype, f"mean {x.mean():.3f}, std {x.std():.3f}")
 n, c, h, w = x.shape
 assert (n, c, h, w) == (64, 1, 28, 28) and x.dtype == np.float32

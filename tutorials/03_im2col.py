@@ -7,6 +7,7 @@
 # You will:
 #
 # - draw the unrolled matrix for a small input and see where each number comes from;
+# - **write** im2col yourself, with stride and padding (the exercise), and have it checked;
 # - compute a convolution as `W_matrix @ cols` and check it against minicnn's `Conv2d`;
 # - see why **col2im**, the way back, must *add* (`+=`) and check that it is the adjoint;
 # - time the explicit loops against im2col.
@@ -20,7 +21,8 @@ import numpy as np
 from minicnn import nn
 from minicnn.kernels import threads
 from minicnn.kernels.im2col import col2im, im2col
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_im2col, library_im2col
+from tutorial_tools import FAST, check, check_exercise, exercise, show
 
 rng = np.random.default_rng(0)
 cores = threads.get_num_threads()["numba"]
@@ -71,6 +73,46 @@ show(fig, "im2col_matrix")
 #   `weight.reshape(C_out, -1)` flattens a filter;
 # - column `(n·H_out + i)·W_out + j` is output pixel `(i, j)` of image `n`.
 #
+# ## Exercise: write im2col
+#
+# Write `im2col_windows(x, kernel_size, stride, padding)` with the library's conventions:
+# `kernel_size = (kH, kW)`, `stride = (sH, sW)`, `padding = (top, bottom, left, right)`. It
+# returns `cols` in the layout above, with `x`'s dtype, and `(H_out, W_out)`, where
+# `H_out = (H + top + bottom - kH) // sH + 1` (and `W_out` likewise). Hints:
+#
+# - pad once: `np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))`;
+# - loop over the kH·kW **taps** `(a, b)`, not over the windows: tap `(a, b)` of every window
+#   of every image is one strided slice, `x_padded[:, :, a:a + sH*H_out:sH, b:b + sW*W_out:sW]`,
+#   of shape `(N, C, H_out, W_out)`;
+# - put each slice into an array of shape `(C, kH, kW, N, H_out, W_out)` (mind the order of
+#   its axes: `(c, a, b)` make the row, `(n, i, j)` the column), then one `reshape` gives
+#   `(C·kH·kW, N·H_out·W_out)`.
+#
+# `check_im2col` (in `exercise_checks.py`) compares your columns with minicnn's `im2col` on
+# three cases: a 3×3 kernel on one image; a 2×3 kernel with strides `(1, 2)` and lopsided
+# padding `(0, 1, 2, 0)` on two 3-channel images (swapped kH/kW, swapped strides or padding
+# in the wrong order all show here); and a stride of 2 that does not divide the 8×7 image. It
+# says which case is wrong and whether the size, the values (with the worst element) or the
+# dtype is. Until yours passes, the tutorial carries on with the library's version. A worked
+# solution is in `solutions/03_im2col.py`.
+
+# %%
+@exercise("03_im2col")
+def im2col_windows(x, kernel_size, stride, padding):
+    """Unroll every window of a batch into a column.
+
+    x (N, C, H, W); kernel_size (kH, kW); stride (sH, sW); padding (top, bottom, left, right)
+    -> cols (C*kH*kW, N*H_out*W_out) of x's dtype, and (H_out, W_out). Row (c*kH + a)*kW + b
+    holds tap (a, b) of channel c; column (n*H_out + i)*W_out + j is window (i, j) of image n.
+    """
+    # YOUR CODE HERE: pad, compute H_out and W_out, fill cols tap by tap, reshape.
+    raise NotImplementedError("fill in im2col_windows")
+
+
+to_columns = check_exercise("im2col_windows", im2col_windows, check_im2col,
+                            reference=library_im2col)
+
+# %% [markdown]
 # ## The convolution is one GEMM
 #
 # Each filter, flattened, is a row of length `C·kH·kW`; each window is a column of the same
@@ -86,7 +128,7 @@ n, c_in, c_out, size = 2, 3, 4, 6
 x = rng.standard_normal((n, c_in, size, size)).astype(np.float32)
 conv = nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, backend="reference", rng=0)
 
-cols, (out_h, out_w) = im2col(x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+cols, (out_h, out_w) = to_columns(x, (3, 3), (1, 1), (1, 1, 1, 1))     # yours, once it passes
 w_matrix = conv.weight.data.reshape(c_out, -1)                       # (4, 27)
 y_matrix = w_matrix @ cols                                           # (4, 2*6*6)
 y = y_matrix.reshape(c_out, n, out_h, out_w).transpose(1, 0, 2, 3) + conv.bias.data[:, None, None]

@@ -237,7 +237,7 @@ pool_backward = check_exercise("maxpool2d_backward", maxpool2d_backward,
 # distinct values goes through `MaxPool2d(2)` and every output gets `dy = 1`. How many
 # pixels receive a gradient? One per window, 16. With 3×3 windows at stride 1 the answer is
 # not obvious any more: count it on a real digit, giving `dy = 1` to every window that sees
-# some ink (the all-black windows are left out: they are four-way ties of zeros). Bright
+# some ink (the all-black windows are left out: they are nine-way ties of zeros). Bright
 # stroke pixels win many overlapping windows each, and most pixels win none.
 
 # %%

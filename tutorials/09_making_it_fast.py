@@ -19,11 +19,17 @@
 #    Numba cannot vectorise, and memory faulted back in between training steps;
 # 6. look at memory layout and precision;
 #
-# and finally write the shift trick yourself.
+# and finally write the shift trick yourself, and a parallel Numba kernel that you place on
+# your machine's **roofline** (its GEMM peak and memory bandwidth, measured live).
 #
 # All timings are measured on *your* machine right now. A machine busy with other work gives
 # noisy numbers, so we interleave the runs we compare and read the results as ratios and
 # orders of magnitude.
+#
+# **Where this fits.** This tutorial is a side road: it is about how minicnn computes fast,
+# not about how networks learn, and tutorials 10-14 do not need it (tutorial 11 points back
+# to its GEMM peak when a layer is slower than its FLOPs). It is long; read it in its
+# sections, whenever speed interests you, after 03 (im2col) and 08 (a training step).
 
 # %%
 import contextlib
@@ -41,9 +47,10 @@ from numba import njit, prange
 from minicnn import models, nn
 from minicnn.kernels import blas, numba_backend, onepool, reference, threads
 from minicnn.kernels.im2col import im2col
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_bias_relu, library_bias_relu
+from tutorial_tools import FAST, check, check_exercise, exercise, loop_length, show
 
-REPEATS = 5 if FAST else 20
+REPEATS = loop_length(full=20, fast=5)
 rng = np.random.default_rng(0)
 start_threads = threads.get_num_threads()           # what to leave behind at the end
 start_onepool = numba_backend.USE_ONEPOOL
@@ -282,8 +289,9 @@ assert inside["blas"] == 1
 # ## 3. The shift trick
 #
 # im2col copies every input pixel up to $k_H k_W$ times. For stride 1 there is a way to need
-# no copy at all. Number the output positions not on the $H_{out} \times W_{out}$ grid but on
-# the padded input's width $W_p$: output $(o_h, o_w)$ gets the index $q = o_h W_p + o_w$. Tap
+# only one copy of the input: the padded one (none at all when the layer has no padding),
+# each pixel stored once. Number the output positions not on the $H_{out} \times W_{out}$
+# grid but on the padded input's width $W_p$: output $(o_h, o_w)$ gets the index $q = o_h W_p + o_w$. Tap
 # $(i, j)$ of the kernel reads, for output $q$, the padded pixel $(o_h + i, o_w + j)$, whose
 # flat index is
 #
@@ -690,11 +698,18 @@ for label, fn, n in [("plain call", lambda: touch(counters), 1),
         call_cost[label] = median_time(lambda: [fn() for _ in range(calls)])[1] / calls
     print(f"{label:<28} {call_cost[label] * 1e6:8.2f} us per call")
 assert call_cost["parallel region, 1 thread"] > call_cost["plain call"]
+region_us = call_cost[f"parallel region, {all_threads} threads"] * 1e6
+print(f"a parallel region of {all_threads} threads costs {region_us:.1f} us here: "
+      f"{region_us / 10_000:.3%} of a 10 ms layer, {region_us / 300:.1%} of a 300 us one")
 
 # %% [markdown]
-# Tens of microseconds (more on a busy machine) are nothing next to a 10 ms layer, but a small
-# layer or a small batch takes only a few hundred microseconds, and a training step has a
-# dozen layers times two passes. So the kernels avoid regions that cannot pay: with one
+# A microsecond or a few per region (measured on the 2-core machine these tutorials are
+# tested on: 0.7 us with one thread, 1.65 us with two; your numbers are above, and they grow
+# with the thread count and on a busy machine, where a sleeping thread waits to be
+# scheduled) are nothing next to a 10 ms layer, and little next to a small layer's few
+# hundred microseconds; but a training step runs a dozen layers, each with several regions
+# per pass, and a region with one thread buys nothing for its cost. So the kernels avoid
+# regions that cannot pay: with one
 # thread, `parallel.run` (in `minicnn/kernels/parallel.py`) calls the chunk function
 # (`_forward_shift_chunk`, ...) directly instead of starting the `prange` loop, and ReLU stays
 # on one thread below `pointwise.PARALLEL_MIN_SIZE` elements.
@@ -836,7 +851,7 @@ for _ in range(STEPS):
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 print(json.dumps({"ms": 1e3 * float(np.median(times)), "faults": faults / STEPS,
                   "allocator": minicnn.allocator.describe()}))
-""".replace("STEPS", "10" if FAST else "40")
+""".replace("STEPS", str(loop_length(full=40, fast=10)))
 
 step_runs = {}
 for choice in ("system", "tuned"):
@@ -848,10 +863,25 @@ for choice in ("system", "tuned"):
           f"{run['faults']:6.0f} page faults per step  (allocator: {run['allocator']})")
 
 # %% [markdown]
-# On glibc the `tuned` process should fault almost never. The `system` one faults a few
-# hundred pages per step, and its step is slower by roughly what those faults cost: a
-# microsecond or two each, kernel time in the middle of your training loop. If both lines
-# say "left alone", your C library is not glibc, or you set glibc's allocator yourself.
+# On glibc the `tuned` process should fault almost never. How much the `system` one faults
+# depends on the machine and on what the process did before (glibc's threshold follows
+# recent allocation sizes): on the benchmarks' reference machine, where it was found
+# (`benchmarks/RESULTS.md`, "Keeping freed memory"), 411 faults per LeNet-5 step and 3.0
+# against 2.25 ms per step at one thread, so about 1.8 us of kernel time per fault in the
+# middle of the training loop; on the 2-core machine these tutorials are tested on, 7 faults
+# per step and 2.70 against 2.68 ms, no difference worth having. The cell below compares
+# your two processes. If both lines say "left alone", your C library is not glibc, or you set
+# glibc's allocator yourself.
+
+# %%
+extra_faults = step_runs["system"]["faults"] - step_runs["tuned"]["faults"]
+slower = step_runs["system"]["ms"] / step_runs["tuned"]["ms"] - 1
+print(f"on this machine the system allocator's process faults {extra_faults:.0f} more pages "
+      f"per step and its step is {slower:+.1%} slower than the tuned one's" +
+      (": the effect shows here" if extra_faults > 100 else
+       ": too few faults for the effect to show here"))
+
+# %% [markdown]
 # The lesson reaches beyond allocators: when one run of a benchmark is consistently faster
 # than the others, find out why. Here the faster run was the right one.
 #
@@ -958,3 +988,136 @@ if answer is not None:
             f"rows {np.unique(wrong[:, 2])}, columns {np.unique(wrong[:, 3])}")
     check("shifted_conv against reference.conv2d_forward", answer, expected,
           rtol=1e-10, atol=1e-10)
+
+# %% [markdown]
+# ## Exercise: a parallel kernel, placed on the roofline
+#
+# Section 4 set each layer against the GEMM peak. But a ReLU or a bias add does almost no
+# arithmetic: what limits it is how fast memory delivers the bytes. The **roofline** model
+# puts both limits on one plot. A kernel that does $F$ FLOPs and moves at least $B$ bytes has
+# the *arithmetic intensity* $I = F / B$ (FLOP per byte), and it cannot run faster than
+# $\min(\text{peak},\; I \times \text{bandwidth})$. Left of the *ridge point*
+# $I = \text{peak} / \text{bandwidth}$ the memory is the limit, right of it the arithmetic.
+#
+# Write the kernel: `bias_relu(x, bias)` returns `y = max(x + bias[c], 0)` for a float32 NCHW
+# batch, in a **new** float32 array, as a loop over `prange` compiled with
+# `@njit(parallel=True)` (the decorator is already there). It reads 4 bytes and writes 4 per
+# element, and does 2 FLOPs there (an add and a max): $I = 0.25$, far left of the ridge.
+# Hints: `y = np.empty_like(x)`; one `prange` task per (image, channel) plane,
+# `for plane in prange(n_images * channels)` with `n, c = plane // channels, plane % channels`,
+# then plain loops over the rows and columns of that plane (the last index innermost, so each
+# thread streams through contiguous memory).
+#
+# `check_bias_relu` runs your kernel's Python source first (`bias_relu.py_func`, where
+# `prange` is `range`: an index out of bounds raises an `IndexError` there, while compiled
+# code would silently read past the array), then the compiled kernel, on batches where a bias
+# indexed by the image or by a column still runs but gives wrong values. It rejects a wrong
+# value, a float64 output, a kernel that writes into `x`, and one compiled without
+# `parallel=True`. Until yours passes, the tutorial times the library's. A worked solution is
+# in `solutions/09_making_it_fast.py`.
+
+# %%
+@njit(parallel=True)
+@exercise("09_making_it_fast")
+def bias_relu(x, bias):
+    """y[n, c, h, w] = max(x[n, c, h, w] + bias[c], 0) in a new array of x's dtype.
+
+    x (N, C, H, W) float32, bias (C,) float32 -> y (N, C, H, W) float32.
+    """
+    # YOUR CODE HERE: allocate y, loop over the planes with prange, then rows and columns.
+    raise NotImplementedError("fill in bias_relu")
+
+
+bias_relu_kernel = check_exercise("bias_relu", bias_relu, check_bias_relu,
+                                  reference=library_bias_relu)
+
+# %% [markdown]
+# Now the two roofs of this machine, measured now: the **peak** from a float32 GEMM (as in
+# section 4), and the **bandwidth** from a copy of exactly as many bytes as the kernel moves
+# (each element read once and written once, no arithmetic; the faster of a parallel Numba
+# loop and NumPy's `np.copyto`, which calls the C library's tuned `memcpy`), so that the copy
+# and the kernel meet the same level of the memory hierarchy: main memory for a large batch,
+# a cache when the batch fits in it (on the 2-core machine these tutorials are tested on, a
+# 480 MiB L3 holds the whole batch). Then the kernel, and NumPy's
+# `np.maximum(x + bias, 0)` for comparison: the same FLOPs and the same minimum bytes, but
+# two passes over memory through a temporary array, on one thread. All of it on one thread
+# and on all of them, interleaved as in section 2.
+
+# %%
+@njit(parallel=True)
+def stream_copy(source, destination):
+    """destination[i] = source[i] on all threads: memory bandwidth with no arithmetic."""
+    for i in prange(source.size):
+        destination[i] = source[i]
+
+
+gemm_n = 512 if FAST else 1024
+gemm_a = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
+gemm_b = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
+relu_x = rng.standard_normal((64 if FAST else 256, 32, 28, 28), dtype=np.float32)  # 6 / 26 MB
+relu_bias = rng.standard_normal(32, dtype=np.float32)
+copy_destination = np.zeros_like(relu_x)                # written now: no page faults timed
+relu_flops, relu_bytes = 2 * relu_x.size, 2 * relu_x.nbytes      # the copy's bytes too
+whose = "yours" if bias_relu_kernel is not library_bias_relu else "the library's"
+assert np.array_equal(bias_relu_kernel(relu_x, relu_bias),
+                      np.maximum(relu_x + relu_bias[None, :, None, None], 0))
+
+roofs, points = {}, {}          # per thread count: (peak FLOP/s, bandwidth B/s); points
+for n_threads in sorted({1, all_threads}):
+    with threads_at(n_threads):
+        gemm_s = median_time(lambda: gemm_a @ gemm_b)[1]
+        runs = race({
+            "parallel copy": lambda: stream_copy(relu_x.reshape(-1),
+                                                 copy_destination.reshape(-1)),
+            "np.copyto": lambda: np.copyto(copy_destination, relu_x),      # one thread, memcpy
+            "bias_relu": lambda: bias_relu_kernel(relu_x, relu_bias),
+            "NumPy": lambda: np.maximum(relu_x + relu_bias[None, :, None, None], 0)})
+    copy_s = min(runs["parallel copy"][1], runs["np.copyto"][1])   # the faster copy
+    roofs[n_threads] = (2 * gemm_n ** 3 / gemm_s, relu_bytes / copy_s)
+    points[n_threads] = {                               # name: (intensity, attained FLOP/s)
+        f"bias_relu ({whose})": (relu_flops / relu_bytes, relu_flops / runs["bias_relu"][1]),
+        "NumPy maximum(x + b, 0)": (relu_flops / relu_bytes, relu_flops / runs["NumPy"][1]),
+        # The GEMM reads A and B and writes C at least once: 3 n^2 float32 values.
+        f"GEMM {gemm_n}x{gemm_n}": (2 * gemm_n ** 3 / (3 * gemm_n ** 2 * 4),
+                                     2 * gemm_n ** 3 / gemm_s)}
+assert np.array_equal(copy_destination, relu_x)
+
+for n_threads, (peak, bandwidth) in roofs.items():
+    print(f"{n_threads} thread(s): GEMM peak {peak / 1e9:.0f} GFLOP/s, copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s, ridge point {peak / bandwidth:.1f} FLOP/byte")
+    for name, (intensity, attained) in points[n_threads].items():
+        roof = min(peak, intensity * bandwidth)
+        print(f"  {name:<28} I = {intensity:6.2f} FLOP/byte: {attained / 1e9:7.2f} GFLOP/s "
+              f"= {attained / intensity / 1e9:6.1f} GB/s, {attained / roof:4.0%} of its roof")
+
+# %%
+intensities = np.logspace(-2, 3, 200)
+fig, ax = plt.subplots(figsize=(8.5, 5.2))
+for n_threads, style, fill in ((all_threads, "-", None), (1, "--", "none")):
+    if n_threads not in roofs or (n_threads == 1 and all_threads == 1 and fill == "none"):
+        continue
+    peak, bandwidth = roofs[n_threads]
+    ax.loglog(intensities, np.minimum(peak, intensities * bandwidth) / 1e9, "k" + style,
+              lw=1.5, label=f"roof, {n_threads} thread(s): min(GEMM peak, I x copy bandwidth)")
+    for (name, (intensity, attained)), colour, marker in zip(
+            points[n_threads].items(), ("tab:red", "tab:blue", "tab:green"), "o^s"):
+        ax.loglog(intensity, attained / 1e9, marker, color=colour, mfc=fill, ms=9,
+                  label=f"{name}, {n_threads} thread(s): "
+                        f"{attained / min(peak, intensity * bandwidth):.0%} of its roof")
+ax.set(xlabel="arithmetic intensity I (FLOP per byte moved, log scale)",
+       ylabel="GFLOP/s (log scale)", title="The roofline of this machine, measured now")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=7, loc="lower right")
+show(fig, "roofline")
+
+# %% [markdown]
+# A bias + ReLU can only reach the sloped roof: at 0.25 FLOP per byte, even a perfect kernel
+# runs at a few GFLOP/s, a small fraction of what the GEMM does. A good kernel gets close to
+# the copy's bandwidth (the copy is the simplest stream there is, so some tens of per cent
+# short is normal); NumPy's version moves the data about twice, through its temporary, on
+# one thread, and lands lower. On a busy machine every point drops and the all-thread ones
+# most, since a parallel loop waits for its slowest thread. This is why section 4's fused
+# `Conv2d -> ReLU -> MaxPool2d` blocks pay: the only cure for a kernel on the sloped roof is
+# to move fewer bytes, and fusing the ReLU into the convolution's output loop moves none at
+# all. On a machine with more cores the GEMM roof rises with every core, the memory roof
+# much less, and the ridge point moves right: more and more layers end up memory-bound.

@@ -5,11 +5,16 @@
 # its intermediate activations are images too, and the backward pass you already know tells
 # you which input pixels a decision depends on. You will:
 #
-# - train a small CNN on MNIST for a few hundred steps;
+# - train a small CNN on MNIST (3,000 steps; 200 in fast mode), the way tutorial 08 trained
+#   LeNet-5 (Adam, shuffled mini-batches from a `DataLoader`);
 # - look at its first-layer filters before and after training;
 # - look at the feature maps one digit produces, layer by layer;
 # - compute a **saliency map**, $|\partial\, \text{score}_c / \partial\, \text{input}|$, with
-#   one explicit `model.backward` call, and verify it with finite differences.
+#   one explicit `model.backward` call, and verify it with finite differences;
+# - **write** the saliency of a whole batch in one backward pass yourself (the exercise).
+#
+# This tutorial follows on from 08 (tutorial 09, on speed, is a side road you can take
+# before or after it).
 
 # %%
 import copy
@@ -21,7 +26,8 @@ from minicnn import nn, optim
 from minicnn.data import DataLoader, default_transform, load_dataset
 from minicnn.train import evaluate
 from minicnn.viz import plot_feature_maps
-from tutorial_tools import FAST, check, show
+from exercise_checks import check_saliency_maps, library_saliency_maps
+from tutorial_tools import FAST, check, check_exercise, claim, exercise, loop_length, show
 
 # %% [markdown]
 # ## 1. A small CNN, trained briefly
@@ -41,7 +47,7 @@ test_set = load_dataset("mnist", "test", limit=500 if FAST else None)
 transform = default_transform(train_set)
 loss_fn = nn.CrossEntropyLoss()
 optimizer = optim.Adam(model.parameters(), lr=2e-3)
-steps = 200 if FAST else 3000
+steps = loop_length(full=3000, fast=200)
 loader = DataLoader(train_set, batch_size=32, shuffle=True, drop_last=True,
                     transform=transform, rng=0)
 step = 0
@@ -56,7 +62,7 @@ while step < steps:
             break
 accuracy = evaluate(model, test_set, transform=transform).accuracy
 print(f"{steps} steps, last batch loss {loss:.3f}, test accuracy {accuracy:.3f}")
-assert accuracy > (0.85 if FAST else 0.97)
+claim(accuracy > (0.85 if FAST else 0.97), "test accuracy above 85 % (fast) / 97 % (full)")
 
 # %% [markdown]
 # ## 2. First-layer filters
@@ -99,17 +105,23 @@ print(f"relative change of the filters during training: {change:.0%}")
 
 def roughness(filters):
     """Energy of the differences between neighbouring weights, relative to the filter's own
-    energy (mean removed): about 4 for white noise, smaller for smooth patterns."""
+    energy (mean removed): about 3.3 for 5x5 white noise (40 neighbour pairs, each difference
+    of variance 2, against 24 degrees of freedom left after removing the mean: 80 / 24),
+    smaller for smooth patterns."""
     w = filters[:, 0] - filters[:, 0].mean(axis=(1, 2), keepdims=True)
     jumps = (np.diff(w, axis=1) ** 2).sum(axis=(1, 2)) + (np.diff(w, axis=2) ** 2).sum(axis=(1, 2))
     return float(np.mean(jumps / (w ** 2).sum(axis=(1, 2))))
 
 
+white_noise = np.random.default_rng(1).standard_normal((2000, 1, 5, 5))
+print(f"roughness of 5x5 white noise: {roughness(white_noise):.2f}")
 print(f"roughness: {roughness(initial_filters):.2f} at initialisation, "
       f"{roughness(trained_filters):.2f} after training, {roughness(change_filters):.2f} for "
       f"the change alone")
-assert change > 0.1 and roughness(trained_filters) < roughness(initial_filters)
-assert roughness(change_filters) < roughness(trained_filters)    # training adds smooth patterns
+claim(change > 0.1 and roughness(trained_filters) < roughness(initial_filters),
+      "training changed the filters by over 10 % and made them smoother")
+claim(roughness(change_filters) < roughness(trained_filters),    # training adds smooth patterns
+      "the change is smoother than the trained filters")
 
 # %% [markdown]
 # ## 3. Feature maps
@@ -156,12 +168,48 @@ def class_gradient(net, x, dy):
 
 logits = model(images)
 predicted = logits.argmax(axis=1)
-saliency = []
-for i in range(len(images)):
-    dy = np.zeros((1, 10), dtype=np.float32)
-    dy[0, predicted[i]] = 1.0                        # the score of the predicted class
-    saliency.append(np.abs(class_gradient(model, images[i:i + 1], dy))[0, 0])
-saliency = np.array(saliency)
+
+# %% [markdown]
+# ### Exercise: saliency for a whole batch, in one backward pass
+#
+# One backward call per image is slow for a batch. Write `saliency_maps(net, images,
+# classes)`: the saliency map of class `classes[n]` for every image `n` at once, shape
+# `(N, H, W)`. Two facts make one forward and one backward enough:
+#
+# - `dy` has a row per image, and the images do not interact inside the network (no batch
+#   norm in training mode here), so row `n` of `dx` depends on row `n` of `dy` only: put a
+#   1 at `(n, classes[n])` and zeros elsewhere;
+# - backward also *accumulates* every parameter's gradient (that is what training uses):
+#   here nothing should be left behind, so call `net.zero_grad()` afterwards.
+#
+# A colour image has one gradient per channel; the usual saliency (Simonyan et al.) takes
+# the largest absolute value over the channels (`np.abs(dx).max(axis=1)`). The check
+# (`check_saliency_maps`) uses a small 3-channel network, a different class per image, and
+# says what is wrong: the values (a sum of all scores, one class for all images, a missing
+# `abs`, a mean over the channels) or gradients left in the parameters. Until yours passes,
+# the tutorial uses the library's version. A worked solution is in
+# `solutions/10_what_the_network_learned.py`.
+
+# %%
+@exercise("10_what_the_network_learned")
+def saliency_maps(net, images, classes):
+    """Saliency of one chosen class per image, for the whole batch in one backward pass.
+
+    images (N, C, H, W), classes (N,) ints -> (N, H, W): for each image n, the largest over
+    the channels of |d logits[n, classes[n]] / d images[n]|.
+    """
+    # YOUR CODE HERE: forward, dy with one 1 per row, backward, zero_grad, abs, max.
+    raise NotImplementedError("fill in saliency_maps")
+
+
+batch_saliency = check_exercise("saliency_maps", saliency_maps, check_saliency_maps,
+                                reference=library_saliency_maps)
+
+# %% [markdown]
+# The saliency of the predicted class for each of the 8 test digits:
+
+# %%
+saliency = batch_saliency(model, images, predicted)
 assert saliency.shape == (len(images), 28, 28)
 
 vmax = np.quantile(saliency, 0.995)                  # clip the few brightest pixels
@@ -197,7 +245,7 @@ near = nn.MaxPool2d(5, stride=1, padding=2)(ink)[:, 0] > 0
 near_mean, far_mean = saliency[near].mean(), saliency[~near].mean()
 print(f"mean saliency near strokes {near_mean:.4f}, elsewhere {far_mean:.4f} "
       f"({near_mean / far_mean:.1f}x)")
-assert near_mean > 1.5 * far_mean
+claim(near_mean > 1.5 * far_mean, "saliency near the strokes is over 1.5x that elsewhere")
 
 # %% [markdown]
 # Is `backward` telling the truth? Compare with central differences of the class score on a

@@ -7,7 +7,8 @@
 #
 # - look at the **activations** of a deep network under three initialisations, and see why
 #   the scale of the initial weights decides whether a signal survives twenty layers;
-# - race **SGD**, **SGD with momentum** and **Adam** on the same network and batches;
+# - **write** the momentum and Adam update rules yourself (the exercise), and race **SGD**,
+#   **SGD with momentum** and **Adam** on the same network and batches with them;
 # - sweep the **learning rate** from too small to too large;
 # - train LeNet **with and without batch normalisation**;
 # - make a network **overfit** a small training set, and close the train/validation gap with
@@ -15,7 +16,13 @@
 #
 # Every run is seeded (same initial weights, same batches), so a difference between two
 # curves comes from the one setting that differs. Fast mode (`MINICNN_FAST=1`) runs every
-# experiment with fewer steps: the curves are shorter and noisier, the story the same.
+# experiment with fewer steps: the curves are shorter and noisier, and where the story
+# depends on the length of the run (dropout, section 5) the text says so and prints what
+# this run shows.
+#
+# Tutorial 08 already *used* three of the things explained here: the Adam optimiser, a
+# cosine learning-rate schedule and the `DataLoader` that serves shuffled mini-batches.
+# This tutorial is where they are taken apart.
 
 # %%
 import matplotlib.pyplot as plt
@@ -24,8 +31,10 @@ import numpy as np
 from minicnn import init, nn, optim
 from minicnn.data import DataLoader, default_transform, load_dataset
 from minicnn.train import evaluate, split_validation
-from exercise_checks import check_weight_decay_step, library_weight_decay_step
-from tutorial_tools import FAST, check_exercise, exercise, show
+from exercise_checks import (check_adam_step, check_sgd_momentum_step, check_weight_decay_step,
+                             library_adam_step, library_sgd_momentum_step,
+                             library_weight_decay_step)
+from tutorial_tools import FAST, check_exercise, claim, exercise, loop_length, show
 
 train_full = load_dataset("fashion-mnist", "train", limit=6000 if FAST else 30000)
 train_set, val_set = split_validation(train_full, 1000 if FAST else 5000, seed=0)
@@ -156,13 +165,108 @@ def lenet(batch_norm=False, seed=0):
 #   of that parameter's gradients, so rarely-updated and steep parameters get comparable
 #   steps. Its usual learning rate (1e-3) is much smaller, because its steps are normalised.
 #
-# Same initial weights (seed 0), same batches, same number of steps:
+# ### Exercise: write the momentum and Adam updates
+#
+# An optimiser is an update rule applied to every parameter, with some memory per parameter.
+# Write the two rules, for one parameter array, exactly as PyTorch (and `minicnn.optim`)
+# applies them; everything is updated **in place** (`param -= ...`, `velocity *= ...`), since
+# the caller keeps the arrays from one step to the next:
+#
+# - `sgd_momentum_step(param, grad, velocity, lr, momentum)`, with `velocity` zeros before
+#   the first step: $v \leftarrow \mu v + g$, then $\theta \leftarrow \theta - \eta v$. The
+#   velocity sums *gradients*; the learning rate is applied when stepping, so a schedule that
+#   changes $\eta$ takes effect at once.
+# - `adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps)`, with `step`
+#   counting from 1 and both averages zeros before the first step:
+#   $m \leftarrow \beta_1 m + (1 - \beta_1) g$, $v \leftarrow \beta_2 v + (1 - \beta_2) g^2$;
+#   then, because both averages start at 0 and stay biased towards it for the first
+#   $\sim 1/(1 - \beta)$ steps, the **bias correction**
+#   $\hat m = m / (1 - \beta_1^{t})$, $\hat v = v / (1 - \beta_2^{t})$; and the step
+#   $\theta \leftarrow \theta - \eta\, \hat m / (\sqrt{\hat v} + \epsilon)$, with $\epsilon$
+#   *outside* the square root.
+#
+# The checks (`check_sgd_momentum_step`, `check_adam_step`) run several steps against
+# `optim.SGD(momentum=...)` and `optim.Adam` and compare the parameter and every buffer after
+# each step: a dampened average (`(1 - momentum) * g`), the learning rate folded into the
+# velocity (it shows once the rate changes, which the check does), a missing bias
+# correction, `eps` inside the square root (it shows with tiny gradients) or a buffer
+# rebound to a new array instead of updated are each reported with the step and the array
+# that went wrong. The race below then trains with your two rules (the library's until
+# yours pass). Worked solutions are in `solutions/12_training_dynamics.py`.
 
 # %%
-steps = 150 if FAST else 600
+@exercise("12_training_dynamics")
+def sgd_momentum_step(param, grad, velocity, lr, momentum):
+    """One step of SGD with momentum, PyTorch's rule, in place on param and velocity.
+
+    param, grad, velocity: arrays of one shape (velocity is zeros before the first step);
+    lr, momentum: floats. Returns nothing.
+    """
+    # YOUR CODE HERE: update velocity in place, then param.
+    raise NotImplementedError("fill in sgd_momentum_step")
+
+
+@exercise("12_training_dynamics")
+def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps):
+    """Adam's step number `step` (1 for the first), PyTorch's rule, in place on param,
+    exp_avg and exp_avg_sq (arrays of param's shape, zeros before the first step).
+    Returns nothing.
+    """
+    # YOUR CODE HERE: update both running averages in place, correct their bias, step.
+    raise NotImplementedError("fill in adam_step")
+
+
+momentum_rule = check_exercise("sgd_momentum_step", sgd_momentum_step, check_sgd_momentum_step,
+                               reference=library_sgd_momentum_step)
+adam_rule = check_exercise("adam_step", adam_step, check_adam_step,
+                           reference=library_adam_step)
+
+# %% [markdown]
+# An optimiser object around a rule only keeps the buffers and loops over the parameters (it
+# is what `optim.SGD` and `optim.Adam` do inside, plus parameter groups and saving):
+
+# %%
+class MomentumSGD:
+    """SGD with momentum, updating each parameter with `momentum_rule`."""
+
+    def __init__(self, parameters, lr, momentum):
+        self.parameters, self.lr, self.momentum = list(parameters), lr, momentum
+        self.velocities = [np.zeros_like(p.data) for p in self.parameters]
+
+    def zero_grad(self):
+        for p in self.parameters:
+            p.zero_grad()
+
+    def step(self):
+        for p, velocity in zip(self.parameters, self.velocities):
+            momentum_rule(p.data, p.grad, velocity, self.lr, self.momentum)
+
+
+class AdamByRule(MomentumSGD):
+    """Adam, updating each parameter with `adam_rule`."""
+
+    def __init__(self, parameters, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.parameters, self.lr, self.betas, self.eps = list(parameters), lr, betas, eps
+        self.averages = [(np.zeros_like(p.data), np.zeros_like(p.data))
+                         for p in self.parameters]
+        self.steps_taken = 0
+
+    def step(self):
+        self.steps_taken += 1
+        for p, (exp_avg, exp_avg_sq) in zip(self.parameters, self.averages):
+            adam_rule(p.data, p.grad, exp_avg, exp_avg_sq, self.steps_taken, self.lr,
+                      *self.betas, self.eps)
+
+
+# %% [markdown]
+# Same initial weights (seed 0), same batches, same number of steps; momentum and Adam with
+# the rules above:
+
+# %%
+steps = loop_length(full=600, fast=150)
 optimisers = {"SGD, lr 0.01": lambda p: optim.SGD(p, lr=0.01),
-              "SGD + momentum 0.9, lr 0.01": lambda p: optim.SGD(p, lr=0.01, momentum=0.9),
-              "Adam, lr 1e-3": lambda p: optim.Adam(p, lr=1e-3)}
+              "SGD + momentum 0.9, lr 0.01": lambda p: MomentumSGD(p, lr=0.01, momentum=0.9),
+              "Adam, lr 1e-3": lambda p: AdamByRule(p, lr=1e-3)}
 curves = {}
 for name, make in optimisers.items():
     model = lenet(seed=0)
@@ -180,8 +284,9 @@ ax.grid(alpha=0.3)
 ax.legend()
 show(fig, "optimisers")
 final = {name: losses[-20:].mean() for name, losses in curves.items()}
-assert final["SGD + momentum 0.9, lr 0.01"] < final["SGD, lr 0.01"] - 0.2
-assert final["Adam, lr 1e-3"] < final["SGD, lr 0.01"] - 0.2
+claim(final["SGD + momentum 0.9, lr 0.01"] < final["SGD, lr 0.01"] - 0.2,
+      "momentum ends at least 0.2 below plain SGD")
+claim(final["Adam, lr 1e-3"] < final["SGD, lr 0.01"] - 0.2, "Adam ends at least 0.2 below SGD")
 
 # %% [markdown]
 # Plain SGD at this learning rate has barely left the starting plateau, where momentum and
@@ -195,7 +300,7 @@ assert final["Adam, lr 1e-3"] < final["SGD, lr 0.01"] - 0.2
 
 # %%
 rates = [1e-3, 1e-2, 3e-2, 1e-1, 1.0] if FAST else np.logspace(-3.5, 0, 11)
-sweep_steps = 100 if FAST else 400
+sweep_steps = loop_length(full=400, fast=100)
 sweep = {}
 for lr in rates:
     model = lenet(seed=0)
@@ -240,16 +345,21 @@ show(fig, "learning_rate_sweep")
 
 print(f"best learning rate here: {best_lr:.3g}")
 largest = finals[rates[-1]]
-assert np.isnan(largest) or largest > finals[best_lr] + 0.5     # too large fails
-assert finals[rates[0]] > finals[best_lr] + 0.5                   # too small is slow
+claim(np.isnan(largest) or largest > finals[best_lr] + 0.5, "the largest rate fails")
+claim(finals[rates[0]] > finals[best_lr] + 0.5, "the smallest rate is slow")
 
 # %% [markdown]
 # The classic U: too small and the loss barely moves in the time given; too large and the
 # updates overshoot, until the weights blow up (`nan`) or, as often with ReLU networks, one
 # huge step pushes every unit of a layer into its zero region, the network outputs a constant
 # and the loss stays at ln 10 for good ("dead ReLUs"). The best rate sits a little below the edge of
-# divergence, which is why learning-rate warm-up and decay schedules (tutorial 08, `minicnn
-# train`) start small, go high, and come down.
+# divergence. That is why schedules change the rate during training: a **decay** (tutorial
+# 08's cosine schedule, `optim.CosineAnnealingLR`) takes big steps early and small ones at
+# the end, where the loss surface needs precision; a **warm-up** (`minicnn train`'s default
+# `warmup-cosine` schedule, `optim.WarmupCosineLR`) starts at a tenth of the rate and climbs
+# over the first steps, while the freshly initialised weights would be thrown far by a large
+# rate, then decays. Tutorial 08 trains without a warm-up: Adam's steps are normalised
+# (section 2), and its rate is small.
 #
 # ## 4. Batch normalisation
 #
@@ -260,7 +370,7 @@ assert finals[rates[0]] > finals[best_lr] + 0.5                   # too small is
 # a learning rate that is on the high side for the plain one:
 
 # %%
-bn_steps = 150 if FAST else 600
+bn_steps = loop_length(full=600, fast=150)
 bn_lr = 0.1
 bn_runs = {}
 for name, use_bn in (("LeNet", False), ("LeNet + BatchNorm2d", True)):
@@ -283,9 +393,11 @@ ax.grid(alpha=0.3)
 ax.legend()
 show(fig, "batch_norm")
 plain_accuracy = bn_runs["LeNet"][1]
-assert bn_runs["LeNet + BatchNorm2d"][1] > (0.7 if FAST else 0.8)
+claim(bn_runs["LeNet + BatchNorm2d"][1] > (0.7 if FAST else 0.8),
+      "LeNet + BatchNorm2d reaches 70 % (fast) / 80 % (full) validation accuracy")
 # Measured with seeds 0-2: batch norm ahead by 3-8 points of validation accuracy.
-assert not bn_runs["LeNet + BatchNorm2d"][1] < plain_accuracy   # nan (diverged) compares False
+claim(not bn_runs["LeNet + BatchNorm2d"][1] < plain_accuracy,   # nan (diverged) compares False
+      "batch norm is not behind the plain LeNet")
 
 # %% [markdown]
 # ## 5. Overfitting, dropout and weight decay
@@ -305,7 +417,11 @@ assert not bn_runs["LeNet + BatchNorm2d"][1] < plain_accuracy   # nan (diverged)
 #
 # Your part: write the weight-decay step yourself. `sgd_step_with_weight_decay` updates the
 # parameters in place; the check compares one step with `optim.SGD(weight_decay=...)`, and
-# the experiment below then trains with whichever version passed.
+# the experiment below then trains with whichever version passed. Biases: `optim.SGD` (like
+# PyTorch's) decays every parameter it is given; many training recipes leave biases (and
+# batch-norm parameters) undecayed, because a bias does not multiply the input and pulling
+# it to 0 regularises little. Both conventions are accepted, and the check says which one
+# you wrote.
 
 # %%
 @exercise("12_training_dynamics")
@@ -326,7 +442,7 @@ decay_step = check_exercise("sgd_step_with_weight_decay", sgd_step_with_weight_d
 small_x = transform(train_set.images[:500].astype(np.float32) / 255)
 small_y = train_set.labels[:500]
 val_x = transform(val_set.images.astype(np.float32) / 255)
-epochs = 60 if FAST else 150
+epochs = loop_length(full=150, fast=60)
 
 
 def mlp(dropout, seed=0):
@@ -383,18 +499,29 @@ for name, (train_loss, val_loss, train_acc, val_acc) in results.items():
 
 # %% [markdown]
 # The plain network memorises its 500 images (training accuracy 100 %) while its validation
-# loss climbs. Dropout narrows the gap a little in a run this short; weight decay at this
-# strength a lot, at the price of a training loss that no longer reaches 0, which is the
-# point. Validation *accuracy* moves much less than the loss here: 500 images cap what any of
-# them can learn. How strong to make each regulariser is tuned on the validation set (never
-# on the test set). More data is the best regulariser of all; augmentation (tutorial 13) is a
-# cheap way to get some.
+# loss climbs. Weight decay at this strength narrows the gap a lot, at the price of a
+# training loss that no longer reaches 0, which is the point. Dropout's effect depends on the
+# length of the run: over the 60 epochs of fast mode it narrows the gap a little (measured:
+# by 0.035); over the 150 epochs of full mode it does **not** (measured: gap 0.93 with dropout
+# against 0.89 without). Dropout slows memorising down rather than preventing it: the
+# half-networks still fit 500 images in the end, and on so few images the averaged network
+# is as over-confident on its mistakes as the plain one. The cell below prints what this run
+# shows. Validation *accuracy* moves much less than the loss here: 500 images cap what any
+# of them can learn. How strong to make each regulariser is tuned on the validation set
+# (never on the test set). More data is the best regulariser of all; augmentation (tutorial
+# 13) is a cheap way to get some.
 
 # %%
 gap = {name: val_loss - train_loss for name, (train_loss, val_loss, _, _) in results.items()}
-assert results["plain"][2] > 0.97                                  # memorised
-assert gap["dropout 0.5"] < gap["plain"] - 0.015                   # measured: 0.035 smaller
-assert gap["weight decay 0.05"] < gap["plain"] - 0.15              # measured: 0.3 smaller
+narrowed = gap["dropout 0.5"] < gap["plain"]
+print(f"after {epochs} epochs, dropout {'narrowed' if narrowed else 'did not narrow'} the gap: "
+      f"{gap['dropout 0.5']:.3f} against {gap['plain']:.3f} without it")
+claim(results["plain"][2] > 0.97, "the plain network memorises its 500 images")
+if FAST:                          # the short run: dropout narrows the gap a little
+    claim(gap["dropout 0.5"] < gap["plain"] - 0.015,
+          "in 60 epochs dropout narrows the gap (measured: by 0.035)")
+claim(gap["weight decay 0.05"] < gap["plain"] - 0.15,
+      "weight decay narrows the gap a lot (measured: by 0.3 or more)")
 
 # %% [markdown]
 # ## Summary
