@@ -120,7 +120,8 @@ def separable_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int =
 
 def tiny_detector(in_channels: int = 1, num_classes: int = 10, image_size: int = 96,
                   backend: str | None = None, rng=None, width: int = 16) -> nn.Sequential:
-    """A single-shot grid detector (YOLO v1 style, see :mod:`minicnn.detection.head`).
+    """A single-shot grid detector (YOLOv2's box form with one prior per cell, see
+    :mod:`minicnn.detection.head`).
 
     Four stages of a 3x3 conv, ReLU and 2x2 max pooling (16, 32, 64, 64 channels at the
     default ``width``; batch norm in the last two) take a 96x96 scene to a 6x6 grid of

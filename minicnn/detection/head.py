@@ -1,4 +1,7 @@
-"""The grid detector's output, its loss and its decoding into boxes (YOLO v1 style, no anchors).
+"""The grid detector's output, its loss and its decoding into boxes.
+
+The box is parametrised as in YOLOv2 with a single prior per cell (a sigmoid offset inside the
+cell, the size as ``prior * exp(t)``); YOLO v1 regressed sizes directly and had no prior.
 
 The network ends in a 1x1 convolution with ``5 + classes`` channels on an ``S x S`` grid of
 cells, each ``stride`` pixels wide. Channel by channel, for the cell in row ``i``, column ``j``:
