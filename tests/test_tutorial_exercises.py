@@ -8,26 +8,14 @@ what is wrong. These are fast unit tests: they import the checks, they do not ru
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
-sys.path.insert(0, str(TUTORIALS_DIR))
+# tutorial_helpers puts tutorials/ on sys.path, so the imports below find its modules.
+from tutorial_helpers import TUTORIALS_DIR, rejects as _rejects, solution as _solution
 
 import exercise_checks as ec  # noqa: E402
 import tutorial_tools  # noqa: E402
-
-
-def _solution(stem: str, name: str):
-    spec = importlib.util.spec_from_file_location(f"_solution_{stem}",
-                                                  TUTORIALS_DIR / "solutions" / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
 
 
 conv_forward = _solution("02_convolution", "conv2d_forward_loop")
@@ -53,14 +41,6 @@ def test_check_accepts_the_solution_and_the_library(name):
     check, solution, library = EXERCISES[name]
     check(solution)
     check(library)
-
-
-def _rejects(check, wrong, *fragments):
-    with pytest.raises(AssertionError) as caught:
-        check(wrong)
-    message = str(caught.value)
-    for fragment in fragments:
-        assert fragment in message, f"message does not mention {fragment!r}:\n{message}"
 
 
 # ---- 02: conv forward ------------------------------------------------------------------------

@@ -10,34 +10,14 @@ tutorials (``test_tutorials.py`` runs those, with the stubs and with the solutio
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from numba import njit, prange
 
-TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
-sys.path.insert(0, str(TUTORIALS_DIR))
+# tutorial_helpers puts tutorials/ on sys.path, so the imports below find its modules.
+from tutorial_helpers import rejects as _rejects, solution as _solution
 
 import exercise_checks as ec  # noqa: E402
-
-
-def _solution(stem: str, name: str):
-    spec = importlib.util.spec_from_file_location(f"_solution_{stem}",
-                                                  TUTORIALS_DIR / "solutions" / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
-
-
-def _rejects(check, wrong, *fragments):
-    with pytest.raises(AssertionError) as caught:
-        check(wrong)
-    message = str(caught.value)
-    for fragment in fragments:
-        assert fragment in message, f"message does not mention {fragment!r}:\n{message}"
 
 
 to_network_input = _solution("01_images_as_arrays", "to_network_input")

@@ -9,26 +9,15 @@ wrong. Fast unit tests: they import the checks, they do not run the tutorials.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-TUTORIALS_DIR = Path(__file__).resolve().parent.parent / "tutorials"
-sys.path.insert(0, str(TUTORIALS_DIR))
+# tutorial_helpers puts tutorials/ on sys.path, so the imports below find its modules.
+from tutorial_helpers import rejects as _rejects, solution as _solution
 
 import exercise_checks_small_machines as ec  # noqa: E402
 from minicnn import nn, optim  # noqa: E402
-
-
-def _solution(stem: str, name: str):
-    spec = importlib.util.spec_from_file_location(f"_solution_{stem}",
-                                                  TUTORIALS_DIR / "solutions" / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
 
 
 transfer_network = _solution("15_transfer_learning", "transfer_network")
@@ -52,14 +41,6 @@ def test_check_accepts_the_solution_and_the_library(name):
     check, solution, library = EXERCISES[name]
     check(solution)
     check(library)
-
-
-def _rejects(check, wrong, *fragments):
-    with pytest.raises(AssertionError) as caught:
-        check(wrong)
-    message = str(caught.value)
-    for fragment in fragments:
-        assert fragment in message, f"message does not mention {fragment!r}:\n{message}"
 
 
 # ---- 15: the transfer network ----------------------------------------------------------------
