@@ -20,6 +20,38 @@ from pathlib import Path
 import numpy as np
 
 
+def each_image(paths, read, report, as_json: bool, failed: str) -> int:
+    """The loop over image files that ``predict`` and ``detect`` share.
+
+    ``read(path)`` prepares one file and runs the network on it (raising ``DataError`` or
+    ``OSError`` for a file it cannot use: said on stderr, counted, skipped); ``report(path,
+    result)`` prints the file's text line (unless ``as_json``) and returns its JSON entry.
+    With ``as_json`` the entries are printed as one JSON list at the end. Returns the exit
+    code 0, or raises :class:`~minicnn.argtypes.UserError` ("N of M image(s) {failed}") when
+    any file was skipped.
+    """
+    import json
+    import sys
+
+    from ..argtypes import UserError
+    from ..data import DataError
+
+    results, failures = [], 0
+    for path in paths:
+        try:
+            result = read(path)
+        except (DataError, OSError) as error:
+            print(f"{path}: cannot use this image: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        results.append(report(path, result))
+    if as_json:
+        print(json.dumps(results, indent=2))
+    if failures:
+        raise UserError(f"{failures} of {len(paths)} image(s) {failed}")
+    return 0
+
+
 class Task(ABC):
     """One kind of problem a model is trained for.
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import nn
-from ..argtypes import UserError
 from ..data import DataLoader
 from ..nn.functional import log_softmax, softmax
-from .base import Task
+from .base import Task, each_image
 
 
 def predict_logits(model: nn.Module, images_or_loader, batch_size: int = 256) -> np.ndarray:
@@ -128,40 +127,32 @@ class ClassificationTask(Task):
 
     def use(self, args, model, meta) -> int:
         """``minicnn predict``: the top classes of each image file, as text or JSON."""
-        import json
-
-        from ..data import DataError
         from ..preprocess import image_files, prepare_image
 
         mean = np.asarray(meta.mean, dtype=np.float32).reshape(-1, 1, 1)
         std = np.asarray(meta.std, dtype=np.float32).reshape(-1, 1, 1)
         model.eval()
-        paths = image_files(args.images)
-        results, failures = [], 0
-        for path in paths:
-            try:
-                prepared = prepare_image(path, meta.input_shape, meta.dataset,
-                                         enhance=not args.no_preprocess)
-            except (DataError, OSError) as error:
-                print(f"{path}: cannot use this image: {error}", file=sys.stderr)
-                failures += 1
-                continue
+
+        def read(path):
+            prepared = prepare_image(path, meta.input_shape, meta.dataset,
+                                     enhance=not args.no_preprocess)
+            return prepared, softmax(model(((prepared.image - mean) / std)[None])[0])
+
+        def report(path, result):
+            prepared, probs = result
             if prepared.inverted:
                 print(f"{path}: dark ink on a light background: inverted", file=sys.stderr)
-            probs = softmax(model(((prepared.image - mean) / std)[None])[0])
             top = np.argsort(probs)[::-1][:args.top]
             entry = {"image": str(path), "inverted": prepared.inverted,
                      "top": [{"label": meta.classes[i], "probability": float(probs[i])}
                              for i in top]}
-            results.append(entry)
             if not args.json:
                 print(f"{path}: " + ", ".join(f"{t['label']} {t['probability']:.1%}"
                                               for t in entry["top"]))
-        if args.json:
-            print(json.dumps(results, indent=2))
-        if failures:
-            raise UserError(f"{failures} of {len(paths)} image(s) could not be classified")
-        return 0
+            return entry
+
+        return each_image(image_files(args.images), read, report, args.json,
+                          "could not be classified")
 
     def explorer(self, model, meta, name: str):
         from ..explore.analysis import Explorer

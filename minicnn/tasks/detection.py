@@ -8,7 +8,6 @@ the explorer need to treat it as a task.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from ..argtypes import UserError
 from ..detection.evaluation import DetectionEvaluation, detection_loss, evaluate_detector
 from ..detection.inference import DEFAULT_THRESHOLD
-from .base import Task
+from .base import Task, each_image
 
 
 def _box_line(detections) -> str:
@@ -107,8 +106,6 @@ class DetectionTask(Task):
 
     def use(self, args, model, meta) -> int:
         """``minicnn detect``: the boxes in each image file, as text, JSON or drawn PNGs."""
-        from ..data import DataError
-        from ..detection.figures import plot_detections
         from ..detection.inference import detect_file
         from ..preprocess import image_files
 
@@ -117,38 +114,38 @@ class DetectionTask(Task):
         if out is not None and len(paths) > 1 and out.suffix:
             raise UserError(f"--out {out}: with {len(paths)} images --out is a folder (one "
                             "PNG per image), not a file")
-        results, failures = [], 0
-        for path in paths:
-            try:
-                found = detect_file(model, meta, path, enhance=not args.no_preprocess,
-                                    threshold=args.threshold)
-            except (DataError, OSError) as error:
-                print(f"{path}: cannot use this image: {error}", file=sys.stderr)
-                failures += 1
-                continue
+
+        def read(path):
+            return detect_file(model, meta, path, enhance=not args.no_preprocess,
+                               threshold=args.threshold)
+
+        def report(path, found):
             if found.inverted:
                 print(f"{path}: dark objects on a light background: inverted", file=sys.stderr)
-            results.append({"image": str(path), "inverted": found.inverted,
-                            "boxes": found.to_json()})
             if not args.json:
                 print(f"{path}: {_box_line(found)}")
             if out is not None:
                 target = (out if len(paths) == 1 and out.suffix
                           else out / f"{Path(path).stem}_boxes.png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                plot_detections([found.image], [{"boxes": found.boxes, "scores": found.scores,
-                                                 "classes": found.classes}],
-                                meta.classes, target, threshold=args.threshold, columns=1,
-                                title=Path(path).name)
-                import matplotlib.pyplot as plt
-                plt.close("all")
+                self._draw(found, meta, target, args.threshold, Path(path).name)
                 if not args.json:
                     print(f"  drawn in {target}")
-        if args.json:
-            print(json.dumps(results, indent=2))
-        if failures:
-            raise UserError(f"{failures} of {len(paths)} image(s) could not be used")
-        return 0
+            return {"image": str(path), "inverted": found.inverted, "boxes": found.to_json()}
+
+        return each_image(paths, read, report, args.json, "could not be used")
+
+    @staticmethod
+    def _draw(found, meta, target: Path, threshold: float, title: str) -> None:
+        """One picture's boxes, labels and scores, drawn into the PNG ``target``."""
+        import matplotlib.pyplot as plt
+
+        from ..detection.figures import plot_detections
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        plot_detections([found.image], [{"boxes": found.boxes, "scores": found.scores,
+                                         "classes": found.classes}],
+                        meta.classes, target, threshold=threshold, columns=1, title=title)
+        plt.close("all")
 
     def explorer(self, model, meta, name: str):
         from ..explore.detection import DetectionExplorer
