@@ -100,6 +100,14 @@ def resnet_small(in_channels: int = 3, num_classes: int = 10, image_size: int = 
     return nn.Sequential(*layers)
 
 
+def resnet20(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
+             backend: str | None = None, rng=None) -> nn.Sequential:
+    """ResNet-20 for CIFAR-10 (He et al., 2016, section 4.2): :func:`resnet_small` with three
+    ``BasicBlock``s per stage (1 + 3 x 3 x 2 + 1 = 20 weighted layers, 0.27 M parameters)."""
+    return resnet_small(in_channels, num_classes, image_size, blocks_per_stage=3,
+                        backend=backend, rng=rng)
+
+
 def separable_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
                   backend: str | None = None, rng=None) -> nn.Sequential:
     """A MobileNet-style net of depthwise-separable convolutions: each block is a 3x3
@@ -160,6 +168,7 @@ MODELS = {
     "mnist-cnn": mnist_cnn,
     "vgg-small": vgg_small,
     "resnet-small": resnet_small,
+    "resnet20": resnet20,
     "separable-cnn": separable_cnn,
     "tiny-detector": tiny_detector,
 }

@@ -211,13 +211,20 @@ def test_suites_cover_the_documented_shapes():
             "conv/separable.depthwise", "maxpool/mnist-cnn.pool1",
             "linear/mnist-cnn.fc1"} <= names
     assert {(m.model, m.batch) for m in get_suite("models").models} == {
-        ("lenet5", 64), ("lenet5", 128), ("mnist-cnn", 64), ("mnist-cnn", 128)}
+        ("lenet5", 64), ("lenet5", 128), ("mnist-cnn", 64), ("mnist-cnn", 128),
+        ("resnet20", 64), ("resnet20", 128)}
+    # ResNet-20 at CIFAR-10's shape; the MNIST nets at 1x28x28.
+    shapes = {m.model: (m.in_channels, m.image_size, m.num_classes)
+              for m in get_suite("models").models}
+    assert shapes == {"lenet5": (1, 28, 10), "mnist-cnn": (1, 28, 10), "resnet20": (3, 32, 10)}
+    # The standard suite keeps its two small networks (its run time is quoted).
+    assert {m.model for m in get_suite("standard").models} == {"lenet5", "mnist-cnn"}
     assert get_suite("standard").compile_default and not get_suite("conv").compile_default
     conv = next(c for c in SUITES["conv"].layers if c.name == "conv/mnist-cnn.conv2")
     assert conv.flops() == (2 * 64 * 64 * 14 * 14 * 32 * 9, 4 * 64 * 64 * 14 * 14 * 32 * 9)
+    case = get_suite("models").models[0].__class__
     assert get_suite("models").with_batch(32).models == (
-        get_suite("models").models[0].__class__("lenet5", 32),
-        get_suite("models").models[0].__class__("mnist-cnn", 32))
+        case("lenet5", 32), case("mnist-cnn", 32), case("resnet20", 32, 3, 32, 10))
 
 
 def _cli(*args):

@@ -9,10 +9,12 @@ Run it as ``minicnn bench`` or ``python benchmarks/run.py`` (same options, see
 Modules, one job each: :mod:`.suites` (what is measured, FLOP counts), :mod:`.timing`
 (repeats and statistics), :mod:`.machine` (CPU, versions, BLAS, threads, GEMM peak),
 :mod:`.agreement` (every backend must compute the same numbers before it is timed),
-:mod:`.layers` and :mod:`.models` (layer and whole-model benchmarks), :mod:`.process` (each
-library alone in its own process: model steps, thread scaling and the training-epoch
-comparison against a PyTorch script), :mod:`.compile` (Numba's cold and warm start),
-:mod:`.report` (JSON, Markdown, PNG) and :mod:`.cli` (options, running).
+:mod:`.layers` and :mod:`.models` (layer and whole-model benchmarks), :mod:`.peers` (the
+competitors: PyTorch as shipped, channels-last, allocator-tuned and compiled, ONNX Runtime
+float and int8, minicnn int8), :mod:`.process` (each library alone in its own process: model
+steps, per-call latency, thread scaling and the training-epoch comparison against a PyTorch
+script; ONNX Runtime's children run ``ort_child.py``), :mod:`.compile` (Numba's cold and
+warm start), :mod:`.report` (JSON, Markdown, PNG) and :mod:`.cli` (options, running).
 """
 
 from .agreement import AgreementError, BenchError

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import allocator
 from ..argtypes import non_negative_int, positive_float, positive_int
 from .agreement import BenchError
+from .peers import PEERS, parse_competitors
 from .suites import SUITES, get_suite
 
 ALL_BACKENDS = ("reference", "im2col", "numba", "torch")
@@ -24,10 +25,12 @@ SCHEMA = "minicnn-bench/1"
 DESCRIPTION = """\
 Time minicnn's layers (every kernel backend, forward and backward), whole training
 steps and inference (each library alone in its own process, at 2 and 1 threads:
-ratios to PyTorch NCHW and channels-last, thread scaling) and a training epoch
-(minicnn train against a plain PyTorch script) on this machine, after checking
-that all backends agree; report GFLOP/s, the fraction of the measured GEMM peak
-(all threads, and single-thread per core) and the ratio to PyTorch. See
+ratios to the best peer and to each of PyTorch NCHW, channels-last, channels-last
+with minicnn's allocator settings, torch.compile, ONNX Runtime float and int8,
+thread scaling, peak memory), per-call latency (batch 1: median and p99) and a
+training epoch (minicnn train against a plain PyTorch script) on this machine,
+after checking that all backends agree; report GFLOP/s, the fraction of the
+measured GEMM peak (all threads, and single-thread per core) and the ratios. See
 benchmarks/README.md for every column."""
 
 EXAMPLES = """examples:
@@ -39,6 +42,10 @@ EXAMPLES = """examples:
   minicnn bench --suite models --in-process --no-interleave     the old one-process mode
   minicnn bench --suite epoch --processes 3           minicnn train epoch vs a PyTorch script
   minicnn bench --suite epoch --limit 5000 --processes 1        a shorter epoch
+  minicnn bench --suite models --batch-size 64 --competitors all      every peer: torch,
+                                                      torch-cl, torch-tuned, torch-compile,
+                                                      onnxruntime(-int8), minicnn-int8
+  minicnn bench --suite latency --competitors all     batch-1 median and p99 per call
   python benchmarks/run.py --suite pool --repeats 50 --markdown pool.md
 """
 
@@ -133,6 +140,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="start the child processes without OPENBLAS_CORETYPE and "
                              "OPENBLAS_L2_SIZE (removed in the children only), so OpenBLAS "
                              "picks this CPU's own kernels; the report says which was used")
+    parser.add_argument("--competitors", type=parse_competitors, metavar="LIST", default=None,
+                        help="separate processes (models, latency, epoch suites): the peers "
+                             "to race, comma-separated from " + ", ".join(PEERS) + ", or "
+                             "all (default: torch,torch-cl when --backends has torch). "
+                             "torch-tuned = channels-last with minicnn's glibc allocator "
+                             "thresholds; torch-compile = torch.compile of it (compile time "
+                             "reported apart); onnxruntime(-int8) and minicnn-int8 run "
+                             "inference only")
+    parser.add_argument("--calls", type=positive_int, metavar="N", default=300,
+                        help="latency suite: timed calls per process at batch 1, for the "
+                             "median and 99th percentile per call (default 300; larger "
+                             "batches time --repeats calls)")
     parser.add_argument("--models", type=_model_list, metavar="LIST", default=None,
                         help="only these networks of the suite's model cases, e.g. mnist-cnn")
     from ..data import dataset_names
@@ -188,8 +207,18 @@ def _model_runs(args: argparse.Namespace, suite) -> str:
     if args.model_runs is not None:
         if args.model_runs == "process" and not args.interleave:
             raise BenchError("--no-interleave applies to --in-process runs only")
-        return args.model_runs
-    return "in-process" if not args.interleave else suite.model_runs
+        runs = args.model_runs
+    else:
+        runs = "in-process" if not args.interleave else suite.model_runs
+    if suite.latency and runs == "in-process":
+        raise BenchError("the latency suite runs each competitor in its own process; drop "
+                         "--in-process/--no-interleave")
+    if getattr(args, "competitors", None) and (
+            not suite.models or (runs == "in-process" and not suite.epoch)):
+        raise BenchError("--competitors applies to the separate-process suites (models, "
+                         "latency, epoch); suite " + suite.name + " runs "
+                         + ("no models" if not suite.models else "its models in-process"))
+    return runs
 
 
 def _thread_counts(args: argparse.Namespace, suite, model_runs: str) -> tuple[int, ...]:
@@ -254,7 +283,7 @@ def _bench_models(suite, backends, args, thread_counts, in_children: bool, say) 
     from . import models as model_bench
     from . import process as process_bench
 
-    out = {"models": [], "scaling": [], "epochs": [], "process_runs": [],
+    out = {"models": [], "latency": [], "scaling": [], "epochs": [], "process_runs": [],
            "process_peaks": None, "skipped": []}
     if suite.models and in_children:
         child_backends = [b for b in backends if b != "reference"]
@@ -267,15 +296,21 @@ def _bench_models(suite, backends, args, thread_counts, in_children: bool, say) 
             done = process_bench.bench_epoch(
                 suite.models, child_backends, thread_counts, args.processes, args.warmup,
                 dataset=args.dataset, limit=args.limit, data_dir=args.data_dir,
-                blas_native=args.blas_native, log=say)
+                blas_native=args.blas_native, log=say, competitors=args.competitors)
             out["epochs"] = done["records"]
         else:
-            say("model steps: each competitor alone in its own process ...")
+            say(("latency: inference call by call" if suite.latency else "model steps")
+                + ", each competitor alone in its own process ...")
             done = process_bench.bench_models(
                 suite.models, child_backends, thread_counts, args.processes, args.repeats,
-                args.warmup, blas_native=args.blas_native, log=say)
-            out["models"], out["scaling"] = done["records"], done["scaling"]
+                args.warmup, blas_native=args.blas_native, log=say,
+                competitors=args.competitors,
+                modes=("inference",) if suite.latency else None,
+                calls=args.calls if suite.latency else None)
+            out["latency" if suite.latency else "models"] = done["records"]
+            out["scaling"] = done["scaling"]
             out["process_peaks"] = done["peaks"]
+        out["skipped"] += done["skipped"]
         out["process_runs"] = done["runs"]
         return out
     for case in suite.models:
@@ -302,6 +337,9 @@ def _config_record(args, suite, backends, in_children: bool, thread_counts,
             "child_blas_env": ("native (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)"
                                if args.blas_native else "inherited") if in_children else None,
             "models": list(args.models) if args.models else None,
+            "competitors": list(args.competitors) if args.competitors else None,
+            "calls": args.calls if suite.latency else None,
+            "latency": bool(suite.latency),
             "dataset": args.dataset if suite.epoch else None,
             "limit": args.limit if suite.epoch else None}
 
@@ -406,6 +444,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
         "gemm_core_peak": core_peak,
         "layers": layer_records,
         "models": models["models"],
+        "latency": models["latency"],
         "scaling": models["scaling"],
         "epochs": models["epochs"],
         "process_runs": models["process_runs"],

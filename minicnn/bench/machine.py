@@ -82,7 +82,8 @@ def busy_warning(load: list[float] | None, cores: int | None) -> str | None:
 
 
 def describe_versions() -> dict:
-    """Versions of Python, NumPy, Numba, PyTorch (``None`` if not imported) and minicnn."""
+    """Versions of Python, NumPy, Numba, PyTorch, onnx and ONNX Runtime (``None`` if not
+    imported) and minicnn."""
     import numba
 
     import minicnn
@@ -94,6 +95,9 @@ def describe_versions() -> dict:
         "numba": numba.__version__,
         "torch": getattr(torch, "__version__", None),
         "minicnn": minicnn.__version__,
+        # Loaded by the harness only when an ONNX Runtime competitor ran (export, int8).
+        "onnx": getattr(sys.modules.get("onnx"), "__version__", None),
+        "onnxruntime": getattr(sys.modules.get("onnxruntime"), "__version__", None),
     }
 
 

@@ -43,9 +43,29 @@ def torch_twin(model: nn.Module):
     """
     import torch
 
+    class BasicBlock(torch.nn.Module):
+        """torchvision's BasicBlock with minicnn's attribute names (``relu_out`` included, so
+        that the state-dict keys and the module tree match :class:`minicnn.nn.BasicBlock`)."""
+
+        def __init__(self, block: nn.BasicBlock):
+            super().__init__()
+            self.conv1, self.bn1 = convert(block.conv1), convert(block.bn1)
+            self.relu = torch.nn.ReLU()
+            self.conv2, self.bn2 = convert(block.conv2), convert(block.bn2)
+            self.relu_out = torch.nn.ReLU()
+            self.downsample = (None if block.downsample is None
+                               else convert(block.downsample))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return self.relu_out(out + shortcut)
+
     def convert(layer):
         if isinstance(layer, nn.Sequential):
             return torch.nn.Sequential(*(convert(child) for child in layer))
+        if isinstance(layer, nn.BasicBlock):
+            return BasicBlock(layer)
         if isinstance(layer, nn.Conv2d):
             return torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                                    stride=layer.stride, padding=layer.padding,
@@ -75,7 +95,7 @@ def torch_twin(model: nn.Module):
                 return theirs()
         raise BenchError(f"no PyTorch twin for layer {type(layer).__name__}; the models "
                          "benchmark supports Sequential nets of Conv2d, pooling, Linear, "
-                         "Flatten, BatchNorm2d, Dropout and activations")
+                         "Flatten, BatchNorm2d, BasicBlock, Dropout and activations")
 
     twin = convert(model)
     twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))

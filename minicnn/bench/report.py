@@ -15,7 +15,9 @@ from .. import allocator
 
 #: One colour per implementation, the same in every chart.
 COLORS = {"reference": "#8c8c8c", "im2col": "#4c72b0", "numba": "#dd8452", "numpy": "#55a868",
-          "torch": "#c44e52", "torch-cl": "#8172b3"}
+          "torch": "#c44e52", "torch-cl": "#8172b3", "torch-tuned": "#937860",
+          "torch-compile": "#da8bc3", "onnxruntime": "#8c613c", "onnxruntime-int8": "#ccb974",
+          "minicnn-int8": "#64b5cd"}
 
 
 def _atomic_write(path, write) -> Path:
@@ -97,7 +99,9 @@ def _header(results: dict) -> list[str]:
         f"{machine.get('platform')}",
         f"- **Versions**: Python {versions['python']}, NumPy {versions['numpy']}, "
         f"Numba {versions['numba']}, PyTorch {versions['torch'] or 'not loaded'}, "
-        f"minicnn {versions['minicnn']}",
+        + (f"ONNX Runtime {versions['onnxruntime']}, onnx {versions.get('onnx')}, "
+           if versions.get("onnxruntime") else "")
+        + f"minicnn {versions['minicnn']}",
         f"- **BLAS**: {blas.get('config') or 'unknown'}; core kernel **{blas.get('corename')}**; "
         f"OPENBLAS_CORETYPE={blas.get('openblas_coretype_env') or 'unset'}",
         f"- **Threads**: {threads['requested']} requested (Numba {threads['numba']}, BLAS "
@@ -133,15 +137,17 @@ def _children_header(results: dict) -> list[str]:
              f"children: **{config['child_blas_env']}**"]
     if not runs:
         return lines
-    cores = sorted({str(r["blas"].get("corename")) for r in runs})
-    coretype = sorted({str(r["blas"].get("openblas_coretype_env") or "unset") for r in runs})
+    cores = sorted({str(r["blas"].get("corename")) for r in runs if r.get("blas")})
+    coretype = sorted({str(r["blas"].get("openblas_coretype_env") or "unset")
+                       for r in runs if r.get("blas")})
     capability = sorted({str((r.get("torch") or {}).get("cpu_capability"))
                          for r in runs if r.get("torch")})
     malloc = sorted({f"{k}={v}" for r in runs for k, v in r["environment"].items()
                      if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))})
     allocator = sorted({f"{r['competitor']}: {_allocator_text(r.get('allocator'))}"
-                        for r in runs})
-    mismatched = [r for r in runs if r["threads"].get("numba") != r["threads_requested"]
+                        for r in runs if r.get("allocator")})
+    mismatched = [r for r in runs if ("numba" in r["threads"]
+                                      and r["threads"]["numba"] != r["threads_requested"])
                   or (r.get("torch") and r["torch"]["threads"] != r["threads_requested"])]
     lines.append(
         f"- **In the children**: OpenBLAS core kernel {', '.join(cores)} "
@@ -151,6 +157,46 @@ def _children_header(results: dict) -> list[str]:
         + ("thread counts in effect as requested in every process"
            if not mismatched else f"{len(mismatched)} process(es) ran with other thread "
                                   "counts than requested (see process_runs in the JSON)"))
+    lines += ["- **Per competitor** (its processes' own records):"]
+    lines += [f"  - {line}" for line in _competitor_lines(runs)]
+    return lines
+
+
+def _competitor_lines(runs: list[dict]) -> list[str]:
+    """One line per competitor: library versions, BLAS core, allocator, threads in effect."""
+    from .peers import allocator_label
+
+    by_name: dict[str, list[dict]] = {}
+    for run in runs:
+        by_name.setdefault(run["competitor"], []).append(run)
+    lines = []
+    for name, group in by_name.items():
+        first = group[0]
+        versions = first.get("versions") or {}
+        libraries = ", ".join(f"{k} {versions[k]}" for k in ("minicnn", "numpy", "numba",
+                                                            "torch", "onnxruntime")
+                              if versions.get(k))
+        allocators = sorted({allocator_label(r.get("allocator"), r.get("environment"))
+                             for r in group})
+        threads = first.get("threads") or {}
+        if "onnxruntime_intra_op" in threads:
+            thread_text = (f"ONNX Runtime intra-op {threads['onnxruntime_intra_op']}, "
+                           f"inter-op {threads['onnxruntime_inter_op']}, "
+                           f"{threads['execution_mode']} execution, graph optimisation "
+                           f"{threads['graph_optimization_level']}")
+            blas = ("imports onnxruntime and NumPy only" if not first.get("imported_minicnn")
+                    and not first.get("imported_torch") else "imported minicnn or torch")
+        else:
+            torch = first.get("torch") or {}
+            thread_text = (f"Numba {threads.get('numba')}, BLAS {threads.get('blas')}"
+                           + (f", PyTorch {torch.get('threads')} (inter-op "
+                              f"{torch.get('interop_threads')}, CPU capability "
+                              f"{torch.get('cpu_capability')})" if torch else ""))
+            blas = f"BLAS core {(first.get('blas') or {}).get('corename')}"
+        requested = sorted({r["threads_requested"] for r in group})
+        lines.append(f"`{name}`: {libraries}; {blas}; allocator {', '.join(allocators)}; "
+                     f"threads requested {', '.join(map(str, requested))}, in effect (first "
+                     f"process) {thread_text}; {len(group)} process(es)")
     return lines
 
 
@@ -205,25 +251,118 @@ def _pct(value) -> str:
     return _num(value * 100 if value is not None else None, 1, "%")
 
 
-def _process_models_table(records: list[dict]) -> list[str]:
-    lines = ["| model | batch | mode | threads | backend | ms / step | per-process medians "
-             "| images/s | % peak | % core peak | × torch | × torch-cl |",
-             "|---|--:|---|--:|---|--:|---|--:|--:|--:|--:|--:|"]
-    previous = None
+def _mib(kib) -> str:
+    return "–" if kib is None else f"{kib / 1024:,.0f}"
+
+
+def _peer_columns(records: list[dict]) -> list[str]:
+    """The peers that ran, in :data:`.peers.PEERS` order: one ratio column each."""
+    from .peers import PEERS
+
+    ran = {name for r in records for name in (r.get("ratios") or {})}
+    ran |= {r["backend"] for r in records if r["backend"] in ("torch", "torch-cl")}
+    return [name for name in PEERS if name in ran]
+
+
+def _best_peer(r: dict) -> str:
+    if r.get("ratio_to_best_peer") is None:
+        return "–"
+    return f"{_num(r['ratio_to_best_peer'])} ({r['best_peer']})"
+
+
+def _peer_ratio(r: dict, peer: str):
+    ratios = r.get("ratios")
+    if ratios is None:         # a record from before the peers (torch / torch-cl only)
+        return r.get({"torch": "ratio_to_torch", "torch-cl": "ratio_to_torch_cl"}.get(peer, ""))
+    return ratios.get(peer)
+
+
+def _skipped_rows(skipped: list[dict], key: tuple, width: int, leading: int,
+                  mode: str | None = None) -> list[str]:
+    """Table rows for competitors that could not run at ``key`` (model, batch, threads) and,
+    given, ``mode`` (a competitor that never runs that mode gets no row there): ``leading``
+    empty cells, the competitor, why, and empty cells up to ``width``."""
+    from .peers import competitor
+
+    rows = []
+    for s in skipped:
+        if mode is not None and mode not in competitor(s["backend"]).modes:
+            continue
+        if (s.get("model"), s.get("batch"), s.get("threads")) == key:
+            rows.append("| " + " | ".join([""] * leading + [s["backend"], f"– ({s['reason']})"]
+                                          + [""] * (width - leading - 2)) + " |")
+    return rows
+
+
+def _process_models_table(records: list[dict], skipped: list[dict] | None = None) -> list[str]:
+    peers = _peer_columns(records)
+    header = ["model", "batch", "mode", "threads", "backend", "ms / step",
+              "per-process medians", "images/s", "peak MiB", "allocator", "% peak",
+              "% core peak", "× best peer"] + [f"× {p}" for p in peers]
+    lines = ["| " + " | ".join(header) + " |",
+             "|---|--:|---|--:|---|--:|---|--:|--:|---|--:|--:|--:|" + "--:|" * len(peers)]
     order = sorted(records, key=lambda r: (r["name"], r["batch"], r["mode"] != "train",
                                           -r["threads"]))
-    for r in order:
-        key = (r["name"], r["batch"], r["mode"], r["threads"])
-        first = key != previous
-        previous = key
-        backend = r["backend"] + (" (NHWC)" if r["backend"] == "torch-cl" else "")
+
+    def key_of(r):
+        return (r["name"], r["batch"], r["mode"], r["threads"])
+
+    for index, r in enumerate(order):
+        key = key_of(r)
+        first = index == 0 or key_of(order[index - 1]) != key
+        backend = r["backend"] + (" (NHWC)" if "NHWC" in r.get("layout", "") else "")
         medians = ", ".join(_time(p["median_ms"]) for p in r["processes"])
-        lines.append(
-            f"| {r['name'] if first else ''} | {r['batch'] if first else ''} "
-            f"| {r['mode'] if first else ''} | {r['threads'] if first else ''} | {backend} "
-            f"| {_ms(r['step'])} | {medians} | {_num(r['images_per_s'], 0)} "
-            f"| {_pct(r['fraction_of_peak'])} | {_pct(r.get('fraction_of_core_peak'))} "
-            f"| {_num(r['ratio_to_torch'])} | {_num(r.get('ratio_to_torch_cl'))} |")
+        cells = [r["name"] if first else "", str(r["batch"]) if first else "",
+                 r["mode"] if first else "", str(r["threads"]) if first else "", backend,
+                 _ms(r["step"]), medians, _num(r["images_per_s"], 0),
+                 _mib(r.get("peak_rss_kib")), r.get("allocator") or "–",
+                 _pct(r["fraction_of_peak"]), _pct(r.get("fraction_of_core_peak")),
+                 _best_peer(r)] + [_num(_peer_ratio(r, p)) for p in peers]
+        lines.append("| " + " | ".join(cells) + " |")
+        if index == len(order) - 1 or key_of(order[index + 1]) != key:
+            lines += _skipped_rows(skipped or [], (r["name"], r["batch"], r["threads"]),
+                                   len(header), 4, r["mode"])
+    return lines
+
+
+def _latency_table(records: list[dict], skipped: list[dict] | None = None) -> list[str]:
+    peers = _peer_columns(records)
+    header = ["model", "batch", "threads", "backend", "median ms / call", "p99 ms",
+              "calls", "images/s", "peak MiB", "allocator", "× best peer"] + \
+        [f"× {p}" for p in peers]
+    lines = ["| " + " | ".join(header) + " |",
+             "|---|--:|--:|---|--:|--:|--:|--:|--:|---|--:|" + "--:|" * len(peers)]
+    order = sorted(records, key=lambda r: (r["name"], r["batch"], -r["threads"]))
+    for index, r in enumerate(order):
+        key = (r["name"], r["batch"], r["threads"])
+        first = index == 0 or (order[index - 1]["name"], order[index - 1]["batch"],
+                               order[index - 1]["threads"]) != key
+        cells = [r["name"] if first else "", str(r["batch"]) if first else "",
+                 str(r["threads"]) if first else "", r["backend"],
+                 _time(r["step"]["median_ms"]),
+                 _time(r["p99_ms"]) if r.get("p99_ms") is not None else "–",
+                 str(r["processes"][0]["repeats"]), _num(r["images_per_s"], 0),
+                 _mib(r.get("peak_rss_kib")), r.get("allocator") or "–",
+                 _best_peer(r)] + [_num(_peer_ratio(r, p)) for p in peers]
+        lines.append("| " + " | ".join(cells) + " |")
+        last = index == len(order) - 1 or (order[index + 1]["name"], order[index + 1]["batch"],
+                                           order[index + 1]["threads"]) != key
+        if last:
+            lines += _skipped_rows(skipped or [], key, len(header), 3)
+    return lines
+
+
+def _compile_times(records: list[dict]) -> list[str]:
+    rows = [r for r in records if r.get("compile_s") is not None]
+    if not rows:
+        return []
+    lines = ["", "## torch.compile: compilation (not in the timings)", "",
+             "The first call of each mode in each `torch-compile` process compiles the graph; "
+             "it is timed alone and left out of the warm-up and the timed calls. Median over "
+             "the processes (later processes may reuse Inductor's on-disk cache).", "",
+             "| model | batch | mode | threads | compile s |", "|---|--:|---|--:|--:|"]
+    lines += [f"| {r['name']} | {r['batch']} | {r['mode']} | {r['threads']} "
+              f"| {r['compile_s']:.1f} |" for r in rows]
     return lines
 
 
@@ -245,16 +384,17 @@ def _seconds(stats: dict | None) -> str:
 
 def _epoch_table(records: list[dict]) -> list[str]:
     lines = ["| model | batch | threads | backend | images | steps | epoch s | steps-only s "
-             "| loop overhead | × torch epoch | × torch-cl epoch | × torch steps "
-             "| × torch-cl steps | test accuracy |",
-             "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+             "| loop overhead | peak MiB | allocator | × best peer epoch | × torch epoch "
+             "| × torch-cl epoch | × torch steps | × torch-cl steps | test accuracy |",
+             "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|"]
     for r in records:
-        backend = r["backend"] + (" (NHWC)" if r["backend"] == "torch-cl" else "")
+        backend = r["backend"] + (" (NHWC)" if "NHWC" in r.get("layout", "") else "")
         accuracy = ", ".join(f"{a:.4f}" for a in r["test_accuracy"] if a is not None)
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['threads']} | {backend} "
             f"| {r['train_images']:,} | {r['steps_per_epoch']} | {_seconds(r['epoch'])} "
             f"| {_seconds(r['steps'])} | {_pct(r['loop_overhead'])} "
+            f"| {_mib(r.get('peak_rss_kib'))} | {r.get('allocator') or '–'} | {_best_peer(r)} "
             f"| {_num(r['ratio_to_torch'])} | {_num(r['ratio_to_torch_cl'])} "
             f"| {_num(r['steps_ratio_to_torch'])} | {_num(r['steps_ratio_to_torch_cl'])} "
             f"| {accuracy} |")
@@ -289,11 +429,16 @@ def markdown(results: dict) -> str:
                   "train = zero_grad + forward + cross-entropy + backward (no input "
                   "gradient) + SGD step; inference = eval-mode forward. Every process builds "
                   "its model, warms up and reports the median of its repeats; `ms / step` is "
-                  "the median over the processes ± their inter-quartile range, `× torch` and "
-                  "`× torch-cl` the ratio of that median to PyTorch NCHW's and "
-                  "channels-last's at the same thread count; % core peak = GFLOP/s / "
-                  "(threads × the children's single-thread GEMM peak).", ""]
-        lines += _process_models_table(results["models"])
+                  "the median over the processes ± their inter-quartile range; `× best peer` "
+                  "the ratio of that median to the fastest other library's (named) at the "
+                  "same mode and thread count, `× PEER` to each peer's; `peak MiB` the "
+                  "process's own peak resident memory (Linux VmHWM, as ru_maxrss would be without "
+                  "the harness's peak it inherits; inference is measured first, training's "
+                  "includes it); `allocator` glibc's malloc settings in that "
+                  "process; % core peak = GFLOP/s / (threads × the children's single-thread "
+                  "GEMM peak).", ""]
+        lines += _process_models_table(results["models"], results.get("skipped"))
+        lines += _compile_times(results["models"])
     elif results["models"]:
         lines += ["", "## Models (whole training steps and inference)", "",
                   "train = zero_grad + forward + cross-entropy + backward (no input "
@@ -302,6 +447,16 @@ def markdown(results: dict) -> str:
                   + ("in turns." if results["config"].get("interleave", True)
                      else "one after the other (--no-interleave)."), ""]
         lines += _models_table(results["models"])
+    if results.get("latency"):
+        calls = results["config"].get("calls")
+        lines += ["", "## Latency: inference call by call, each competitor in its own process",
+                  "", f"Eval-mode forward of one batch per call, each call timed alone: "
+                  f"{calls} calls per process at batch 1, --repeats at larger batches, after "
+                  "the warm-up. `median` and `p99` = the median over the processes of each "
+                  "process's median and 99th percentile; images/s = batch / median; `× best "
+                  "peer` = median / the fastest other library's median.", ""]
+        lines += _latency_table(results["latency"], results.get("skipped"))
+        lines += _compile_times(results["latency"])
     if results.get("scaling"):
         lines += ["", "## Thread scaling", "",
                   "speed-up = median step time at 1 thread / at N threads (separate "
@@ -407,7 +562,7 @@ def write_plot(results: dict, path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers, models = results["layers"], results["models"]
+    layers, models = results["layers"], results["models"] or results.get("latency") or []
     panels = []
     if layers:
         groups = list(dict.fromkeys(f"{r['name']}  [{r['shape']}]" for r in layers))
@@ -426,6 +581,8 @@ def write_plot(results: dict, path) -> Path:
         per_mode = []
         for mode, title in (("train", "training step"), ("inference", "inference batch")):
             chosen = [r for r in models if r["mode"] == mode]
+            if not chosen:          # the latency suite times inference only
+                continue
             per_mode.append((_series(chosen, groups, key, lambda r: r["step"]["median_ms"],
                                      backends), title, "milliseconds (log)"))
         panels.append(("models", groups, per_mode))
@@ -448,12 +605,15 @@ def write_plot(results: dict, path) -> Path:
     figure, axes = plt.subplots(len(panels), 2, figsize=(15, sum(heights) + 1.0),
                                 gridspec_kw={"height_ratios": heights}, squeeze=False)
     for row, (kind, groups, charts) in enumerate(panels):
+        if len(charts) == 1:
+            axes[row][1].axis("off")
         for column, (series, title, xlabel) in enumerate(charts):
             axis = axes[row][column]
             prefix = {"layers": "Layer ", "models": "Model "}.get(kind, "")
             _grouped_bars(axis, groups, series, prefix + title, xlabel)
             if column == 1:
                 axis.set_yticklabels([])
+            if column == len(charts) - 1:
                 axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                             title="backend", title_fontsize=8)
     blas, threads = results["blas"], results["threads"]

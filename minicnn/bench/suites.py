@@ -191,6 +191,9 @@ class Suite:
     #: True: ``models`` are timed as whole training epochs (``minicnn train`` against a
     #: plain PyTorch script), not as single steps.
     epoch: bool = False
+    #: True: ``models`` are timed at inference only, call by call (median and 99th
+    #: percentile per call; ``--calls`` calls at batch 1, ``--repeats`` at larger batches).
+    latency: bool = False
 
     def with_batch(self, batch: int | None) -> "Suite":
         """The same suite with every layer and model at ``batch`` (``None``: unchanged;
@@ -255,6 +258,12 @@ DENSE = (
 )
 
 MODELS = tuple(ModelCase(model, batch) for model in ("lenet5", "mnist-cnn") for batch in (64, 128))
+#: ResNet-20 at CIFAR-10's input shape (3x32x32, 10 classes).
+RESNET20 = tuple(ModelCase("resnet20", batch, 3, 32, 10) for batch in (64, 128))
+#: The latency suite: one image per call (what an interactive user waits for), and the
+#: throughput at batch 64.
+LATENCY = tuple(replace(case, batch=batch) for batch in (1, 64)
+                for case in (ModelCase("lenet5"), ModelCase("mnist-cnn"), RESNET20[0]))
 
 TINY = (
     _conv("tiny.conv", 2, 4, 3, 8, padding=1, origin="tiny", batch=8),
@@ -270,8 +279,12 @@ SUITES: dict[str, Suite] = {
     "pool": Suite("pool", "max and average pooling 2x2 s2", layers=POOL),
     "dense": Suite("dense", "the linear layers of LeNet-5 and the MNIST CNN", layers=DENSE),
     "layers": Suite("layers", "conv + pool + dense", layers=CONV + POOL + DENSE),
-    "models": Suite("models", "training steps and inference of LeNet-5 and the MNIST CNN",
-                    models=MODELS),
+    "models": Suite("models", "training steps and inference of LeNet-5, the MNIST CNN and "
+                              "ResNet-20 (3x32x32)", models=MODELS + RESNET20),
+    "latency": Suite("latency", "inference call by call (median and p99) at batch 1, and "
+                                "images/s at batch 64, of LeNet-5, the MNIST CNN and ResNet-20, "
+                                "each competitor in its own process",
+                     models=LATENCY, latency=True),
     "standard": Suite("standard", "layers + models + Numba compile cost",
                       layers=CONV + POOL + DENSE, models=MODELS, compile_default=True),
     "epoch": Suite("epoch", "one training epoch of `minicnn train --model mnist-cnn` against a "

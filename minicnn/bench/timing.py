@@ -45,11 +45,30 @@ class Stats:
     def repeats(self) -> int:
         return len(self.samples)
 
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile of the samples (0-100, linear interpolation between the
+        two nearest samples, NumPy's default): ``percentile(99)`` is the tail latency that one
+        call in a hundred exceeds. With fewer than 100 samples it lies between the two largest.
+        """
+        if not 0 <= q <= 100:
+            raise ValueError(f"percentile: q must be within 0-100, got {q}")
+        return float(np.percentile(np.asarray(self.samples, dtype=np.float64), q))
+
+    @property
+    def p90(self) -> float:
+        return self.percentile(90)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(99)
+
     def to_dict(self) -> dict:
-        """Milliseconds, for JSON: ``median_ms``, ``iqr_ms``, quartiles, extremes, samples."""
+        """Milliseconds, for JSON: ``median_ms``, ``iqr_ms``, quartiles, the 90th and 99th
+        percentiles, extremes, samples."""
         ms = 1e3
         return {"median_ms": self.median * ms, "iqr_ms": self.iqr * ms,
                 "q25_ms": self.q25 * ms, "q75_ms": self.q75 * ms,
+                "p90_ms": self.p90 * ms, "p99_ms": self.p99 * ms,
                 "min_ms": self.min * ms, "max_ms": self.max * ms, "mean_ms": self.mean * ms,
                 "repeats": self.repeats, "samples_ms": [s * ms for s in self.samples]}
 
