@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="test accuracy, per-class table, figures")
     evaluate.add_argument("run", help="a run folder written by `minicnn train`")
     evaluate.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
+    evaluate.add_argument("--int8", action="store_true",
+                          help="evaluate the int8 model (model.int8.npz, made by "
+                               "`minicnn quantize RUN`)")
     _common(evaluate)
 
     predict = sub.add_parser("predict", help="top classes for image files",
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                               '"probability"}]}]')
     predict.add_argument("--no-preprocess", action="store_true",
                          help="only resize and convert: no inverting, cropping or centring")
+    predict.add_argument("--int8", action="store_true",
+                         help="use the int8 model (model.int8.npz, made by "
+                              "`minicnn quantize RUN`)")
     _common(predict)
 
     detect = sub.add_parser("detect", help="find and classify every object in image files",
@@ -211,7 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_arguments(bench)
     _add_onnx_commands(sub)
+    _add_quantize_command(sub)
     return parser
+
+
+def _add_quantize_command(sub) -> None:
+    """``quantize``: an int8 version of a trained classifier (:mod:`minicnn.quant`)."""
+    from .quant.calibrate import METHODS
+
+    quantize = sub.add_parser("quantize", help="make an int8 version of a trained classifier",
+                              description="Calibrate on training images, quantise the run's "
+                                          "model to int8 (uint8 activations, per-channel int8 "
+                                          "weights) and write model.int8.npz beside "
+                                          "model.npz; prints float and int8 test accuracy. "
+                                          "Then: evaluate / predict / export with --int8.")
+    quantize.add_argument("run", help="a classification run folder written by `minicnn train`")
+    quantize.add_argument("--method", choices=METHODS, default="minmax",
+                          help="how each activation's range is chosen (default minmax; "
+                               "percentile: 99.99th percentile at each tail; entropy: "
+                               "TensorRT's KL-divergence threshold)")
+    quantize.add_argument("--calibration-images", type=positive_int, default=512, metavar="N",
+                          help="training images to calibrate on (default 512)")
+    quantize.add_argument("--seed", type=non_negative_int, default=0,
+                          help="picks the calibration images (default 0)")
+    _common(quantize)
 
 
 def _add_onnx_commands(sub) -> None:
@@ -224,6 +253,9 @@ def _add_onnx_commands(sub) -> None:
     export.add_argument("run", help="a run folder written by `minicnn train`")
     export.add_argument("out", help="the .onnx file to write")
     export.add_argument("--data-dir", help="where to look for an old run's data set")
+    export.add_argument("--int8", action="store_true",
+                        help="export the int8 model (model.int8.npz) as a QDQ graph that "
+                             "ONNX Runtime runs with integer kernels")
     imported = sub.add_parser("import", help="make a run folder from an ONNX file",
                               description="Make a run folder from an .onnx file (e.g. a "
                                           "network trained in PyTorch) whose graph is one of "
@@ -337,6 +369,8 @@ def cmd_evaluate(args) -> int:
     from .runfolder import load_run, read_history
 
     config, model, meta = load_run(args.run, data_dir=args.data_dir)
+    if args.int8:
+        model = _int8_model(args)
     run = Path(args.run)
     history = read_history(run)          # checked before the (long) evaluation
     task = tasks.for_model(config.model)
@@ -346,6 +380,8 @@ def cmd_evaluate(args) -> int:
     test_set.mean, test_set.std = meta.mean, meta.std
     evaluation = task.evaluate(model, test_set, transform=default_transform(test_set),
                                batch_size=args.batch_size)
+    if args.int8:
+        print(f"int8 model ({run / 'model.int8.npz'})")
     task.report(config, evaluation, test_set, meta)
     written = task.write_figures(run, history, evaluation, test_set)
     print("figures: " + ", ".join(str(path) for path in written))
@@ -358,7 +394,18 @@ def _use_run(args, command: str) -> int:
     from .runfolder import load_run
 
     config, model, meta = load_run(args.run, data_dir=args.data_dir)
-    return tasks.for_command(config, command).use(args, model, meta)
+    task = tasks.for_command(config, command)
+    if getattr(args, "int8", False):
+        model = _int8_model(args)
+    return task.use(args, model, meta)
+
+
+def _int8_model(args):
+    """The run's int8 model (``model.int8.npz``) in place of the float one; a run without it
+    is refused in one line."""
+    from .quant import load_run_int8
+
+    return load_run_int8(args.run, data_dir=args.data_dir)[1]
 
 
 def cmd_predict(args) -> int:
@@ -410,7 +457,13 @@ def cmd_export(args) -> int:
 
     _require_onnx_package()
     try:
-        path = export_run(args.run, args.out, data_dir=args.data_dir)
+        if args.int8:
+            from .quant import export_onnx, load_run_int8
+
+            _, qmodel, meta = load_run_int8(args.run, data_dir=args.data_dir)
+            path = export_onnx(qmodel, args.out, meta.input_shape, meta=meta)
+        else:
+            path = export_run(args.run, args.out, data_dir=args.data_dir)
     except OSError as error:        # the run is read through load_run, which says its own
         raise UserError(f"cannot write {args.out}: {error.strerror or error}") from None
     print(f"wrote {path}")
@@ -430,6 +483,22 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from .quant import quantize_run
+
+    result = quantize_run(args.run, method=args.method,
+                          calibration_images=args.calibration_images,
+                          data_dir=args.data_dir, seed=args.seed)
+    print(f"calibrated on {result['calibration_images']} training images ({result['method']})")
+    print(f"test accuracy ({result['test_images']} images): float "
+          f"{result['float_accuracy']:.2%}, int8 {result['int8_accuracy']:.2%}")
+    ratio = result["float_size"] / max(result["int8_size"], 1)
+    print(f"size: model.npz {result['float_size']:,} bytes, model.int8.npz "
+          f"{result['int8_size']:,} bytes ({ratio:.1f}x smaller)")
+    print(f"wrote {result['path']} and {result['info_path']}")
+    return 0
+
+
 def _require_onnx_package() -> None:
     try:
         import onnx  # noqa: F401 - only checking that it is installed
@@ -440,7 +509,8 @@ def _require_onnx_package() -> None:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "detect": cmd_detect, "datasets": cmd_datasets, "bench": cmd_bench,
-            "explore": cmd_explore, "export": cmd_export, "import": cmd_import}
+            "explore": cmd_explore, "export": cmd_export, "import": cmd_import,
+            "quantize": cmd_quantize}
 
 
 def _quiet_broken_pipe() -> int:

@@ -1,0 +1,461 @@
+"""Fast integer-only inference: a whole network in one parallel region (Numba).
+
+Computes exactly the integers of :mod:`minicnn.kernels.int8_reference` (integer sums do not
+depend on their order, so "exactly" means bit for bit, for any thread count), organised for
+speed:
+
+- **Whole sample chains per thread.** :func:`forward` runs one parallel region per call; each
+  thread takes its share of the batch (:func:`~minicnn.kernels.parallel.share`) and carries
+  each sample through *every* layer before the next, so a sample's activations (at most a few
+  tens of kilobytes) stay in that core's cache. The network is a *program*: one row of ints
+  per layer (the column names are the ``F_*`` constants below), interpreted by one compiled
+  chunk kernel, so any supported network uses the same compiled code.
+- **Weights packed once** (:func:`minicnn.quant.model.pack`, when a model is built or
+  loaded): each conv / linear layer's int8 weights become int16, laid out ``(K / 2, C_out
+  rounded up to 8, 2)`` (two consecutive k of a channel side by side), zero-padded, in one
+  flat array; bias, multiplier and shift are flat int32 arrays indexed by a per-layer
+  channel offset.
+- **Channels last inside.** Activations between layers are NHWC (the input is turned once,
+  the output back), so a window's kernel row is one contiguous run of ``kW * C`` values;
+  the weights are packed in the same (kernel row, kernel column, channel) order, and the
+  first linear layer after a flatten has its columns permuted to match.
+- **Convolution without im2col.** Each conv's input is copied once into a per-thread int16
+  buffer, zero point subtracted (so padding is 0), with its border of padding (and, where
+  ``kW * C`` is odd, a channel of zeros, so that kernel rows are whole pairs of values).
+  A window's kernel row is then one contiguous run of that buffer, and consecutive windows
+  start ``sW * C`` apart: :func:`_conv_direct` runs register blocks over it directly, one
+  kernel row after another inside each block, with no im2col matrix. (A first version
+  copied im2col rows; once the GEMM was fast, that copy cost as much as the arithmetic.)
+- **An int32 GEMM whose inner step is ``vpmaddwd``.** :func:`_conv_direct` and
+  :func:`_matvec` work in register blocks of 4 windows x 16 channels (1 x 16 for a linear
+  layer) through
+  :func:`_make_block`, an intrinsic that writes the step as LLVM vector code: broadcast a
+  pair of a window's values to 8 lanes, multiply by 8 channels' weight pairs (16 int16),
+  add each lane's two products. LLVM's x86 backend turns each such step into one
+  ``vpmaddwd`` (16 multiply-adds); the 8 accumulators stay in ``ymm`` registers and are
+  stored once, channels contiguous (no sums across lanes). On the AMD EPYC these kernels
+  were written on (AVX2, no AVX-512, no VNNI), ``inspect_asm`` of the chunk kernel shows the
+  inner loops as ``vpbroadcastd`` + ``vpmaddwd`` + ``vpaddd`` on ``ymm`` registers, and no
+  ``vpmulld``. Plain Numba loops for the same sums gave ``vpmulld`` with several
+  accumulators (``vpmaddwd`` only for a single dot-product reduction) and ran at half the
+  speed, hence the intrinsic. The IR is generic (no x86 intrinsic), so other CPUs get their
+  own vector code; with AVX-512 VNNI LLVM may fuse ``vpmaddwd`` + ``vpaddd`` into
+  ``vpdpwssd`` (not checked: no such machine here). Values fit: ``|x - zero| <= 255`` and
+  ``|w| <= 127`` give products below 2**15 and pair sums below 2**16, so int32 holds K up
+  to 66,311 terms (checked when packing).
+- **Requantize after the GEMM** (integer multiply, rounding shift, zero point, fused ReLU
+  clamp) in a separate flag-free pass, and max pooling on uint8 (no requantization: max
+  commutes with a positive scale; ``vpmaxub`` over the channels for 2x2 windows).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import parallel
+from .threads import threads_for
+
+# -- the program: one row per layer, these columns -------------------------------------------
+OP_CONV, OP_LINEAR, OP_MAXPOOL = 1, 2, 3
+(F_OP, F_IN_C, F_IN_H, F_IN_W, F_OUT_C, F_OUT_H, F_OUT_W, F_KH, F_KW, F_SH, F_SW, F_PAD_TOP,
+ F_PAD_LEFT, F_K, F_K_PADDED, F_W_OFFSET, F_CH_OFFSET, F_IN_ZERO, F_OUT_ZERO, F_CLAMP_LOW,
+ F_FINAL, F_PADDED_H, F_PADDED_W, F_PADDED_C) = range(24)
+N_FIELDS = 24
+#: Padding of the packed weights: K to a multiple of 2 (pairs of values), C_out to 8 (one
+#: vector of int32 lanes).
+K_ALIGN, ROW_BLOCK = 2, 8
+_LANES = 16                  # int16 lanes per load (256 bits)
+
+
+class Int8NetworkArgs(NamedTuple):
+    """The arguments record of :func:`network_chunk` (all C-contiguous)."""
+
+    x: np.ndarray            # uint8 (N, input size): quantised inputs, flattened NCHW
+    out: np.ndarray          # int32 (N, output size): last layer's accumulators, or its uint8
+    program: np.ndarray      # int64 (layers, N_FIELDS)
+    weights: np.ndarray      # int16 (total,): packed weight matrices
+    bias: np.ndarray         # int32 (channels,)
+    multiplier: np.ndarray   # int32 (channels,)
+    shift: np.ndarray        # int32 (channels,)
+    act_a: np.ndarray        # uint8 (threads, largest activation): ping-pong buffers
+    act_b: np.ndarray
+    cols: np.ndarray         # int16 (threads, largest linear input, centred)
+    padded: np.ndarray       # int16 (threads, largest padded conv input)
+    acc: np.ndarray          # int32 (threads, largest layer output, C_out rounded up to 8)
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _pad_centre(src, layer, padded):
+    """One sample's conv input (channels last: ``src[(y * W + x) * C + c]``) as int16 with the
+    zero point subtracted, inside a border of zeros (the padding):
+    ``padded[(y * Wp + x) * Cp + c]``, ``Wp = W + left + right``. ``Cp`` is ``C``, or ``C + 1``
+    (a channel of zeros) where ``kW * C`` is odd, so that every kernel row of a window is a
+    whole number of value pairs for :func:`_conv_direct`."""
+    c_in, h, w = layer[F_IN_C], layer[F_IN_H], layer[F_IN_W]
+    top, left, zero = layer[F_PAD_TOP], layer[F_PAD_LEFT], layer[F_IN_ZERO]
+    hp, wp, cp = layer[F_PADDED_H], layer[F_PADDED_W], layer[F_PADDED_C]
+    padded[:hp * wp * cp] = 0
+    if cp == c_in:
+        run = w * c_in                           # one image row: contiguous in both
+        for y in range(h):
+            row_in, row_out = y * run, ((y + top) * wp + left) * c_in
+            for i in range(run):
+                padded[row_out + i] = np.int16(np.int32(src[row_in + i]) - zero)
+        return
+    for y in range(h):
+        for x in range(w):
+            at_in, at_out = (y * w + x) * c_in, ((y + top) * wp + x + left) * cp
+            for c in range(c_in):
+                padded[at_out + c] = np.int16(np.int32(src[at_in + c]) - zero)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _centre(src, layer, cols):
+    """A linear layer's input as one int16 row, zero point subtracted, padded with zeros."""
+    n_in, zero = layer[F_K], layer[F_IN_ZERO]
+    for k in range(n_in):
+        cols[k] = np.int16(np.int32(src[k]) - zero)
+    for k in range(n_in, layer[F_K_PADDED]):
+        cols[k] = 0
+
+
+def _make_block(block_positions: int, block_vectors: int):
+    """An intrinsic computing a block of ``block_positions`` windows x ``block_vectors * 8``
+    output channels, written as LLVM vector code (generated here):
+
+    ``acc[acc_offset + j * acc_stride + 8 * v + l] = sum over segments s < n_segments and
+    k < k_len (even) of c[c_offset + s * c_segment + j * c_stride + k] *
+    w-pair-layout[w_offset + s * w_segment, k, 8 * v + l]`` for windows ``j``, vectors ``v``
+    and lanes ``l < 8``. ``w`` holds a layer's weights as ``(K / 2, rows, 2)`` int16 (two
+    consecutive k of a channel side by side), ``w_offset`` pointing at the block's first
+    channel; ``c`` holds the windows, int16; ``acc`` int32; all 1-D C arrays. A segment is
+    one kernel row of a convolution's windows (a linear layer has one).
+
+    Each step takes the next pair of a window's values as one 32-bit word, broadcasts it to 8
+    lanes, and multiplies it with 8 channels' pairs of weights (16 int16), adding each lane's
+    two products: LLVM's x86 backend turns that (sign-extend, multiply, add even and odd
+    lanes) into one ``vpmaddwd``. The ``block_positions * block_vectors`` accumulators stay
+    in registers through every segment and are stored once, channels contiguous, so nothing
+    is summed across lanes. (The same sums in plain Numba loops gave ``vpmulld`` and half
+    the speed.)
+    """
+    def typer(typingctx, w, w_offset, rows, c, c_offset, c_stride, k_len, n_segments,
+              c_segment, w_segment, acc, acc_offset, acc_stride):
+        sig = types.void(w, w_offset, rows, c, c_offset, c_stride, k_len, n_segments,
+                         c_segment, w_segment, acc, acc_offset, acc_stride)
+
+        def codegen(context, builder, signature, args):
+            (w_arr, w_offset, rows, c_arr, c_offset, c_stride, k_len, n_segments, c_segment,
+             w_segment, acc_arr, acc_offset, acc_stride) = args
+            w_ptr = context.make_array(signature.args[0])(context, builder, w_arr).data
+            c_ptr = context.make_array(signature.args[3])(context, builder, c_arr).data
+            acc_ptr = context.make_array(signature.args[10])(context, builder, acc_arr).data
+            i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            lanes = _LANES // 2
+            half, full = ir.VectorType(i32, lanes), ir.VectorType(i32, _LANES)
+            narrow = ir.VectorType(i16, _LANES)
+            evens = ir.Constant(ir.VectorType(i32, lanes),
+                                [ir.Constant(i32, 2 * i) for i in range(lanes)])
+            odds = ir.Constant(ir.VectorType(i32, lanes),
+                               [ir.Constant(i32, 2 * i + 1) for i in range(lanes)])
+            splat_mask = ir.Constant(ir.VectorType(i32, lanes), [ir.Constant(i32, 0)] * lanes)
+            undefined_full = ir.Constant(full, ir.Undefined)
+            undefined_half = ir.Constant(half, ir.Undefined)
+            sums = []
+            for _ in range(block_positions * block_vectors):
+                slot = cgutils.alloca_once(builder, half)     # promoted to registers by LLVM
+                builder.store(ir.Constant(half, None), slot)
+                sums.append(slot)
+            steps = builder.sdiv(k_len, ir.Constant(i64, 2))
+            with cgutils.for_range(builder, n_segments) as segment:
+                c_base = builder.add(c_offset, builder.mul(segment.index, c_segment))
+                w_base = builder.add(w_offset, builder.mul(segment.index, w_segment))
+                window_rows = [builder.add(c_base, builder.mul(c_stride, ir.Constant(i64, j)))
+                               for j in range(block_positions)]
+                with cgutils.for_range(builder, steps) as loop:
+                    k = builder.mul(loop.index, ir.Constant(i64, 2))
+                    # Weights of step k: (k / 2) * rows * 2 int16 past the segment's start.
+                    w_step = builder.add(w_base, builder.mul(k, rows))
+                    weights = []
+                    for v in range(block_vectors):
+                        at = builder.add(w_step, ir.Constant(i64, v * _LANES))
+                        pointer = builder.bitcast(builder.gep(w_ptr, [at]),
+                                                  narrow.as_pointer())
+                        value = builder.load(pointer)
+                        value.align = 2
+                        weights.append(builder.sext(value, full))
+                    for j in range(block_positions):
+                        at = builder.add(window_rows[j], k)
+                        pointer = builder.bitcast(builder.gep(c_ptr, [at]), i32.as_pointer())
+                        word = builder.load(pointer)
+                        word.align = 2
+                        splat = builder.shuffle_vector(
+                            builder.insert_element(undefined_half, word, ir.Constant(i32, 0)),
+                            undefined_half, splat_mask)
+                        window = builder.sext(builder.bitcast(splat, narrow), full)
+                        for v in range(block_vectors):
+                            product = builder.mul(weights[v], window, flags=["nsw"])
+                            pairs = builder.add(
+                                builder.shuffle_vector(product, undefined_full, evens),
+                                builder.shuffle_vector(product, undefined_full, odds))
+                            slot = sums[j * block_vectors + v]
+                            builder.store(builder.add(builder.load(slot), pairs), slot)
+            for j in range(block_positions):
+                for v in range(block_vectors):
+                    at = builder.add(acc_offset, builder.add(
+                        builder.mul(acc_stride, ir.Constant(i64, j)),
+                        ir.Constant(i64, v * lanes)))
+                    pointer = builder.bitcast(builder.gep(acc_ptr, [at]), half.as_pointer())
+                    store = builder.store(builder.load(sums[j * block_vectors + v]), pointer)
+                    store.align = 4
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(typer)
+
+
+# Blocks: 4 windows x 16 channels (8 accumulators) for convolutions, 1 x 16 for linear
+# layers and the last windows of a row, and 8-channel versions of both for the last 8 of a
+# channel count that is not a multiple of 16.
+_block_4x16, _block_4x8 = _make_block(4, 2), _make_block(4, 1)
+_block_1x16, _block_1x8 = _make_block(1, 2), _make_block(1, 1)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _matvec(weights, vector, acc, rows, k_padded):
+    """A linear layer: ``acc[co] = sum_k vector[k] * W[co, k]`` in int32, 16 channels at a
+    time (:func:`_make_block`), then 8.
+
+    weights : int16 (K_padded / 2 * rows * 2,), laid out (K / 2, rows, 2), rows a multiple
+    of 8; vector : int16 (K_padded,); acc : int32 (rows,). No flags and no per-layer
+    branches in here: with a runtime flag inside, LLVM compiled a loop nest like this about
+    four times slower.
+    """
+    i64 = np.int64
+    wide = rows - rows % 16
+    for co in range(0, wide, 16):
+        _block_1x16(weights, i64(2 * co), i64(rows), vector, i64(0), i64(k_padded),
+                    i64(k_padded), i64(1), i64(0), i64(0), acc, i64(co), i64(rows))
+    if wide < rows:
+        _block_1x8(weights, i64(2 * wide), i64(rows), vector, i64(0), i64(k_padded),
+                   i64(k_padded), i64(1), i64(0), i64(0), acc, i64(wide), i64(rows))
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _conv_direct(weights, padded, acc, rows, layer):
+    """A convolution without im2col: ``acc[p * rows + co]`` for every output position, read
+    straight from the padded channels-last input. A window's kernel row is one contiguous
+    run of ``kW * C`` values; kernel rows are ``Wp * C`` apart, and consecutive windows of an
+    output row ``sW * C`` apart: each register block (:func:`_make_block`, 4 windows x 16
+    channels) walks all ``kH`` kernel rows as segments. Needs ``kW * C`` even (whole pairs:
+    see :func:`_pad_centre`); weights laid out (K / 2, rows, 2), K in (kernel row, kernel
+    column, channel) order.
+    """
+    i64 = np.int64
+    c_in, kh, kw = layer[F_PADDED_C], layer[F_KH], layer[F_KW]
+    sh, sw, wp = layer[F_SH], layer[F_SW], layer[F_PADDED_W]
+    out_h, out_w = layer[F_OUT_H], layer[F_OUT_W]
+    run, step, row = kw * c_in, sw * c_in, wp * c_in
+    w_segment = run * rows                    # one kernel row of weight pairs, in int16
+    wide = rows - rows % 16
+    for i in range(out_h):
+        base = i * sh * row
+        for j in range(0, out_w, 4):
+            if j + 4 <= out_w:
+                at = (i * out_w + j) * rows
+                for co in range(0, wide, 16):
+                    _block_4x16(weights, i64(2 * co), i64(rows), padded, i64(base + j * step),
+                                i64(step), i64(run), i64(kh), i64(row), i64(w_segment), acc,
+                                i64(at + co), i64(rows))
+                if wide < rows:
+                    _block_4x8(weights, i64(2 * wide), i64(rows), padded, i64(base + j * step),
+                               i64(step), i64(run), i64(kh), i64(row), i64(w_segment), acc,
+                               i64(at + wide), i64(rows))
+                continue
+            for jj in range(j, out_w):               # the last windows of a row
+                at = (i * out_w + jj) * rows
+                for co in range(0, wide, 16):
+                    _block_1x16(weights, i64(2 * co), i64(rows), padded,
+                                i64(base + jj * step), i64(step), i64(run), i64(kh),
+                                i64(row), i64(w_segment), acc, i64(at + co), i64(rows))
+                if wide < rows:
+                    _block_1x8(weights, i64(2 * wide), i64(rows), padded,
+                               i64(base + jj * step), i64(step), i64(run), i64(kh),
+                               i64(row), i64(w_segment), acc, i64(at + wide), i64(rows))
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _requantize_rows(acc, rows, positions, c_out, bias, multiplier, shift, zero, low, dst):
+    """``dst[p * c_out + co]`` (channels last) = uint8 of ``acc[p * rows + co] + bias[co]``:
+    integer multiply, rounding right shift (half up), zero point, clamp to ``[low, 255]``."""
+    for p in range(positions):
+        for co in range(c_out):
+            total = 31 + np.int64(shift[co])
+            total_acc = np.int32(acc[p * rows + co] + bias[co])
+            product = np.int64(total_acc) * np.int64(multiplier[co])
+            q = ((product + (np.int64(1) << (total - 1))) >> total) + zero
+            dst[p * c_out + co] = np.uint8(min(max(q, low), 255))
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _store_final(acc, rows, positions, c_out, bias, out_row):
+    """The last layer: ``out_row[co * positions + p] = acc[p * rows + co] + bias[co]``
+    (int32, back in NCHW order)."""
+    for co in range(c_out):
+        for p in range(positions):
+            out_row[co * positions + p] = np.int32(acc[p * rows + co] + bias[co])
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _layer_gemm(args, layer, padded, cols, acc, positions, dst, out_row):
+    """One conv (from ``padded``) or linear layer (from ``cols``) on one sample:
+    :func:`_conv_direct` or :func:`_matvec` on its packed weights, then
+    :func:`_requantize_rows` or :func:`_store_final`."""
+    k_padded, c_out = layer[F_K_PADDED], layer[F_OUT_C]
+    rows = (c_out + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
+    start, ch = layer[F_W_OFFSET], layer[F_CH_OFFSET]
+    weights = args.weights[start:start + rows * k_padded]
+    if layer[F_OP] == OP_CONV:
+        _conv_direct(weights, padded, acc, rows, layer)
+    else:
+        _matvec(weights, cols, acc, rows, k_padded)
+    if layer[F_FINAL]:
+        _store_final(acc, rows, positions, c_out, args.bias[ch:ch + c_out], out_row)
+    else:
+        _requantize_rows(acc, rows, positions, c_out, args.bias[ch:ch + c_out],
+                         args.multiplier[ch:ch + c_out], args.shift[ch:ch + c_out],
+                         layer[F_OUT_ZERO], layer[F_CLAMP_LOW], dst)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _maxpool(src, layer, dst):
+    """Max pooling on channels-last uint8: for each output position, the running maximum of
+    its window's positions, all channels at once (a contiguous, vectorisable run). Outside
+    the input counts as 0, the smallest uint8."""
+    c, h, w = layer[F_IN_C], layer[F_IN_H], layer[F_IN_W]
+    kh, kw, sh, sw = layer[F_KH], layer[F_KW], layer[F_SH], layer[F_SW]
+    top, left, out_h, out_w = layer[F_PAD_TOP], layer[F_PAD_LEFT], layer[F_OUT_H], layer[F_OUT_W]
+    if (kh == 2 and kw == 2 and top == 0 and left == 0 and (out_h - 1) * sh + 2 <= h
+            and (out_w - 1) * sw + 2 <= w):
+        # The usual 2x2 window, inside the input: four loads and three maxima per value, no
+        # bounds checks, vectorised over the channels (``vpmaxub``).
+        for i in range(out_h):
+            for j in range(out_w):
+                out = (i * out_w + j) * c
+                a = (i * sh * w + j * sw) * c
+                b, d = a + c, a + w * c
+                e = d + c
+                for ch in range(c):
+                    dst[out + ch] = max(max(src[a + ch], src[b + ch]),
+                                        max(src[d + ch], src[e + ch]))
+        return
+    for i in range(out_h):
+        for j in range(out_w):
+            out = (i * out_w + j) * c
+            for ch in range(c):
+                dst[out + ch] = 0
+            for ki in range(kh):
+                y = i * sh + ki - top
+                if y < 0 or y >= h:
+                    continue
+                for kj in range(kw):
+                    x = j * sw + kj - left
+                    if x < 0 or x >= w:
+                        continue
+                    start = (y * w + x) * c
+                    for ch in range(c):
+                        dst[out + ch] = max(dst[out + ch], src[start + ch])
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def network_chunk(args, plan, thread, n_threads):
+    """Carry samples ``share(N, thread, n_threads)`` through every layer of ``args.program``."""
+    first, last = parallel.share(args.x.shape[0], thread, n_threads)
+    a, b = args.act_a[thread], args.act_b[thread]
+    cols, padded, acc = args.cols[thread], args.padded[thread], args.acc[thread]
+    n_in = args.x.shape[1]
+    for n in range(first, last):
+        src, dst = a, b
+        first_layer = args.program[0]
+        if first_layer[F_OP] != OP_LINEAR and first_layer[F_IN_C] > 1:
+            # The input is NCHW; every conv and pool works channels last (NHWC).
+            c_in, hw = first_layer[F_IN_C], first_layer[F_IN_H] * first_layer[F_IN_W]
+            for ch in range(c_in):
+                for q in range(hw):
+                    src[q * c_in + ch] = args.x[n, ch * hw + q]
+        else:
+            src[:n_in] = args.x[n]
+        out_row = args.out[n]
+        for index in range(args.program.shape[0]):
+            layer = args.program[index]
+            op = layer[F_OP]
+            if op == OP_MAXPOOL:
+                _maxpool(src, layer, dst)
+            elif op == OP_CONV:
+                _pad_centre(src, layer, padded)
+                _layer_gemm(args, layer, padded, cols, acc, layer[F_OUT_H] * layer[F_OUT_W],
+                            dst, out_row)
+            else:
+                _centre(src, layer, cols)
+                _layer_gemm(args, layer, padded, cols, acc, 1, dst, out_row)
+            if layer[F_FINAL]:
+                break
+            src, dst = dst, src
+        last_layer = args.program[args.program.shape[0] - 1]
+        if not last_layer[F_FINAL]:
+            # The network ends in uint8 (e.g. a pooling after the last conv): widen it, back
+            # from channels last to NCHW.
+            c_out, hw = last_layer[F_OUT_C], last_layer[F_OUT_H] * last_layer[F_OUT_W]
+            for ch in range(c_out):
+                for q in range(hw):
+                    out_row[ch * hw + q] = src[q * c_out + ch]
+
+
+def forward(program, weights, bias, multiplier, shift, x, out_size: int, act_size: int,
+            cols_size: int, padded_size: int, acc_size: int,
+            n_threads: int | None = None) -> np.ndarray:
+    """Run the packed network on quantised inputs.
+
+    Parameters
+    ----------
+    program : int64 (layers, N_FIELDS)
+    weights, bias, multiplier, shift : the packed arrays (see :func:`pack`)
+    x : uint8 (N, ...) quantised inputs (flattened per sample)
+    out_size : int
+        Values per sample in the output.
+    act_size, cols_size, padded_size, acc_size : int
+        The largest activation (uint8 values), linear-layer input and padded conv input (int16
+        values) and accumulator block (int32 values) of one sample.
+    n_threads : int, optional
+        Default: one per Numba thread, at most one per sample.
+
+    Returns
+    -------
+    int32 (N, out_size)
+    """
+    x = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.uint8)
+    n = x.shape[0]
+    threads = threads_for(n) if n_threads is None else max(1, min(int(n_threads), max(n, 1)))
+    out = np.empty((n, out_size), dtype=np.int32)
+    if n == 0:
+        return out
+    args = Int8NetworkArgs(
+        x=x, out=out, program=program, weights=weights, bias=bias, multiplier=multiplier,
+        shift=shift, act_a=np.empty((threads, act_size), np.uint8),
+        act_b=np.empty((threads, act_size), np.uint8),
+        cols=np.empty((threads, cols_size), np.int16),
+        padded=np.empty((threads, padded_size), np.int16),
+        acc=np.empty((threads, acc_size), np.int32))
+    parallel.run(network_chunk, args, parallel.NO_PLAN, threads, key="int8-network")
+    return out

@@ -1,0 +1,146 @@
+"""The fast int8 kernels (minicnn.kernels.int8) compute the reference loops' integers
+(minicnn.kernels.int8_reference) bit for bit: a grid of conv / pool / linear shapes, strides
+and paddings, batch 1, 3 and 64, one and two threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minicnn.kernels import int8 as fast
+from minicnn.kernels import int8_reference as ref
+from minicnn.quant.arithmetic import QuantParams
+from minicnn.quant.model import (QConv, QFlatten, QLinear, QMaxPool, QuantizedModel,
+                                 requantize_params)
+
+
+def _params(rng) -> QuantParams:
+    return QuantParams(float(rng.uniform(0.01, 0.1)), int(rng.integers(0, 256)), "uint8")
+
+
+def _compute(rng, kind, weight_shape, input_params, relu, final, **geometry):
+    weight = rng.integers(-127, 128, size=weight_shape).astype(np.int8)
+    weight_scale = rng.uniform(0.001, 0.02, size=weight_shape[0]).astype(np.float32)
+    output = None if final else QuantParams(float(rng.uniform(0.05, 0.5)),
+                                            0 if relu else int(rng.integers(0, 256)), "uint8")
+    multiplier, shift = requantize_params(input_params, weight_scale, output)
+    bias = rng.integers(-5000, 5000, size=weight_shape[0]).astype(np.int32)
+    common = dict(source=(0,), weight=weight, weight_scale=weight_scale, bias=bias, relu=relu,
+                  input=input_params, output=output, multiplier=multiplier, shift=shift)
+    return (QConv(**common, **geometry) if kind == "conv" else QLinear(**common)), output
+
+
+def network(rng, input_shape, conv, pool, hidden, ending="linear"):
+    """conv (+relu) -> maxpool -> flatten -> linear(+relu) -> last layer, random integers."""
+    c_in, h, w = input_shape
+    c_out, kh, kw, stride, padding = conv
+    params = _params(rng)
+    layers = []
+    layer, params = _compute(rng, "conv", (c_out, c_in, kh, kw), params,
+                             relu=ending != "conv", final=ending == "conv", stride=stride,
+                             padding=padding)
+    layers.append(layer)
+    if ending == "conv":
+        return QuantizedModel(layers, input_shape)
+    layers.append(QMaxPool((1,), *pool))
+    if ending == "maxpool":
+        return QuantizedModel(layers, input_shape)
+    shape = QuantizedModel(layers, input_shape).output_shape
+    layers.append(QFlatten((2,)))
+    features = int(np.prod(shape))
+    layer, params = _compute(rng, "linear", (hidden, features), params, relu=False, final=False)
+    layers.append(layer)
+    layer, _ = _compute(rng, "linear", (7, hidden), params, relu=False, final=True)
+    layers.append(layer)
+    return QuantizedModel(layers, input_shape)
+
+
+# (input (C, H, W), conv (C_out, kH, kW, stride, (top, bottom, left, right)),
+#  pool (kernel, stride, padding), hidden features)
+CASES = [
+    ((1, 28, 28), (6, 5, 5, (1, 1), (2, 2, 2, 2)), ((2, 2), (2, 2), (0, 0, 0, 0)), 120),
+    ((1, 12, 12), (32, 3, 3, (1, 1), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 5),
+    ((3, 9, 11), (5, 3, 2, (2, 1), (0, 1, 1, 0)), ((3, 3), (2, 2), (1, 1, 1, 1)), 13),
+    ((2, 7, 7), (3, 1, 1, (1, 1), (0, 0, 0, 0)), ((2, 3), (1, 2), (0, 0, 0, 0)), 1),
+    ((4, 10, 10), (9, 5, 5, (3, 3), (1, 1, 2, 2)), ((1, 1), (1, 1), (0, 0, 0, 0)), 33),
+    ((2, 8, 9), (20, 3, 3, (1, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 17),
+    ((32, 7, 7), (64, 3, 3, (1, 1), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 128),
+]
+# Cases 0 and 1 (kW * C_in odd) get a channel of zeros added; 20 and 9 channels exercise the
+# 8-channel remainder blocks, rows of 7, 9 and 11 windows the single-window remainder.
+
+
+def _both(model, xq, threads):
+    model.backend = "reference"
+    expected = model.forward_int(xq)
+    p = model.packed
+    got = fast.forward(p.program, p.weights, p.bias, p.multiplier, p.shift, xq, p.out_size,
+                       p.act_size, p.cols_size, p.padded_size, p.acc_size,
+                       n_threads=threads)
+    return expected, got.reshape(expected.shape)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_fast_network_equals_reference(case, batch):
+    rng = np.random.default_rng(case * 100 + batch)
+    input_shape, conv, pool, hidden = CASES[case]
+    model = network(rng, input_shape, conv, pool, hidden)
+    xq = rng.integers(0, 256, size=(batch, *input_shape)).astype(np.uint8)
+    for threads in (1, 2):
+        expected, got = _both(model, xq, threads)
+        assert expected.dtype == np.int32 and expected.shape == (batch, 7)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{threads} threads")
+    model.backend = "numba"
+    np.testing.assert_array_equal(model.forward_int(xq), expected)
+
+
+@pytest.mark.parametrize("ending", ["conv", "maxpool"])
+def test_networks_ending_in_a_conv_or_a_pool(ending):
+    rng = np.random.default_rng(7)
+    model = network(rng, (3, 9, 11), CASES[2][1], CASES[2][2], 4, ending=ending)
+    xq = rng.integers(0, 256, size=(3, 3, 9, 11)).astype(np.uint8)
+    for threads in (1, 2):
+        expected, got = _both(model, xq, threads)
+        np.testing.assert_array_equal(got, expected)
+    assert expected.dtype == (np.int32 if ending == "conv" else np.uint8)
+    model.backend = "numba"
+    fast_out = model.forward_int(xq)
+    assert fast_out.dtype == expected.dtype
+    np.testing.assert_array_equal(fast_out, expected)
+
+
+def test_reference_conv_is_the_float_convolution_of_the_centred_integers():
+    # The reference loops themselves, against a float64 computation of the same sum.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(2, 3, 6, 5)).astype(np.uint8)
+    w = rng.integers(-127, 128, size=(4, 3, 3, 2)).astype(np.int8)
+    b = rng.integers(-100, 100, size=4).astype(np.int32)
+    acc = ref.conv2d_int8(x, 17, w, b, (1, 2), (1, 0, 0, 1))
+    padded = np.pad(x.astype(np.float64) - 17, ((0, 0), (0, 0), (1, 0), (0, 1)))
+    expected = np.zeros(acc.shape)
+    for i in range(acc.shape[2]):
+        for j in range(acc.shape[3]):
+            window = padded[:, :, i:i + 3, 2 * j:2 * j + 2]
+            expected[:, :, i, j] = np.einsum("nchw,ochw->no", window, w.astype(np.float64)) + b
+    np.testing.assert_array_equal(acc, expected)
+    pooled = ref.maxpool2d_uint8(x, (2, 2), (2, 2), (0, 0, 0, 0))
+    np.testing.assert_array_equal(pooled, x[:, :, :6, :4].reshape(2, 3, 3, 2, 2, 2)
+                                  .max(axis=(3, 5)))
+
+
+def test_linear_reference():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, size=(3, 10)).astype(np.uint8)
+    w = rng.integers(-127, 128, size=(4, 10)).astype(np.int8)
+    b = rng.integers(-100, 100, size=4).astype(np.int32)
+    expected = (x.astype(np.int64) - 9) @ w.astype(np.int64).T + b
+    np.testing.assert_array_equal(ref.linear_int8(x, 9, w, b), expected)
+
+
+def test_a_final_conv_then_flatten_dequantizes_per_channel():
+    rng = np.random.default_rng(11)
+    model = network(rng, (3, 9, 11), CASES[2][1], CASES[2][2], 4, ending="conv")
+    flat = QuantizedModel(model.layers + [QFlatten((1,))], model.input_shape)
+    x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    np.testing.assert_array_equal(flat(x), model(x).reshape(2, -1))
