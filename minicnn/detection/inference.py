@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import DataError
+from ..inference import forward as network_forward
 from ..preprocess import composite, ink_on_black, luminance, read_rgba
 from .head import decode
 from .evaluation import NMS_IOU, detector_geometry
@@ -119,12 +120,8 @@ def detect_image(model, meta, pixels, enhance: bool = True,
     mean = np.float32(meta.mean[0])
     std = np.float32(meta.std[0])
     stride, prior = detector_geometry(model)
-    was_training = model.training
-    model.eval()
-    try:
-        prediction = model(((canvas - mean) / std)[None, None])
-    finally:
-        model.train(was_training)
+    # One image: the whole network as one compiled call (minicnn.inference), eval mode.
+    prediction = network_forward(model, ((canvas - mean) / std)[None, None].astype(np.float32))
     found = decode(prediction, stride, prior, score_threshold=threshold, iou_threshold=NMS_IOU,
                    image_size=(height, width))[0]
     boxes = found["boxes"] / scale

@@ -8,24 +8,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import nn
+from .. import inference, nn
 from ..data import DataLoader
 from ..nn.functional import log_softmax, softmax
 from .base import Task, each_image
 
 
 def predict_logits(model: nn.Module, images_or_loader, batch_size: int = 256) -> np.ndarray:
-    """Logits ``(N, classes)`` for a loader (or a float32 array ``(N, C, H, W)``), eval mode."""
-    was_training = model.training
+    """Logits ``(N, classes)`` for a loader (or a float32 array ``(N, C, H, W)``), eval mode
+    (through :func:`minicnn.inference.forward`, which picks the plan or the layers)."""
+    if isinstance(images_or_loader, np.ndarray):
+        batches = (images_or_loader[i:i + batch_size]
+                   for i in range(0, len(images_or_loader), batch_size))
+        return np.concatenate([_forward(model, x) for x in batches])
+    return np.concatenate([_forward(model, x) for x, _ in images_or_loader])
+
+
+def _forward(model, x):
+    # A model that is not an nn.Module (minicnn.quant's QuantizedModel) brings its own forward.
+    if isinstance(model, nn.Module):
+        return inference.forward(model, x)
     model.eval()
-    try:
-        if isinstance(images_or_loader, np.ndarray):
-            batches = (images_or_loader[i:i + batch_size]
-                       for i in range(0, len(images_or_loader), batch_size))
-            return np.concatenate([model(x) for x in batches])
-        return np.concatenate([model(x) for x, _ in images_or_loader])
-    finally:
-        model.train(was_training)
+    return model(x)
 
 
 @dataclass
@@ -136,7 +140,8 @@ class ClassificationTask(Task):
         def read(path):
             prepared = prepare_image(path, meta.input_shape, meta.dataset,
                                      enhance=not args.no_preprocess)
-            return prepared, softmax(model(((prepared.image - mean) / std)[None])[0])
+            image = ((prepared.image - mean) / std)[None].astype(np.float32, copy=False)
+            return prepared, softmax(_forward(model, image)[0])
 
         def report(path, result):
             prepared, probs = result

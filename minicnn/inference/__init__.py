@@ -1,0 +1,231 @@
+"""Inference as one compiled call per batch: a model's eval-mode forward, planned once.
+
+>>> from minicnn import inference, models
+>>> net = models.build("mnist-cnn", 1, 10, rng=0)
+>>> logits = inference.forward(net, images)          # doctest: +SKIP
+>>> print(inference.plan_for(net, (1, 28, 28)))      # doctest: +SKIP
+
+Calling a model layer by layer from Python costs little at batch 64 and much of the time at
+batch 1: a small network's arithmetic for one image takes tens of microseconds, the Python,
+argument checks and thread-pool wake-ups between its ten layers take hundreds. :func:`forward`
+runs the whole network in one compiled call instead (:mod:`minicnn.kernels.network`), from a
+plan made once per model and input shape (:mod:`minicnn.inference.plan`, the place to read how
+the layers become steps).
+
+What it promises:
+
+- the eval-mode forward: batch norm with its running statistics, dropout the identity, the
+  model's ``training`` flag untouched (nothing is cached for a backward);
+- the same numbers as ``model.eval(); model(x)`` to float32 rounding (the plan's GEMMs sum in
+  another order than the fused one-pool kernels);
+- live weights: an optimiser step, ``load_state_dict`` or an edit of ``layer.weight.data``
+  between calls is seen by the next call (the plan reads the arrays themselves; where one is
+  *replaced*, it is looked up again);
+- bad input is refused by the model's own first layer, with its usual message, before any
+  compiled code runs;
+- a model it cannot plan (a layer the plan has no step for, float64 weights, a non-numba
+  backend) runs layer by layer, and :func:`plan_for` says why (``plan.fallback``); an
+  unsupported *layer* also warns once per model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import typed
+
+from .. import nn
+from ..kernels import network as _network
+from ..kernels import threads as _threads
+from . import plan as _plan
+from .plan import NetworkPlan, build
+
+__all__ = ["forward", "plan_for", "NetworkPlan", "build", "GROUP_BYTES", "PLAN_MAX_BATCH"]
+
+#: A thread carries this many bytes of one group's activations and unrolled matrices through
+#: the network at a time (how many samples that is depends on the model): about its share of
+#: the L2 cache.
+GROUP_BYTES = 1 << 20
+
+
+class _Prepared(NamedTuple):
+    plan: NetworkPlan
+    program: _network.Program
+    arrays: list              # the arrays last read from the tensor sources
+    tensors: typed.List       # 1-D views of them, as the kernel takes them
+
+
+def _read_sources(plan: NetworkPlan) -> list:
+    arrays = []
+    for module, name in plan.tensor_sources:
+        value = getattr(module, name)
+        arrays.append(value.data if isinstance(value, nn.Parameter) else value)
+    return arrays
+
+
+def _views(arrays: list) -> typed.List | None:
+    """1-D views (never copies) of ``arrays``, or ``None`` if one is not contiguous float32."""
+    views = typed.List()
+    for array in arrays:
+        if array.dtype != np.float32 or not array.flags.c_contiguous:
+            return None
+        views.append(array.reshape(-1))
+    return views
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What a plan depends on beyond the input shape: which layers, in which order."""
+    return tuple(id(m) for m in model.modules())
+
+
+def plan_for(model: nn.Module, input_shape, softmax: bool = False) -> NetworkPlan:
+    """The plan :func:`forward` uses for ``model`` on inputs of shape ``(N, *input_shape)``
+    (made on first use and kept on the model; a model whose layers change gets a new one)."""
+    return _prepared(model, tuple(int(s) for s in input_shape), softmax).plan
+
+
+def _prepared(model: nn.Module, input_shape: tuple, softmax: bool) -> _Prepared:
+    cache = model.__dict__.setdefault("_inference_plans", {})
+    signature = _signature(model)
+    if cache.get("signature") != signature:
+        cache.clear()
+        cache["signature"] = signature
+    key = (input_shape, softmax)
+    prepared = cache.get(key)
+    if prepared is None:
+        plan = build(model, input_shape, softmax=softmax)
+        if plan.fallback and plan.warn:
+            warnings.warn(f"minicnn.inference: {plan.fallback}; running layer by layer",
+                          RuntimeWarning, stacklevel=3)
+        program = None if plan.fallback else plan.program()
+        prepared = _Prepared(plan, program, [], typed.List.empty_list(numba.float32[::1]))
+        cache[key] = prepared
+    if not prepared.plan.fallback:
+        arrays = _read_sources(prepared.plan)
+        if len(arrays) != len(prepared.arrays) or any(
+                a is not b for a, b in zip(arrays, prepared.arrays)):
+            views = _views(arrays)
+            if views is None:
+                plan = NetworkPlan(input_shape=input_shape,
+                                   fallback="a parameter is no longer contiguous float32")
+                prepared = cache[key] = _Prepared(plan, None, [], prepared.tensors)
+            else:
+                prepared = cache[key] = _Prepared(prepared.plan, prepared.program, arrays,
+                                                  views)
+    return prepared
+
+
+def _scratch(prepared: _Prepared, n_threads: int, group: int, share: int):
+    """The kernel's :class:`~minicnn.kernels.network.Arena` and the threads' scratch rows
+    (kept on the plan and reused while the batch's shape stays the same)."""
+    plan = prepared.plan
+    arena = _network.Arena(buffers=_plan.BUFFERS, buffer_size=plan.activation_size * group,
+                           cols_size=plan.cols_size * group,
+                           conv_out_size=plan.conv_out_size * group,
+                           rows_size=plan.rows_features * share,
+                           fixed_size=plan.fixed_size, group=group,
+                           rows_from=plan.rows_from)
+    size = (arena.buffers * (arena.buffer_size + arena.rows_size) + arena.cols_size
+            + arena.conv_out_size + arena.fixed_size)
+    store = plan.__dict__.setdefault("_scratch", {})
+    scratch = store.get((n_threads, size))
+    if scratch is None:
+        store.clear()
+        scratch = store[(n_threads, size)] = np.empty((n_threads, size), dtype=np.float32)
+    return arena, scratch
+
+
+def group_size(plan: NetworkPlan, per_thread: int) -> int:
+    """Samples a thread carries through the spatial steps at once: as many as fit in
+    :data:`GROUP_BYTES`, at least one, at most its share of the batch."""
+    per_sample = 4 * (_plan.BUFFERS * plan.activation_size + plan.cols_size
+                      + plan.conv_out_size)
+    return max(1, min(per_thread, GROUP_BYTES // max(per_sample, 1)))
+
+
+_entries: dict = {}
+
+
+def _entry(parallel: bool, args: tuple):
+    """The compiled entry point, called without Numba's per-call type dispatch (working out
+    the types of a 30-array record takes ~400 us, most of a batch of one's time). Every
+    call passes the same types (a :class:`~minicnn.kernels.network.Program` of int64 and
+    float64 arrays, float32 C-contiguous arrays, ints), so one entry per kernel serves all."""
+    entry = _entries.get(parallel)
+    if entry is None:
+        types = tuple(numba.typeof(a) for a in args)
+        dispatcher = _network.run_parallel if parallel else _network.run_thread
+        dispatcher.compile(types)
+        entry = _entries[parallel] = dispatcher.overloads[types].entry_point
+    return entry
+
+
+#: :func:`forward` runs the plan for batches up to this size and the layers (their one-pool
+#: kernels, one parallel region per layer) above it, unless told. Measured on a 2-core Xeon,
+#: one thread, CPU time per call: the plan wins at batch 1 (LeNet-5 0.17 against 0.28 ms,
+#: MNIST CNN 0.45 against 0.71) and 2, and loses from batch 4 (MNIST CNN at 32: 8.0 against
+#: 4.6 ms): its convolutions take one sample (or one Winograd chunk) per GEMM, where the
+#: layers' kernels are tuned for whole batches.
+PLAN_MAX_BATCH = 2
+
+
+def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
+            n_threads: int | None = None, use_plan: bool | None = None) -> np.ndarray:
+    """``model``'s eval-mode forward on ``x``: one compiled call where the model can be planned
+    and the batch is small (else layer by layer, in eval mode, restoring the model's mode).
+
+    Parameters
+    ----------
+    model : Module
+    x : ndarray (N, C, H, W)
+        The model's input (normalised images), float32 for the planned path.
+    softmax : bool
+        Return probabilities instead of the last layer's outputs.
+    n_threads : int, optional
+        Threads to split the batch over (default: one per sample up to Numba's count).
+    use_plan : bool, optional
+        ``True``: the plan whatever the batch (where the model can be planned); ``False``:
+        the layers; ``None`` (default): the plan up to :data:`PLAN_MAX_BATCH` samples.
+
+    Returns
+    -------
+    ndarray (N, *plan.output_shape)
+    """
+    planned = (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == np.float32
+               and x.shape[0] > 0 and use_plan is not False
+               and (use_plan or x.shape[0] <= PLAN_MAX_BATCH))
+    prepared = _prepared(model, x.shape[1:], softmax) if planned else None
+    if prepared is None or prepared.plan.fallback:
+        return _layer_by_layer(model, x, softmax)
+    plan = prepared.plan
+    x = np.ascontiguousarray(x)
+    n = x.shape[0]
+    threads = _threads.threads_for(n) if n_threads is None else max(1, min(n_threads, n))
+    share = -(-n // threads)
+    arena, scratch = _scratch(prepared, threads, group_size(plan, share), share)
+    out = np.empty((n, int(np.prod(plan.output_shape))), dtype=np.float32)
+    with _threads.blas_single_threaded():
+        if threads == 1:
+            args = (prepared.program, prepared.tensors, arena, x, out, scratch, 0, 1)
+            _entry(False, args)(*args)
+        else:
+            args = (prepared.program, prepared.tensors, arena, x, out, scratch, threads)
+            _entry(True, args)(*args)
+    return out.reshape((n,) + plan.output_shape)
+
+
+def _layer_by_layer(model: nn.Module, x, softmax: bool) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    try:
+        y = model(x)
+    finally:
+        model.train(was_training)
+    if softmax:
+        from ..nn.functional import softmax as _softmax
+
+        y = _softmax(y, axis=1)
+    return y

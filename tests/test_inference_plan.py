@@ -1,0 +1,185 @@
+"""The whole-network inference plan (minicnn.inference) against the layer-by-layer forward.
+
+The plan's GEMMs sum in another order than the layers' one-pool and Winograd kernels, so
+outputs agree to float32 rounding, not bit for bit: measured worst relative difference (to
+the output's largest magnitude) 6e-7 over every model, batch 1/3/64 and 1/2 threads; the
+tests allow 1e-4.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from minicnn import inference, models, nn, optim
+from minicnn.nn.functional import softmax
+
+RTOL = 1e-4
+
+SHAPES = {"lenet5": (1, 28, 28), "mnist-cnn": (1, 28, 28), "vgg-small": (3, 32, 32),
+          "resnet-small": (3, 32, 32), "resnet20": (3, 32, 32), "separable-cnn": (1, 28, 28),
+          "tiny-detector": (1, 96, 96)}
+
+
+def _with_statistics(net, seed=1):
+    """Batch norms with running statistics and affine parameters far from their defaults,
+    so that folding them is tested."""
+    rng = np.random.default_rng(seed)
+    for module in net.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            shape = module.running_mean.shape
+            module.running_mean[...] = rng.normal(0, 0.2, shape)
+            module.running_var[...] = rng.uniform(0.5, 2.0, shape)
+            module.weight.data[...] = rng.uniform(0.5, 1.5, shape)
+            module.bias.data[...] = rng.normal(0, 0.2, shape)
+    return net
+
+
+def _model(name):
+    shape = SHAPES[name]
+    net = models.build(name, shape[0], 10, image_size=shape[1], rng=0)
+    return _with_statistics(net).eval(), shape
+
+
+def _close(got, expected):
+    scale = float(np.abs(expected).max()) + 1e-6
+    assert got.shape == expected.shape
+    worst = float(np.abs(got - expected).max()) / scale
+    assert worst <= RTOL, f"plan differs from the layers by {worst:.2e} of the output's scale"
+
+
+def test_every_model_is_planned():
+    """No model in minicnn.models falls back; each plan lists its steps."""
+    assert set(SHAPES) == set(models.MODELS) - {"resnet20"} | {"resnet20"}
+    for name in models.MODELS:
+        net, shape = _model(name) if name in SHAPES else (None, None)
+        if net is None:
+            continue
+        plan = inference.plan_for(net, shape)
+        assert plan.fallback is None, (name, plan.fallback)
+        text = str(plan)
+        assert f"{len(plan.steps)} steps" in text and "conv" in text
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plan_equals_layers(name, threads):
+    net, shape = _model(name)
+    rng = np.random.default_rng(2)
+    batches = (1, 2, 3, 64) if name in ("lenet5", "mnist-cnn") else (1, 3, 8)
+    for n in batches:
+        x = rng.standard_normal((n,) + shape).astype(np.float32)
+        _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
+
+
+def test_softmax_step_and_detector_grid():
+    net, shape = _model("mnist-cnn")
+    x = np.random.default_rng(3).standard_normal((5,) + shape).astype(np.float32)
+    probs = inference.forward(net, x, softmax=True, use_plan=True)
+    _close(probs, softmax(net(x), axis=1))
+    assert inference.plan_for(net, shape, softmax=True).steps[-1].op != \
+        inference.plan_for(net, shape).steps[-1].op
+    detector, dshape = _model("tiny-detector")
+    grid = inference.forward(detector, np.zeros((2,) + dshape, np.float32), use_plan=True)
+    assert grid.shape == (2, 15, 6, 6)
+
+
+def test_weight_changes_are_seen():
+    """In-place edits, an optimiser step, load_state_dict (replaced arrays) and new running
+    statistics between two calls are all seen by the second."""
+    net, shape = _model("resnet-small")
+    x = np.random.default_rng(4).standard_normal((2,) + shape).astype(np.float32)
+    inference.forward(net, x, use_plan=True)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    conv.weight.data *= 1.5                                   # in place
+    _close(inference.forward(net, x, use_plan=True), net(x))
+    net.train()                                               # an optimiser step
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    out = net(x)
+    net.backward(np.ones_like(out))
+    opt.step()
+    net.eval()
+    _close(inference.forward(net, x, use_plan=True), net(x))
+    other = models.build("resnet-small", 3, 10, rng=7)        # replaced arrays
+    net.load_state_dict(_with_statistics(other, seed=9).state_dict())
+    _close(inference.forward(net, x, use_plan=True), net(x))
+    bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    bn.running_var = np.full_like(bn.running_var, 3.0)        # a buffer replaced
+    _close(inference.forward(net, x, use_plan=True), net(x))
+
+
+def test_mode_and_state_untouched():
+    net, shape = _model("vgg-small")
+    net.train()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    x = np.random.default_rng(5).standard_normal((3,) + shape).astype(np.float32)
+    y = inference.forward(net, x, use_plan=True)
+    assert net.training
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    net.eval()
+    _close(y, net(x))
+
+
+def test_a_replaced_layer_gets_a_new_plan():
+    net, shape = _model("resnet-small")
+    x = np.random.default_rng(6).standard_normal((1,) + shape).astype(np.float32)
+    inference.forward(net, x, use_plan=True)
+    block = next(m for m in net.modules() if isinstance(m, nn.BasicBlock))
+    block.conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=True, rng=11)
+    _close(inference.forward(net, x, use_plan=True), net(x))
+
+
+def test_bad_input_is_refused_like_the_model_refuses_it():
+    net, shape = _model("mnist-cnn")
+    wrong = np.zeros((1, 3, 28, 28), np.float32)
+    with pytest.raises(ValueError) as from_layers:
+        net(wrong)
+    with pytest.raises(ValueError) as from_plan:
+        inference.forward(net, wrong, use_plan=True)
+    assert str(from_plan.value) == str(from_layers.value)
+    assert "Conv2d" in str(from_plan.value)
+
+
+def test_unsupported_layer_falls_back_visibly():
+    class Square(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, rng=0), Square(), nn.Flatten(),
+                        nn.Linear(4 * 26 * 26, 3, rng=0)).eval()
+    x = np.random.default_rng(7).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"layer 1 \(Square\)"):
+        y = inference.forward(net, x, use_plan=True)
+    assert "layer 1 (Square)" in inference.plan_for(net, (1, 28, 28)).fallback
+    np.testing.assert_array_equal(y, net(x))
+
+
+def test_deliberate_choices_fall_back_quietly():
+    """float64 weights and a non-numba backend are the user's choice: the layers run, the
+    plan says why, nothing warns."""
+    net = models.build("lenet5", 1, 10, rng=0).eval()
+    x64 = np.zeros((1, 1, 28, 28))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.double()
+        assert inference.forward(net, x64, use_plan=True).dtype == np.float64
+        assert "float32" in inference.plan_for(net, (1, 28, 28)).fallback
+        ref = models.build("lenet5", 1, 10, backend="reference", rng=0).eval()
+        assert "'reference' backend" in inference.plan_for(ref, (1, 28, 28)).fallback
+
+
+def test_auto_runs_the_plan_for_small_batches_only(monkeypatch):
+    net, shape = _model("lenet5")
+    calls = []
+    real = inference._layer_by_layer
+    monkeypatch.setattr(inference, "_layer_by_layer",
+                        lambda *a: calls.append(len(a[1])) or real(*a))
+    rng = np.random.default_rng(8)
+    for n in (1, inference.PLAN_MAX_BATCH, inference.PLAN_MAX_BATCH + 1):
+        inference.forward(net, rng.standard_normal((n,) + shape).astype(np.float32))
+    assert calls == [inference.PLAN_MAX_BATCH + 1]
+    strided = rng.standard_normal((2, 2) + shape[1:]).astype(np.float32)[:, :1]
+    _close(inference.forward(net, strided, use_plan=True), net(np.ascontiguousarray(strided)))
