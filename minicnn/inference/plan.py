@@ -87,7 +87,7 @@ class Step:
 
 #: Every field of a step, with the value a step that does not use it holds.
 _DEFAULTS = dict(residual=K.NONE, kh=1, kw=1, sh=1, sw=1, top=0, left=0, conv_h=0, conv_w=0,
-                 rows=0, algorithm=K.GEMM, groups=1, pool=0, count_pad=0, activation=K.IDENTITY, slope=0.0,
+                 rows=0, algorithm=K.GEMM, packed_at=K.NONE, groups=1, pool=0, count_pad=0, activation=K.IDENTITY, slope=0.0,
                  weight=K.NONE, bias=K.NONE, bn_weight=K.NONE, bn_bias=K.NONE,
                  bn_mean=K.NONE, bn_var=K.NONE, bn_eps=0.0)
 
@@ -115,7 +115,8 @@ class NetworkPlan:
         largest unrolled matrix per sample, ``conv_out_size`` the largest unpooled convolution
         output, ``rows_features`` the most features per sample after the flatten;
         ``fixed_size``, per thread, the largest working space that does not grow with the
-        number of samples (Winograd's filters).
+        number of samples; ``packed_size`` what the plan keeps between calls (Winograd
+        steps' filters and their transforms, :func:`minicnn.kernels.network.refresh_packed`).
     rows_from : int
         The first step after the flatten (the number of steps when there is none): steps
         from here on run on a thread's whole share of the batch at once.
@@ -136,6 +137,7 @@ class NetworkPlan:
     rows_features: int = 0
     rows_from: int = 0
     fixed_size: int = 0
+    packed_size: int = 0
     fallback: str | None = None
     warn: bool = False
 
@@ -237,6 +239,10 @@ class _Builder:
                                           conv.out_channels * out_h * out_w)
         algorithm, per_sample, fixed = _algorithm(conv, c, (h, w), (out_h, out_w))
         fields["algorithm"] = algorithm
+        if algorithm == K.WINOGRAD:
+            fields["packed_at"] = self.plan.packed_size
+            # the filters' copy (9 per pair of channels), then their transform (16)
+            self.plan.packed_size += (9 + 16) * conv.out_channels * c
         self.plan.cols_size = max(self.plan.cols_size, per_sample)
         self.plan.fixed_size = max(self.plan.fixed_size, fixed)
         busy = () if residual == K.NONE else (residual,)
@@ -376,8 +382,8 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size) -> tuple[int, int, in
         tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
         per_sample = tiles_h * (tiles_w + 1)        # tiles of one sample, on the wide grid
         capacity = max(1, K.WINOGRAD_TILES // per_sample) * per_sample
-        fixed = (16 * conv.out_channels * c_in + 4 * (tiles_h + 2) * (tiles_w + 1)
-                 + 8 * (per_sample + 1) + (16 * c_in + 16 * conv.out_channels + 12) * capacity)
+        fixed = (4 * (tiles_h + 2) * (tiles_w + 1) + 8 * (per_sample + 1)
+                 + (16 * c_in + 16 * conv.out_channels + 12) * capacity)
         return K.WINOGRAD, 0, fixed
     pitch = out_w + kw - 1                          # the wide grid of a stride-1 convolution
     if stride_one and conv.groups > 1:

@@ -76,7 +76,8 @@ class Program(NamedTuple):
     conv_w``: a convolution's own output size (before a fused pooling); ``rows``: 1 where the
     step's output is rows ``(G, features)`` (after a flatten), 0 for ``(C, G, H, W)``;
     ``algorithm``: how a convolution is computed (:data:`GEMM`, :data:`DIRECT`,
-    :data:`WINOGRAD`); ``groups``; ``pool``: 1 where a 2x2, stride-2 max pooling follows the activation
+    :data:`WINOGRAD`); ``packed_at``: where a Winograd step's transformed filters live in the
+    plan's ``packed`` array (see :func:`refresh_packed`), or :data:`NONE`; ``groups``; ``pool``: 1 where a 2x2, stride-2 max pooling follows the activation
     (``h_out, w_out`` are then the pooled sizes); ``count_pad``: an average pooling divides by its whole window.
     ``activation`` (:data:`RELU` ...) and ``slope`` (``float64``, LeakyReLU's). ``weight,
     bias, bn_weight, bn_bias, bn_mean, bn_var``: indices into ``tensors``, or :data:`NONE`;
@@ -103,6 +104,7 @@ class Program(NamedTuple):
     conv_w: np.ndarray
     rows: np.ndarray
     algorithm: np.ndarray
+    packed_at: np.ndarray
     groups: np.ndarray
     pool: np.ndarray
     count_pad: np.ndarray
@@ -164,23 +166,37 @@ def _activate(v, kind, slope):
 
 
 @njit(**_JIT)
-def _channel_affine(program, tensors, step, channel):
-    """``(scale, shift)`` with ``epilogue(acc) = acc * scale + shift`` for one channel: the
-    bias, then the batch norm's running statistics and affine parameters (where there are)."""
-    bias = np.float32(0)
+def _affine_of(program, tensors, step, channels):
+    """``affine (2, channels)``: per channel the ``scale`` and ``shift`` with ``epilogue(acc)
+    = acc * scale + shift``: the bias, then the batch norm's running statistics and affine
+    parameters (where there are). Read once per step and call: an item of the typed list of
+    tensors costs a call into Numba's list code (measured: 49 us for LeNet-5's first linear
+    layer at batch 1 when read per output, against a few us)."""
+    affine = np.empty((2, channels), dtype=np.float32)
+    scale, shift = affine[0], affine[1]
+    for c in range(channels):
+        scale[c] = 1
+        shift[c] = 0
     if program.bias[step] != NONE:
-        bias = tensors[program.bias[step]][channel]
-    if program.bn_mean[step] == NONE:
-        return np.float32(1), bias
-    inv_std = np.float32(1) / np.sqrt(tensors[program.bn_var[step]][channel]
-                                      + np.float32(program.bn_eps[step]))
-    gamma = np.float32(1)
-    beta = np.float32(0)
-    if program.bn_weight[step] != NONE:
-        gamma = tensors[program.bn_weight[step]][channel]
-        beta = tensors[program.bn_bias[step]][channel]
-    scale = inv_std * gamma
-    return scale, (bias - tensors[program.bn_mean[step]][channel]) * scale + beta
+        bias = tensors[program.bias[step]]
+        for c in range(channels):
+            shift[c] = bias[c]
+    if program.bn_mean[step] != NONE:
+        mean, var = tensors[program.bn_mean[step]], tensors[program.bn_var[step]]
+        eps = np.float32(program.bn_eps[step])
+        has_affine = program.bn_weight[step] != NONE
+        gamma, beta = mean, mean
+        if has_affine:
+            gamma, beta = tensors[program.bn_weight[step]], tensors[program.bn_bias[step]]
+        for c in range(channels):
+            s = np.float32(1) / np.sqrt(var[c] + eps)
+            b = np.float32(0)
+            if has_affine:
+                s *= gamma[c]
+                b = beta[c]
+            scale[c] = s
+            shift[c] = (shift[c] - mean[c]) * s + b
+    return affine
 
 
 @njit(**_JIT)
@@ -215,28 +231,28 @@ def _finish(dest, src, scale, shift, residual, kind, slope):
 
 
 @njit(**_JIT)
-def _epilogue_rows(program, tensors, step, y, residual, n_channels, length):
+def _epilogue_rows(program, affine, step, y, residual, n_channels, length):
     """In place on ``y`` viewed as ``(n_channels, length)``: bias / batch norm, the residual
     (same layout, or an empty array), the activation."""
     kind, slope = program.activation[step], np.float32(program.slope[step])
     has_residual = residual.shape[0] > 0
     for c in range(n_channels):
         row = y[c * length:(c + 1) * length]
-        scale, shift = _channel_affine(program, tensors, step, c)
+        scale, shift = affine[0, c], affine[1, c]
         res = residual[c * length:(c + 1) * length] if has_residual else residual
         _finish(row, row, scale, shift, res, kind, slope)
 
 
 @njit(**_JIT)
-def _finish_plane(program, tensors, step, co, s, g, source, pitch, target, residual):
+def _finish_plane(program, affine, step, co, s, g, source, pitch, target, residual):
     """Output channel ``co`` of sample ``s`` from raw sums on a grid of ``pitch`` columns into
     ``target`` (all its rows: :func:`_finish_rows` with ``first_row = 0, row_step = 1``)."""
-    _finish_rows(program, tensors, step, co, s, g, source, pitch, 0, 1, program.conv_h[step],
+    _finish_rows(program, affine, step, co, s, g, source, pitch, 0, 1, program.conv_h[step],
                  target, residual)
 
 
 @njit(**_JIT)
-def _finish_rows(program, tensors, step, co, s, g, source, pitch, first_row, row_step,
+def _finish_rows(program, affine, step, co, s, g, source, pitch, first_row, row_step,
                  n_rows, target, residual):
     """Rows ``first_row, first_row + row_step, ...`` (``n_rows`` of them) of output channel
     ``co`` of sample ``s``, from raw sums on a grid of ``pitch`` columns (``source`` row ``r``
@@ -249,7 +265,7 @@ def _finish_rows(program, tensors, step, co, s, g, source, pitch, first_row, row
     instruction; measured 3.5 of 4.3 ms of MNIST's first layer at batch 64)."""
     oh, ow = program.conv_h[step], program.conv_w[step]
     kind, slope = program.activation[step], np.float32(program.slope[step])
-    scale, shift = _channel_affine(program, tensors, step, co)
+    scale, shift = affine[0, co], affine[1, co]
     at = (co * g + s) * oh * ow + first_row * ow
     dest = target[at:at + (n_rows - 1) * row_step * ow + ow]
     zero = np.float32(0)
@@ -380,7 +396,7 @@ def _pad_planes(x, padded, planes, h, w, top, left, pitch, size):
 
 
 @njit(**_JIT)
-def _conv_shifted(program, tensors, step, x, target, residual, work, g):
+def _conv_shifted(program, tensors, affine, step, x, target, residual, work, g):
     """A stride-1 convolution as a GEMM on a *wide grid*, one sample at a time (so that its
     unrolled matrix and sums stay in cache, whatever the group): each input plane is
     zero-padded to ``pitch = ow + kw - 1`` columns, so output ``(oy, ox)`` numbered ``q =
@@ -421,12 +437,12 @@ def _conv_shifted(program, tensors, step, x, target, residual, work, g):
                         dest[q] = src[q]
         _gemm(NO_TRANS, NO_TRANS, c_out, wide, k, weight, k, cols, wide, 0.0, sums, wide)
         for co in range(c_out):
-            _finish_plane(program, tensors, step, co, s, g, sums[co * wide:(co + 1) * wide],
+            _finish_plane(program, affine, step, co, s, g, sums[co * wide:(co + 1) * wide],
                           pitch, target, residual)
 
 
 @njit(**_JIT)
-def _conv_direct(program, tensors, step, x, target, residual, padded, plane, g):
+def _conv_direct(program, tensors, affine, step, x, target, residual, padded, plane, g):
     """A stride-1 grouped convolution (depthwise included) as shifted multiply-adds, on the
     same wide grid as :func:`_conv_shifted`: each tap is one long multiply-add over a whole
     padded plane (which LLVM vectorises). ``plane`` holds one output plane's sums."""
@@ -455,7 +471,7 @@ def _conv_direct(program, tensors, step, x, target, residual, padded, plane, g):
                         src = padded[base + i * pitch + j:base + i * pitch + j + wide]
                         for q in range(wide):
                             acc[q] += wt * src[q]
-            _finish_plane(program, tensors, step, co, s, g, acc, pitch, target, residual)
+            _finish_plane(program, affine, step, co, s, g, acc, pitch, target, residual)
 
 
 @njit(**_JIT)
@@ -488,7 +504,7 @@ WINOGRAD_TILES = 196
 
 
 @njit(**_JIT)
-def _conv_winograd(program, tensors, step, x, target, residual, fixed, g):
+def _conv_winograd(program, tensors, affine, step, x, target, residual, fixed, packed, g):
     """Winograd's F(2x2, 3x3) (:mod:`minicnn.kernels.winograd`, whose input and output
     transforms this calls), a few samples at a time: their tiles transformed, 16 GEMMs
     ``M[ξ] = U[ξ] @ V[ξ]``, the output transform, then the epilogue into ``target``."""
@@ -500,10 +516,12 @@ def _conv_winograd(program, tensors, step, x, target, residual, fixed, g):
     per_sample = th * pitch
     chunk = max(1, WINOGRAD_TILES // per_sample)
     capacity = chunk * per_sample
-    # working space: the transformed filters, the phases of one plane, Bᵀ d rows, then the
-    # chunk's transformed tiles V, products M, Aᵀ M sums and output rows
-    u = fixed[:16 * c_out * c_in]
-    at = 16 * c_out * c_in
+    # the transformed filters (kept between calls: refresh_packed); working space: the phases
+    # of one plane, Bᵀ d rows, then the chunk's transformed tiles V, products M, Aᵀ M sums
+    # and output rows
+    packed_at = program.packed_at[step] + c_out * c_in * 9
+    u = packed[packed_at:packed_at + 16 * c_out * c_in]
+    at = 0
     phases = fixed[at:at + 4 * (th + 2) * pitch].reshape((4, th + 2, pitch))
     at += 4 * (th + 2) * pitch
     rows = fixed[at:at + 8 * (per_sample + 1)].reshape((8, per_sample + 1))
@@ -515,7 +533,6 @@ def _conv_winograd(program, tensors, step, x, target, residual, fixed, g):
     sums = fixed[at:at + 8 * capacity].reshape((8, capacity))
     at += 8 * capacity
     image = fixed[at:at + 4 * capacity].reshape((2, 2 * capacity))
-    _winograd_filters(tensors[program.weight[step]], c_out, c_in, u)
     flat_phases = phases.reshape(4 * (th + 2) * pitch)
     for k in range(flat_phases.shape[0]):          # the phases' border cells stay zero
         flat_phases[k] = 0
@@ -542,28 +559,29 @@ def _conv_winograd(program, tensors, step, x, target, residual, fixed, g):
                     rows_here = (oh - half + 1) // 2
                     if rows_here == 0:
                         continue
-                    _finish_rows(program, tensors, step, co, s0 + slot, g,
+                    _finish_rows(program, affine, step, co, s0 + slot, g,
                                  image[half, 2 * slot * per_sample:], 2 * pitch, half, 2,
                                  rows_here, target, residual)
 
 
 @njit(**_JIT)
-def _conv(program, tensors, step, x, y, residual, work, conv_out, fixed, g):
+def _conv(program, tensors, step, x, y, residual, work, conv_out, fixed, packed, g):
     """Convolution + bias / batch norm + residual + activation (+ 2x2 max pooling) of a group."""
     c_out = program.c_out[step]
     oh, ow = program.conv_h[step], program.conv_w[step]
     pooled = program.pool[step] == 1
     target = conv_out if pooled else y
     algorithm = program.algorithm[step]
+    affine = _affine_of(program, tensors, step, c_out)
     if algorithm == WINOGRAD:
-        _conv_winograd(program, tensors, step, x, target, residual, fixed, g)
+        _conv_winograd(program, tensors, affine, step, x, target, residual, fixed, packed, g)
     elif algorithm == DIRECT:
-        _conv_direct(program, tensors, step, x, target, residual, work, fixed, g)
+        _conv_direct(program, tensors, affine, step, x, target, residual, work, fixed, g)
     elif program.sh[step] == 1 and program.sw[step] == 1:
-        _conv_shifted(program, tensors, step, x, target, residual, fixed, g)
+        _conv_shifted(program, tensors, affine, step, x, target, residual, fixed, g)
     else:           # strided: the unrolled matrix on the output grid, then the epilogue
         _conv_gemm(program, tensors, step, x, target, work, g)
-        _epilogue_rows(program, tensors, step, target, residual, c_out, g * oh * ow)
+        _epilogue_rows(program, affine, step, target, residual, c_out, g * oh * ow)
     if pooled:
         _max_pool_2x2(conv_out, y, c_out, g, oh, ow)
 
@@ -646,9 +664,9 @@ def _dot(a, b):
 
 
 #: Below this many rows a linear layer is dot products, not a GEMM: OpenBLAS packs the whole
-#: weight matrix on every call, which costs more than the arithmetic for one or two rows
-#: (measured: 400 -> 120 at batch 1, 48 us as a GEMM).
-LINEAR_GEMM_MIN_ROWS = 4
+#: weight matrix on every call, which costs more than the arithmetic for a few rows
+#: (measured on the MNIST CNN's 3136 -> 128 at 4 rows: the GEMM's packing dominated).
+LINEAR_GEMM_MIN_ROWS = 16
 
 
 @njit(**_JIT)
@@ -665,10 +683,12 @@ def _linear(program, tensors, step, x, y, g):
                 y[s * f_out + o] = _dot(row, weight[o * f_in:(o + 1) * f_in])
     kind, slope = program.activation[step], np.float32(program.slope[step])
     if program.bias[step] != NONE or program.bn_mean[step] != NONE:
-        for o in range(f_out):
-            scale, shift = _channel_affine(program, tensors, step, o)
-            for s in range(g):
-                y[s * f_out + o] = y[s * f_out + o] * scale + shift
+        affine = _affine_of(program, tensors, step, f_out)
+        scale, shift = affine[0], affine[1]
+        for s in range(g):
+            row = y[s * f_out:(s + 1) * f_out]
+            for o in range(f_out):
+                row[o] = row[o] * scale[o] + shift[o]
     out = y[:g * f_out]
     _finish(out, out, np.float32(1), np.float32(0), y[:0], kind, slope)
 
@@ -679,8 +699,9 @@ def _affine(program, tensors, step, x, y, g):
     channels, plane = program.c_in[step], program.h_in[step] * program.w_in[step]
     kind, slope = program.activation[step], np.float32(program.slope[step])
     rows = program.rows[step] == 1
+    affine = _affine_of(program, tensors, step, channels)
     for c in range(channels):
-        scale, shift = _channel_affine(program, tensors, step, c)
+        scale, shift = affine[0, c], affine[1, c]
         for s in range(g):
             for p in range(plane):
                 index = s * channels + c if rows else (c * g + s) * plane + p
@@ -730,10 +751,10 @@ def _store_group(buffer, out, first, g, channels, plane, rows):
 
 
 @njit(**_JIT)
-def _step(program, tensors, step, src, dst, residual, cols, conv_out, fixed, g):
+def _step(program, tensors, step, src, dst, residual, cols, conv_out, fixed, packed, g):
     op = program.op[step]
     if op == CONV:
-        _conv(program, tensors, step, src, dst, residual, cols, conv_out, fixed, g)
+        _conv(program, tensors, step, src, dst, residual, cols, conv_out, fixed, packed, g)
     elif op == MAXPOOL or op == AVGPOOL:
         _pool(program, step, src, dst, g)
     elif op == ADAPTIVE_AVGPOOL:
@@ -749,7 +770,7 @@ def _step(program, tensors, step, src, dst, residual, cols, conv_out, fixed, g):
 
 
 @njit(**_JIT)
-def run_thread(program, tensors, arena, x, out, scratch, thread, n_threads):
+def run_thread(program, tensors, arena, x, out, scratch, packed, thread, n_threads):
     """Thread ``thread`` of ``n_threads``: its share of the batch through every step of
     ``program`` (see :class:`Arena` for the order); outputs into ``out (N, features)``."""
     n = x.shape[0]
@@ -780,7 +801,7 @@ def run_thread(program, tensors, arena, x, out, scratch, thread, n_threads):
             residual = empty
             if program.residual[step] != NONE:
                 residual = row[program.residual[step] * size:(program.residual[step] + 1) * size]
-            _step(program, tensors, step, src, dst, residual, cols, conv_out, fixed, g)
+            _step(program, tensors, step, src, dst, residual, cols, conv_out, fixed, packed, g)
         if program.rows[last_step] == 0:
             final = row[program.dst[last_step] * size:(program.dst[last_step] + 1) * size]
             _store_group(final, out, start, g, program.c_out[last_step],
@@ -792,14 +813,53 @@ def run_thread(program, tensors, arena, x, out, scratch, thread, n_threads):
                       rows_at + (program.src[step] + 1) * rows_size]
             dst = row[rows_at + program.dst[step] * rows_size:
                       rows_at + (program.dst[step] + 1) * rows_size]
-            _step(program, tensors, step, src, dst, empty, cols, conv_out, fixed, share)
+            _step(program, tensors, step, src, dst, empty, cols, conv_out, fixed, packed, share)
         final = row[rows_at + program.dst[last_step] * rows_size:
                     rows_at + (program.dst[last_step] + 1) * rows_size]
         _store_group(final, out, first, share, program.c_out[last_step], 1, True)
 
 
+@njit(**_JIT)
+def refresh_packed(program, tensors, packed):
+    """Bring what the plan keeps between calls up to date with the live weights: for each
+    Winograd step, ``packed[packed_at:]`` holds a copy of the filters it was made from, then
+    their transform ``U`` (16 x C_out x C_in). Comparing the copy with the live filters is a
+    few microseconds; transforming them again, 80 us on MNIST's second layer, happens only
+    when they changed (an optimiser step, an edit, ``load_state_dict``). A NaN in a filter
+    never compares equal, so such filters are simply transformed on every call."""
+    for step in range(program.op.shape[0]):
+        if program.packed_at[step] == NONE:
+            continue
+        c_out, c_in = program.c_out[step], program.c_in[step]
+        size = c_out * c_in * 9
+        at = program.packed_at[step]
+        copy = packed[at:at + size]
+        weight = tensors[program.weight[step]]
+        same = True
+        for k in range(size):
+            if copy[k] != weight[k]:
+                same = False
+                break
+        if same:
+            continue
+        for k in range(size):
+            copy[k] = weight[k]
+        _winograd_filters(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
+
+
+@njit(**_JIT)
+def run_serial(program, tensors, arena, x, out, scratch, packed):
+    """The whole batch on the calling thread: :func:`refresh_packed`, then
+    :func:`run_thread`."""
+    refresh_packed(program, tensors, packed)
+    run_thread(program, tensors, arena, x, out, scratch, packed, 0, 1)
+
+
 @njit(parallel=True, **_JIT)
-def run_parallel(program, tensors, arena, x, out, scratch, n_threads):
-    """:func:`run_thread` on ``n_threads`` threads, one parallel region."""
+def run_parallel(program, tensors, arena, x, out, scratch, packed, n_threads):
+    """:func:`refresh_packed` (serially, before the threads start), then :func:`run_thread`
+    on ``n_threads`` threads, one parallel region."""
+    refresh_packed(program, tensors, packed)
     for thread in prange(n_threads):
-        run_thread(program, tensors, arena, x, out, scratch, np.intp(thread), n_threads)
+        run_thread(program, tensors, arena, x, out, scratch, packed, np.intp(thread),
+                   n_threads)
