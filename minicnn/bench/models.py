@@ -132,7 +132,11 @@ class MinicnnModel:
         self.optimizer.step()
 
     def inference(self):
-        return self.model(self.x)
+        """The eval forward as a user gets it: :func:`minicnn.inference.forward` (the
+        whole-network plan up to its batch limit, the layers above)."""
+        from .. import inference
+
+        return inference.forward(self.model, self.x)
 
     def gradients(self) -> dict[str, np.ndarray]:
         result = {"logits": self.logits}
