@@ -211,3 +211,19 @@ def test_behaves_like_an_eval_mode_module(trained):
         qmodel.forward_int(np.zeros((2, 1, 28, 28), np.float32))
     assert "conv + relu" in repr(qmodel)
     assert qmodel.layers[0].weight.dtype == np.int8 and qmodel.layers[0].bias.dtype == np.int32
+
+
+def test_tiny_scales_keep_the_shift_in_range():
+    """A channel of near-zero weights gives a tiny requantisation scale; its shift is capped
+    so that 31 + shift stays within the int64 arithmetic's 62, and the rounding stays right."""
+    from minicnn.quant.arithmetic import QuantParams, requantize
+    from minicnn.quant.model import requantize_params
+
+    weight_scale = np.array([1e-3, 1e-14], dtype=np.float32)
+    multiplier, shift = requantize_params(QuantParams(0.02, 0, "uint8"), weight_scale,
+                                          QuantParams(0.05, 3, "uint8"))
+    assert int(shift.max()) <= 31
+    acc = np.array([[1000, 2 ** 30]], dtype=np.int32)
+    got = requantize(acc, multiplier, shift, 3)
+    expected = np.clip(np.round(acc * (0.02 * weight_scale / 0.05)) + 3, 0, 255)
+    np.testing.assert_array_equal(got, expected.astype(np.uint8))

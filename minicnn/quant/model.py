@@ -101,7 +101,14 @@ def requantize_params(input_params: QuantParams, weight_scale: np.ndarray,
     if output is not None:
         for c in range(count):
             real = input_params.scale * float(weight_scale[c]) / output.scale
-            multiplier[c], shift[c] = quantize_multiplier(real)
+            m, s = quantize_multiplier(real)
+            if s > 31:
+                # A tiny scale (a channel of near-zero weights): the shift 31 + s must stay
+                # within 62 for the int64 arithmetic (and the fast kernel's rounding trick),
+                # so move the excess into the multiplier; the value loses only bits far
+                # below one output step.
+                m, s = m >> (s - 31), 31
+            multiplier[c], shift[c] = m, s
     return multiplier, shift
 
 
