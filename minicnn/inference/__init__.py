@@ -77,8 +77,15 @@ def _views(arrays: list) -> typed.List | None:
 
 
 def _signature(model: nn.Module) -> tuple:
-    """What a plan depends on beyond the input shape: which layers, in which order."""
-    return tuple(id(m) for m in model.modules())
+    """What a plan depends on beyond the input shape: which layers, in which order (walked
+    through the modules' child tables directly: ``model.modules()`` builds every name, three
+    times slower, and this runs on every call)."""
+    found, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        found.append(id(module))
+        stack.extend(module._modules.values())
+    return tuple(found)
 
 
 def plan_for(model: nn.Module, input_shape, softmax: bool = False) -> NetworkPlan:
@@ -205,13 +212,22 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
     x = np.ascontiguousarray(x)
     n = x.shape[0]
     threads = _threads.threads_for(n) if n_threads is None else max(1, min(n_threads, n))
-    share = -(-n // threads)
-    arena, scratch = _scratch(prepared, threads, group_size(plan, share), share)
-    out = np.empty((n, int(np.prod(plan.output_shape))), dtype=np.float32)
-    packed = plan.__dict__.get("_packed")
-    if packed is None:      # NaN never equals a filter: the first call transforms them all
-        packed = plan.__dict__["_packed"] = np.full(max(plan.packed_size, 1), np.nan,
-                                                    dtype=np.float32)
+    # What a call of this batch size needs besides x and out (scratch rows, the arena, the
+    # compiled entry), made once: at batch 1 the Python around the call is most of its time.
+    calls = plan.__dict__.setdefault("_calls", {})
+    call = calls.get((n, threads))
+    if call is None:
+        share = -(-n // threads)
+        arena, scratch = _scratch(prepared, threads, group_size(plan, share), share)
+        packed = plan.__dict__.get("_packed")
+        if packed is None:  # NaN never equals a filter: the first call transforms them all
+            packed = plan.__dict__["_packed"] = np.full(max(plan.packed_size, 1), np.nan,
+                                                        dtype=np.float32)
+        calls.clear()       # one batch shape at a time keeps one set of scratch rows
+        call = calls[(n, threads)] = (arena, scratch, packed,
+                                      (n,) + plan.output_shape, int(np.prod(plan.output_shape)))
+    arena, scratch, packed, out_shape, out_size = call
+    out = np.empty((n, out_size), dtype=np.float32)
     with _threads.blas_single_threaded():
         if threads == 1:
             args = (prepared.program, prepared.tensors, arena, x, out, scratch, packed)
@@ -219,7 +235,7 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
         else:
             args = (prepared.program, prepared.tensors, arena, x, out, scratch, packed, threads)
             _entry(True, args)(*args)
-    return out.reshape((n,) + plan.output_shape)
+    return out.reshape(out_shape)
 
 
 def _layer_by_layer(model: nn.Module, x, softmax: bool) -> np.ndarray:
