@@ -153,21 +153,18 @@ def group_size(plan: NetworkPlan, per_thread: int) -> int:
     return max(1, min(per_thread, GROUP_BYTES // max(per_sample, 1)))
 
 
-_entries: dict = {}
+_entries: list = []
 
 
-def _entry(parallel: bool, args: tuple):
-    """The compiled entry point, called without Numba's per-call type dispatch (working out
-    the types of a 30-array record takes ~400 us, most of a batch of one's time). Every
-    call passes the same types (a :class:`~minicnn.kernels.network.Program` of int64 and
-    float64 arrays, float32 C-contiguous arrays, ints), so one entry per kernel serves all."""
-    entry = _entries.get(parallel)
-    if entry is None:
-        types = tuple(numba.typeof(a) for a in args)
-        dispatcher = _network.run_parallel if parallel else _network.run_serial
-        dispatcher.compile(types)
-        entry = _entries[parallel] = dispatcher.overloads[types].entry_point
-    return entry
+def _entry_points(args: tuple):
+    """The compiled entry points (:func:`minicnn.kernels.network.entries`), called without
+    Numba's per-call type dispatch (working out the types of a 30-array record takes ~400
+    us, most of a batch of one's time). Every call passes the same types (a
+    :class:`~minicnn.kernels.network.Program` of int64 and float64 arrays, float32
+    C-contiguous arrays), so one set serves all."""
+    if not _entries:
+        _entries.append(_network.entries(tuple(numba.typeof(a) for a in args)))
+    return _entries[0]
 
 
 #: :func:`forward` runs the plan for batches up to this size and the layers (their one-pool
@@ -228,13 +225,14 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
                                       (n,) + plan.output_shape, int(np.prod(plan.output_shape)))
     arena, scratch, packed, out_shape, out_size = call
     out = np.empty((n, out_size), dtype=np.float32)
+    args = (prepared.program, prepared.tensors, arena, x, out, scratch, packed)
+    refresh, one_thread, many_threads, pointer = _entry_points(args)
     with _threads.blas_single_threaded():
+        refresh(prepared.program, prepared.tensors, packed)
         if threads == 1:
-            args = (prepared.program, prepared.tensors, arena, x, out, scratch, packed)
-            _entry(False, args)(*args)
+            one_thread(*args, 0, 1)
         else:
-            args = (prepared.program, prepared.tensors, arena, x, out, scratch, packed, threads)
-            _entry(True, args)(*args)
+            many_threads(pointer, *args, threads)
     return out.reshape(out_shape)
 
 

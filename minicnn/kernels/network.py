@@ -149,7 +149,7 @@ class Arena(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # Epilogue pieces, applied to one value
 # --------------------------------------------------------------------------------------------
-@njit(inline="always", **_JIT)
+@njit(**_JIT)
 def _activate(v, kind, slope):
     if kind == RELU:
         return v if v > 0 else v * 0           # v * 0 keeps a NaN a NaN, as the layer does
@@ -847,19 +847,37 @@ def refresh_packed(program, tensors, packed):
         _winograd_filters(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
 
 
-@njit(**_JIT)
-def run_serial(program, tensors, arena, x, out, scratch, packed):
-    """The whole batch on the calling thread: :func:`refresh_packed`, then
-    :func:`run_thread`."""
-    refresh_packed(program, tensors, packed)
-    run_thread(program, tensors, arena, x, out, scratch, packed, 0, 1)
-
-
-@njit(parallel=True, **_JIT)
-def run_parallel(program, tensors, arena, x, out, scratch, packed, n_threads):
-    """:func:`refresh_packed` (serially, before the threads start), then :func:`run_thread`
-    on ``n_threads`` threads, one parallel region."""
-    refresh_packed(program, tensors, packed)
+def _run_threads(thread_kernel, program, tensors, arena, x, out, scratch, packed, n_threads):
+    """:func:`run_thread` on ``n_threads`` threads, one parallel region. ``thread_kernel`` is
+    :func:`run_thread` as a first-class function pointer (:func:`entries`): called through
+    it, the whole network's code is compiled once, not once more inside this loop (which
+    doubled a cold start: 41 s for the kernel, 27 s more for the loop that inlined it)."""
     for thread in prange(n_threads):
-        run_thread(program, tensors, arena, x, out, scratch, packed, np.intp(thread),
-                   n_threads)
+        thread_kernel(program, tensors, arena, x, out, scratch, packed, np.intp(thread),
+                      n_threads)
+
+
+_run_threads_jit = njit(parallel=True, **_JIT)(_run_threads)
+
+
+def entries(arg_types: tuple):
+    """``(refresh, one_thread, threads)``: compiled entry points for arguments of these types
+    (``program, tensors, arena, x, out, scratch, packed``), called without Numba's per-call
+    type dispatch: ``refresh(program, tensors, packed)`` (:func:`refresh_packed`),
+    ``one_thread(program, tensors, arena, x, out, scratch, packed, 0, 1)`` and
+    ``threads(pointer, program, ..., packed, n_threads)`` with the returned ``pointer``
+    (:func:`run_thread` as a first-class function)."""
+    from numba import types
+    from numba.core.types.function_type import CompileResultWAP
+
+    program_t, tensors_t, arena_t, x_t, out_t, scratch_t, packed_t = arg_types
+    refresh_args = (program_t, tensors_t, packed_t)
+    refresh_packed.compile(refresh_args)
+    thread_args = arg_types + (types.intp, types.intp)
+    run_thread.compile(thread_args)
+    compiled = run_thread.overloads[thread_args]
+    pointer = CompileResultWAP(compiled)
+    loop_args = (types.FunctionType(types.void(*thread_args)),) + arg_types + (types.intp,)
+    _run_threads_jit.compile(loop_args)
+    return (refresh_packed.overloads[refresh_args].entry_point, compiled.entry_point,
+            _run_threads_jit.overloads[loop_args].entry_point, pointer)
