@@ -18,9 +18,13 @@
 # 5. measure the small overheads that shaped the kernels: waking a thread pool, loops that
 #    Numba cannot vectorise, and memory faulted back in between training steps;
 # 6. look at memory layout and precision;
+# 7. serve one image at a time: compare its arithmetic floor with what a forward pass takes,
+#    find where the rest goes layer by layer, and run the whole network as **one compiled
+#    call** (`minicnn.inference`), timed against the layers from batch 1 to 64;
 #
 # and finally write the shift trick yourself, and a parallel Numba kernel that you place on
-# your machine's **roofline** (its GEMM peak and memory bandwidth, measured live).
+# your machine's **roofline** (its GEMM peak and memory bandwidth, measured live). Section 7
+# has a small exercise of its own: the arithmetic floor, in microseconds.
 #
 # All timings are measured on *your* machine right now. A machine busy with other work gives
 # noisy numbers, so we interleave the runs we compare and read the results as ratios and
@@ -44,7 +48,7 @@ import numpy as np
 import threadpoolctl
 from numba import njit, prange
 
-from minicnn import models, nn
+from minicnn import inference, models, nn
 from minicnn.kernels import blas, numba_backend, onepool, reference, threads
 from minicnn.kernels.im2col import im2col
 from exercise_checks import check_bias_relu, library_bias_relu
@@ -922,6 +926,278 @@ print(f"conv forward on one thread: float32 {precision['float32'][1] * 1e3:.2f} 
 # everything is as we found it.
 assert threads.get_num_threads() == start_threads
 assert numba_backend.USE_ONEPOOL == start_onepool
+
+# %% [markdown]
+# ## 7. One image at a time: per-call overhead and the whole-network plan
+#
+# Everything so far timed batches of 32 or 64: training, where thousands of images wait to be
+# processed. A model that *serves* answers often sees one image at a time (a camera frame, a
+# request), and batch 1 is a different problem. The arithmetic shrinks 64-fold; the number of
+# Python calls, argument checks, array allocations and kernel launches per forward pass does
+# not. Start with the arithmetic: `models.profile` counts one image's FLOPs per layer, and
+# section 4 measured this machine's GEMM rate on one core (`peak`, GFLOP/s). FLOPs divided by
+# that rate is the **arithmetic floor**: the time one image would take if every FLOP ran at
+# the speed of a large, well-shaped GEMM. Nothing that does those FLOPs runs faster on one
+# core (Winograd's trick of section 3 does fewer multiplies than the count, so the floor is
+# that of the direct arithmetic); everything above it is work that is not arithmetic, or
+# arithmetic done slower than the peak.
+#
+# ### Exercise: the arithmetic floor
+#
+# Write `arithmetic_floor_us(flops, gflops)`: the time in **microseconds** that `flops`
+# floating-point operations take at a rate of `gflops` GFLOP/s (10^9 FLOP per second).
+# `flops` is a number or an array (one entry per layer); the result has its shape. It is one
+# line; the units are the exercise. Until yours passes, the tutorial uses the library's
+# version (the worked solution is in `solutions/09_making_it_fast.py`).
+
+# %%
+@exercise("09_making_it_fast")
+def arithmetic_floor_us(flops, gflops):
+    """Microseconds that ``flops`` FLOPs take at ``gflops`` GFLOP/s.
+
+    flops: float or ndarray (any shape); gflops: float -> float or ndarray (flops' shape).
+    """
+    # YOUR CODE HERE: one line, in microseconds.
+    raise NotImplementedError("fill in arithmetic_floor_us")
+
+
+def library_arithmetic_floor_us(flops, gflops):
+    """flops / (gflops * 1e9) seconds, in microseconds (flops' shape)."""
+    return np.asarray(flops, dtype=np.float64) / (gflops * 1e9) * 1e6
+
+
+def check_arithmetic_floor_us(fn):
+    """Cases whose answers differ by the usual unit slips (s, ms, ns, a ratio upside down)."""
+    cases = [(2e9, 1.0), (8.5e6, 100.0), (np.array([476_672.0, 0.0, 802_944.0]), 40.0)]
+    for flops, gflops in cases:
+        expected = library_arithmetic_floor_us(flops, gflops)
+        got = fn(flops, gflops)
+        if got is None:
+            raise AssertionError("arithmetic_floor_us returned None: did it forget to return?")
+        got = np.asarray(got, dtype=np.float64)
+        what = f"arithmetic_floor_us({flops!r}, {gflops!r})"
+        if got.shape != expected.shape:
+            raise AssertionError(f"{what}: shape {got.shape}, expected {expected.shape} "
+                                 f"(one floor per entry of flops)")
+        if np.allclose(got, expected, rtol=1e-9, atol=0):
+            continue
+        scale = float(np.max(expected))
+        for unit, factor in (("milliseconds", 1e-3), ("seconds", 1e-6), ("nanoseconds", 1e3)):
+            if np.allclose(got, expected * factor, rtol=1e-6, atol=0):
+                raise AssertionError(f"{what} = {np.max(got):.6g}: that is the time in {unit}; "
+                                     f"the exercise asks for microseconds ({scale:.6g})")
+        raise AssertionError(f"{what}: got {got!r}, expected {expected!r} (seconds are "
+                             f"flops / (gflops * 1e9); a microsecond is 1e-6 s)")
+
+
+floor_us = check_exercise("arithmetic_floor_us", arithmetic_floor_us,
+                          check_arithmetic_floor_us, reference=library_arithmetic_floor_us)
+
+# %% [markdown]
+# Now the floor of one MNIST CNN image on this machine, against what the model really takes
+# for it: `model(x)` in eval mode, the fused `Conv2d -> ReLU -> MaxPool2d` blocks included, on
+# one thread (the plan below splits a batch by samples, so it runs a batch of one on one
+# thread anyway). We time a loop of calls and divide, so that the clock's own resolution does
+# not matter.
+
+# %%
+serving_net = models.mnist_cnn(rng=0).eval()
+one_image = rng.standard_normal((1, 1, 28, 28), dtype=np.float32)
+serving_info = models.profile(serving_net, (1, 28, 28))
+image_flops = np.array([info.flops for info in serving_info], dtype=np.float64)
+CALLS = loop_length(full=50, fast=10)               # calls per timed sample
+OVERHEAD_REPEATS = loop_length(full=10, fast=5)
+
+
+def per_call_s(fn, calls=CALLS, repeats=OVERHEAD_REPEATS):
+    """Fastest of `repeats` timings of `calls` back-to-back calls of fn, per call, in s."""
+    return median_time(lambda: [fn() for _ in range(calls)], repeats=repeats)[1] / calls
+
+
+floor_total_us = float(np.sum(floor_us(image_flops, peak)))
+with threads_at(1):
+    model_us = per_call_s(lambda: serving_net(one_image)) * 1e6
+print(f"one image: {image_flops.sum() / 1e6:.2f} MFLOP; at the one-core GEMM peak of "
+      f"{peak:.0f} GFLOP/s that is {floor_total_us:.1f} us")
+print(f"serving_net(one_image) takes {model_us:.1f} us: {model_us / floor_total_us:.1f}x the "
+      f"floor; {model_us - floor_total_us:.1f} us ({1 - floor_total_us / model_us:.0%}) "
+      f"are not the floor's arithmetic")
+
+# %% [markdown]
+# ### Where the rest goes, layer by layer
+#
+# Call each layer on its own, at batch 1, and set its time against its own floor. Next to
+# them, two calls that do no work at all: a ReLU layer on a 1-element array (the Python of a
+# layer call: the argument checks, the output allocation, the kernel's dispatch) and section
+# 5's empty compiled function (`touch`, the cost of entering compiled code from Python).
+
+# %%
+layer_inputs = [one_image]
+for layer in serving_net:                             # each layer's input, at batch 1
+    layer_inputs.append(layer(layer_inputs[-1]))
+empty_relu = nn.ReLU()
+tiny = np.zeros(1, dtype=np.float32)
+with threads_at(1):
+    layer_us = np.array([per_call_s(lambda: layer(layer_input)) * 1e6
+                         for layer, layer_input in zip(serving_net, layer_inputs[:-1])])
+    empty_layer_us = per_call_s(lambda: empty_relu(tiny)) * 1e6
+    empty_compiled_us = per_call_s(lambda: touch(counters)) * 1e6
+layer_floor_us = floor_us(image_flops, peak)
+
+print(f"{'layer':<12} {'output':>12} {'kFLOP':>8} {'floor us':>9} {'measured us':>12} "
+      f"{'above floor':>12}")
+for info, floor, measured in zip(serving_info, layer_floor_us, layer_us):
+    shape = "x".join(str(s) for s in info.output_shape)
+    print(f"{info.name + ' ' + info.kind:<12} {shape:>12} {info.flops / 1e3:8.1f} "
+          f"{floor:9.2f} {measured:12.1f} {measured - floor:12.1f}")
+print(f"{'sum':<12} {'':>12} {image_flops.sum() / 1e3:8.1f} {layer_floor_us.sum():9.2f} "
+      f"{layer_us.sum():12.1f} {layer_us.sum() - layer_floor_us.sum():12.1f}")
+print(f"an empty layer call (ReLU on 1 element): {empty_layer_us:.1f} us; entering an empty "
+      f"compiled function: {empty_compiled_us:.2f} us")
+print(f"{len(serving_net)} layer calls x the empty layer call = "
+      f"{len(serving_net) * empty_layer_us:.0f} us of the {layer_us.sum():.0f} us the layers "
+      f"take one by one (the model's own call, with its fused blocks: {model_us:.0f} us)")
+
+# %% [markdown]
+# Read the table by its last column (your figures are above; what follows is what to look
+# for). The layers that do almost no arithmetic (the ReLUs, the poolings, the flatten, the
+# last `Linear`) should cost a few times the empty layer call: at batch 1 their time *is*
+# overhead. The convolutions sit far above their floors because a GEMM for one image is small
+# and thin (the first layer: 32 filters of 9 taps against one image's 784 positions), and a
+# small GEMM runs far from the peak that a 512x512 one reaches. And the first `Linear` is
+# memory-bound: at batch 1 it is a matrix-*vector* product that reads all of its 3136x128
+# weights (1.6 MB) to do 2 FLOPs per weight, 0.5 FLOP per byte, so memory, not arithmetic,
+# sets its time (the roofline exercise at the end of this tutorial measures that limit). At
+# batch 64 the same weights serve 64 rows.
+#
+# ### The whole network in one call
+#
+# `minicnn.inference` removes the per-layer cost altogether. `inference.plan_for(model,
+# input_shape)` reads the layers once and writes down a *plan*: a short list of steps that one
+# compiled function (`minicnn/kernels/network.py`) runs from start to end, with no Python
+# between the layers.
+
+# %%
+plan = inference.plan_for(serving_net, (1, 28, 28))
+print(plan)
+
+# %% [markdown]
+# Each line is one step; the names in brackets are the layers it stands for.
+#
+# - **conv**: a convolution, then, per output channel and while the values are still in
+#   cache, its bias, a batch norm folded in from its running statistics (in eval mode a batch
+#   norm is a per-channel scale and shift), the activation and the 2x2 max pooling: a whole
+#   `Conv2d -> ReLU -> MaxPool2d` block is one step. `gemm` means an unrolled matrix and a GEMM
+#   (per sample or per small group of samples), `winograd` the F(2x2, 3x3) of section 3.
+# - **flatten** turns each sample's maps into one row of features, the layout a linear
+#   layer's GEMM wants; from there on, the **linear** steps take the rows of all the
+#   samples a thread holds (its share of the batch) in one GEMM, with the bias and
+#   activation in the same pass.
+# - The *buffers* are a few per-thread scratch arrays that the steps read and write in turn
+#   (0 -> 1 -> 0 ...): allocated once and reused from call to call, not once per layer.
+#
+# `inference.forward(model, x)` runs the plan: **one** compiled call per batch. The weights
+# are not copied into the plan: it reads the layers' own arrays at every call (the "tensors
+# read live" above), so a training step or an edit between two calls is seen by the next one.
+# It computes the same function as the layers, in another summation order, so the outputs
+# agree to float32 rounding, not bit for bit. We check both, at the batch sizes we are about
+# to time. (The first call compiles the network kernel; Numba caches it on disk, but in a
+# fresh installation that first compile can take a minute.)
+
+# %%
+PLAN_BATCHES = (1, 2, 8, 64)
+plan_inputs = {n: rng.standard_normal((n, 1, 28, 28), dtype=np.float32) for n in PLAN_BATCHES}
+with threads_at(1):          # one thread, as timed below: one kernel to compile, not two
+    for n, images in plan_inputs.items():
+        by_plan = inference.forward(serving_net, images, use_plan=True)
+        by_layers = serving_net(images)
+        worst = np.abs(by_plan - by_layers).max() / np.abs(by_layers).max()
+        assert by_plan.shape == by_layers.shape == (n, 10)
+        assert worst < 1e-4, f"batch {n}: the plan differs from the layers by {worst:.1e}"
+        print(f"batch {n:2d}: plan == layers to {worst:.1e} of the largest logit")
+
+    last_bias = serving_net[-1].bias.data             # edited in place, then put back
+    before = inference.forward(serving_net, one_image, use_plan=True)
+    last_bias += 1.0
+    after = inference.forward(serving_net, one_image, use_plan=True)
+    last_bias -= 1.0
+assert np.allclose(after - before, 1.0, atol=1e-5), "the plan did not see the edited bias"
+print("an in-place edit of the last bias moved every logit by", float((after - before).mean()))
+
+# %% [markdown]
+# Now the race: `inference.forward(net, x, use_plan=True)` against `net(x)` on one thread, at
+# batch 1, 2, 8 and 64, each timed over the same number of images, interleaved as in section
+# 1. We report the time **per image**.
+#
+# What to expect. At batch 1 the plan should win clearly: it pays the call overhead once
+# instead of once per layer. As the batch grows, the overhead is shared by more images on both
+# sides and the arithmetic takes over, and there the layers have the kernels built for it:
+# the one-pool convolutions stack several samples into each GEMM (the shift trick's
+# `SHIFT_GROUP`, Winograd's tiles of many samples), long GEMMs that run near the peak. The
+# plan's GEMMs grow much less with the batch: a thread carries only a cache's worth of
+# samples through all the steps at a time, and its convolutions multiply one sample (or one
+# chunk of Winograd tiles) per GEMM. So the plan's lead shrinks as the batch grows, and at
+# some batch size the layers catch up. `inference.forward` therefore uses the plan only up to
+# `inference.PLAN_MAX_BATCH` images unless told otherwise, a threshold measured on the
+# machine minicnn was written on; your own crossover is printed below.
+
+# %%
+images_per_sample = loop_length(full=128, fast=64)   # images per timed sample, every batch
+plan_repeats = loop_length(full=8, fast=3)
+plan_us, layers_us = {}, {}                           # batch -> microseconds per image
+with threads_at(1):
+    for n, images in plan_inputs.items():
+        calls = max(1, images_per_sample // n)
+        timings = race({
+            "plan": lambda: [inference.forward(serving_net, images, use_plan=True)
+                             for _ in range(calls)],
+            "layers": lambda: [serving_net(images) for _ in range(calls)]},
+            repeats=plan_repeats)
+        plan_us[n] = timings["plan"][1] / (calls * n) * 1e6
+        layers_us[n] = timings["layers"][1] / (calls * n) * 1e6
+        print(f"batch {n:2d}: plan {plan_us[n]:7.1f} us per image, layers "
+              f"{layers_us[n]:7.1f} us per image  (layers / plan = "
+              f"{layers_us[n] / plan_us[n]:.2f}x)")
+plan_wins = [n for n in PLAN_BATCHES if plan_us[n] < layers_us[n]]
+layers_win = [n for n in PLAN_BATCHES if layers_us[n] <= plan_us[n]]
+print("faster here: the plan at " + (f"batch {plan_wins}" if plan_wins else "no batch size")
+      + ", the layers at " + (f"batch {layers_win}" if layers_win else "no batch size")
+      + f" of {list(PLAN_BATCHES)}; inference.forward picks the plan up to batch "
+      f"{inference.PLAN_MAX_BATCH} by default")
+print(f"at batch 1 the plan takes {plan_us[1]:.1f} us: {plan_us[1] / floor_total_us:.1f}x "
+      f"the floor of {floor_total_us:.1f} us (the layers: "
+      f"{layers_us[1] / floor_total_us:.1f}x)")
+
+fig, ax = plt.subplots(figsize=(7.5, 4.2))
+batches = np.array(PLAN_BATCHES)
+ax.plot(batches, [plan_us[n] for n in PLAN_BATCHES], "o-", label="inference.forward (the plan)")
+ax.plot(batches, [layers_us[n] for n in PLAN_BATCHES], "s-", label="net(x) (the layers)")
+ax.axhline(floor_total_us, color="k", ls="--", lw=1,
+           label=f"arithmetic floor at the GEMM peak ({floor_total_us:.0f} us)")
+ax.axvline(inference.PLAN_MAX_BATCH, color="0.6", ls=":", lw=1,
+           label=f"inference.PLAN_MAX_BATCH = {inference.PLAN_MAX_BATCH}")
+ax.set_xscale("log", base=2)
+ax.set_ylim(bottom=0)
+ax.set_xticks(batches)
+ax.set_xticklabels([str(n) for n in PLAN_BATCHES])
+ax.set(xlabel="batch size", ylabel="microseconds per image (fastest run)",
+       title="MNIST CNN eval forward on one thread: one compiled call against the layers")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8)
+show(fig, "plan_vs_layers")
+assert threads.get_num_threads() == start_threads
+
+# %% [markdown]
+# The picture has two regimes. On the left, time per image is set by what each call costs,
+# and the plan's single call wins; on the right, by how fast the arithmetic runs, where the
+# batch-tuned kernels catch up. Neither line should reach the dashed floor: at batch 1 the
+# plan still runs small GEMMs and a memory-bound `Linear`, and at any batch a convolution's
+# unrolling, padding and pooling move bytes that the floor does not count. Where exactly the
+# lines meet depends on the machine and its load (run the cell again and it may move by a
+# batch size); that the plan's lead shrinks as the batch grows does not. With more threads
+# the plan splits a batch between them as the layers do (`inference.forward(...,
+# n_threads=...)`), but a batch of one has nothing to split, which is why a server that
+# answers one request at a time cares about the left side of this plot.
 
 # %% [markdown]
 # ## Exercise

@@ -1,7 +1,7 @@
-"""Worked solution to tutorial 09's exercise (loaded when MINICNN_TUTORIAL_SOLUTIONS=1).
+"""Worked solutions to tutorial 09's exercises (loaded when MINICNN_TUTORIAL_SOLUTIONS=1).
 
-The tutorial compiles it with ``numba.njit(parallel=True)``; ``prange`` is ``range`` outside
-Numba, so this file imports without compiling anything.
+The tutorial compiles ``bias_relu`` with ``numba.njit(parallel=True)``; ``prange`` is
+``range`` outside Numba, so this file imports without compiling anything.
 """
 
 import numpy as np
@@ -26,3 +26,12 @@ def bias_relu(x, bias):
                 value = x[n, c, h, w] + b
                 y[n, c, h, w] = value if value > 0 else 0
     return y
+
+
+def arithmetic_floor_us(flops, gflops):
+    """Microseconds that ``flops`` FLOPs take at ``gflops`` GFLOP/s.
+
+    flops: float or ndarray (any shape); gflops: float -> float or ndarray (flops' shape).
+    """
+    # gflops * 1e9 FLOP per second gives seconds; a microsecond is 1e-6 s, hence the 1e6.
+    return flops / (gflops * 1e9) * 1e6
