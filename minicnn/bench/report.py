@@ -7,11 +7,10 @@ All three read the same result dictionary built by :func:`minicnn.bench.cli.run`
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from .. import allocator
+from ..serialize import atomic_write, write_text
 
 #: One colour per implementation, the same in every chart.
 COLORS = {"reference": "#8c8c8c", "im2col": "#4c72b0", "numba": "#dd8452", "numpy": "#55a868",
@@ -20,28 +19,9 @@ COLORS = {"reference": "#8c8c8c", "im2col": "#4c72b0", "numba": "#dd8452", "nump
           "minicnn-int8": "#64b5cd"}
 
 
-def _atomic_write(path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename (no half files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
-
-
 def write_json(results: dict, path) -> Path:
-    """Write ``results`` as indented JSON."""
-    def write(name):
-        with open(name, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=1)
-            handle.write("\n")
-    return _atomic_write(path, write)
+    """Write ``results`` as indented JSON, atomically (:func:`minicnn.serialize.write_text`)."""
+    return write_text(path, json.dumps(results, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -488,11 +468,7 @@ def markdown(results: dict) -> str:
 
 
 def write_markdown(results: dict, path) -> Path:
-    text = markdown(results)
-
-    def write(name):
-        Path(name).write_text(text, encoding="utf-8")
-    return _atomic_write(path, write)
+    return write_text(path, markdown(results))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -625,9 +601,7 @@ def write_plot(results: dict, path) -> Path:
         f"(lower is better)", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.98))
 
-    def write(name):
-        figure.savefig(name, dpi=110, format="png")
     try:
-        return _atomic_write(path, write)
+        return atomic_write(path, lambda handle: figure.savefig(handle, dpi=110, format="png"))
     finally:
         plt.close(figure)
