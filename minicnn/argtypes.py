@@ -50,6 +50,27 @@ def positive_float(text: str) -> float:
     return value
 
 
+def name_list(text: str, allowed, what: str, example: str) -> tuple[str, ...]:
+    """A comma-separated list of names from ``allowed``, in order, repeats dropped: the type of
+    options such as ``--backends numba,torch`` and ``--competitors torch-tuned,onnxruntime``.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For an empty entry (``"a,,b"``), naming an example, or an unknown name, listing the
+        choices; ``what`` is the plural noun (``"backends"``).
+    """
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty name in {text!r}; expected e.g. {example}")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(allowed)}")
+    return tuple(dict.fromkeys(names))
+
+
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity; all of them off Linux)."""
     try:

@@ -202,3 +202,16 @@ def test_the_first_slow_step_is_reported_as_compile_time_once():
     assert short_epoch.record(5.0) is None and short_epoch.record(0.2) is None
     assert short_epoch.finish().startswith("compiled kernels in 4.8 s")
     assert short_epoch.finish() is None                 # once
+
+
+def test_name_list_keeps_order_drops_repeats_and_names_the_problem():
+    import argparse
+
+    from minicnn.argtypes import name_list
+
+    allowed = ("numba", "torch", "im2col")
+    assert name_list("torch, numba,torch", allowed, "backend(s)", "numba") == ("torch", "numba")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown backend\(s\) 'cuda'"):
+        name_list("numba,cuda", allowed, "backend(s)", "numba")
+    with pytest.raises(argparse.ArgumentTypeError, match="empty name.*e.g. numba"):
+        name_list("numba,,torch", allowed, "backend(s)", "numba")

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import allocator
-from ..argtypes import non_negative_int, positive_float, positive_int
+from ..argtypes import name_list, non_negative_int, positive_float, positive_int
 from .agreement import BenchError
 from .peers import PEERS, parse_competitors
 from .suites import SUITES, get_suite
@@ -63,24 +63,11 @@ def _thread_list(text: str) -> tuple[int, ...]:
 def _model_list(text: str) -> tuple[str, ...]:
     from ..models import MODELS
 
-    names = [part.strip() for part in text.split(",")]
-    unknown = [n for n in names if n not in MODELS]
-    if not all(names) or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) in {text!r}; choose from {', '.join(MODELS)}")
-    return tuple(dict.fromkeys(names))
+    return name_list(text, tuple(MODELS), "model(s)", "lenet5,mnist-cnn")
 
 
 def _backend_list(text: str) -> tuple[str, ...]:
-    names = [part.strip() for part in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"empty name in {text!r}; expected e.g. im2col,numba")
-    unknown = [n for n in names if n not in ALL_BACKENDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown backend(s) {', '.join(map(repr, unknown))}; choose from "
-            f"{', '.join(ALL_BACKENDS)}")
-    return tuple(dict.fromkeys(names))
+    return name_list(text, ALL_BACKENDS, "backend(s)", "im2col,numba")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -33,13 +33,14 @@ loosely (recorded as top-1 agreement, never an error).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..argtypes import name_list
 
 #: Variables ``--blas-native`` removes from the children's environment (so that OpenBLAS
 #: picks this CPU's own kernels); :mod:`.process` re-exports them.
@@ -118,18 +119,9 @@ def competitor(name: str) -> Competitor:
 
 def parse_competitors(text: str) -> tuple[str, ...]:
     """``--competitors``: ``all`` or a comma-separated list of :data:`PEERS` names."""
-    names = [part.strip() for part in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"empty name in {text!r}; expected e.g. "
-                                         "torch-tuned,onnxruntime")
-    if names == ["all"]:
+    if text.strip() == "all":
         return tuple(PEERS)
-    unknown = [n for n in names if n not in PEERS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown competitor(s) {', '.join(map(repr, unknown))}; choose from all, "
-            f"{', '.join(PEERS)}")
-    return tuple(dict.fromkeys(names))
+    return name_list(text, tuple(PEERS), "competitor(s)", "torch-tuned,onnxruntime")
 
 
 def select(minicnn_backends, competitors=None, torch_asked: bool = False) -> list[str]:
