@@ -183,3 +183,18 @@ def test_auto_runs_the_plan_for_small_batches_only(monkeypatch):
     assert calls == [inference.PLAN_MAX_BATCH + 1]
     strided = rng.standard_normal((2, 2) + shape[1:]).astype(np.float32)[:, :1]
     _close(inference.forward(net, strided, use_plan=True), net(np.ascontiguousarray(strided)))
+
+
+def test_a_planned_model_still_copies_and_the_copy_plans_apart():
+    """Plans live beside the model, not in it: deepcopy (explore's float64 copy, tutorials)
+    works after a planned call, and the copy's own weights are what its plan reads."""
+    import copy
+
+    net, shape = _model("mnist-cnn")
+    x = np.random.default_rng(9).standard_normal((1,) + shape).astype(np.float32)
+    inference.forward(net, x, use_plan=True)
+    twin = copy.deepcopy(net)
+    twin[0].weight.data *= -1
+    _close(inference.forward(twin, x, use_plan=True), twin(x))
+    _close(inference.forward(net, x, use_plan=True), net(x))
+    assert twin.double()(x.astype(np.float64)).dtype == np.float64

@@ -31,6 +31,7 @@ What it promises:
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import NamedTuple
 
 import numba
@@ -94,8 +95,16 @@ def plan_for(model: nn.Module, input_shape, softmax: bool = False) -> NetworkPla
     return _prepared(model, tuple(int(s) for s in input_shape), softmax).plan
 
 
+#: Each model's plans, beside the model rather than in it: what a plan holds (a typed list
+#: of views, scratch rows) cannot be copied or pickled, and ``copy.deepcopy(model)`` must
+#: keep working. Entries go when their model does.
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def _prepared(model: nn.Module, input_shape: tuple, softmax: bool) -> _Prepared:
-    cache = model.__dict__.setdefault("_inference_plans", {})
+    cache = _PLANS.get(model)
+    if cache is None:
+        cache = _PLANS[model] = {}
     signature = _signature(model)
     if cache.get("signature") != signature:
         cache.clear()
