@@ -54,7 +54,7 @@ GROUP_BYTES = 1 << 20
 
 class _Prepared(NamedTuple):
     plan: NetworkPlan
-    program: _network.Program
+    program: np.ndarray       # STEP_DTYPE records, one per step
     arrays: list              # the arrays last read from the tensor sources
     tensors: typed.List       # 1-D views of them, as the kernel takes them
 
@@ -165,11 +165,11 @@ def group_size(plan: NetworkPlan, per_thread: int) -> int:
 _entries: list = []
 
 
-def _entry_points(args: tuple):
+def _entry_points(args: tuple) -> _network.Entries:
     """The compiled entry points (:func:`minicnn.kernels.network.entries`), called without
-    Numba's per-call type dispatch (working out the types of a 30-array record takes ~400
-    us, most of a batch of one's time). Every call passes the same types (a
-    :class:`~minicnn.kernels.network.Program` of int64 and float64 arrays, float32
+    Numba's per-call type dispatch (working out the types of every argument takes tens of
+    microseconds, a good part of a batch of one's time). Every call passes the same types
+    (a structured array of :data:`~minicnn.kernels.network.STEP_DTYPE`, float32
     C-contiguous arrays), so one set serves all."""
     if not _entries:
         _entries.append(_network.entries(tuple(numba.typeof(a) for a in args)))
@@ -234,14 +234,19 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
                                       (n,) + plan.output_shape, int(np.prod(plan.output_shape)))
     arena, scratch, packed, out_shape, out_size = call
     out = np.empty((n, out_size), dtype=np.float32)
-    args = (prepared.program, prepared.tensors, arena, x, out, scratch, packed)
-    refresh, one_thread, many_threads, pointer = _entry_points(args)
-    with _threads.blas_single_threaded():
-        refresh(prepared.program, prepared.tensors, packed)
-        if threads == 1:
-            one_thread(*args, 0, 1)
-        else:
-            many_threads(pointer, *args, threads)
+    program, tensors = prepared.program, prepared.tensors
+    entry = _entry_points((program, tensors, arena, x, out, scratch, packed))
+    kernels = plan.__dict__.get("_kernels")
+    if kernels is None:     # the addresses of the step kernels it calls (compiled on first use)
+        kernels = plan.__dict__["_kernels"] = entry.kernels(program)
+    entry.refresh(program, tensors, packed)
+    if threads == 1:
+        # One caller of BLAS: it may use its own threads as it likes (holding it at one and
+        # back costs 6-9 us, a tenth of a small network's batch of one).
+        entry.one_thread(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)
+    else:
+        with _threads.blas_single_threaded():       # each Numba thread calls BLAS itself
+            entry.threads(program, kernels, tensors, arena, x, out, scratch, packed, threads)
     return out.reshape(out_shape)
 
 

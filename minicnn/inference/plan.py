@@ -59,7 +59,7 @@ class InputMismatch(Unsupported):
 @dataclass
 class Step:
     """One step, readable: what it does, which layers it stands for, its fields (the
-    :class:`minicnn.kernels.network.Program` entries, by name)."""
+    :data:`minicnn.kernels.network.STEP_DTYPE` fields, by name)."""
 
     op: int
     layers: list[str]
@@ -141,13 +141,18 @@ class NetworkPlan:
     fallback: str | None = None
     warn: bool = False
 
-    def program(self) -> K.Program:
-        """The steps as the compiled kernel's :class:`~minicnn.kernels.network.Program`."""
-        columns = {}
-        for name in K.Program._fields:
-            dtype = np.float64 if name in ("slope", "bn_eps") else np.int64
-            columns[name] = np.array([step.fields[name] for step in self.steps], dtype=dtype)
-        return K.Program(**columns)
+    def program(self) -> np.ndarray:
+        """The steps as the compiled kernels take them: a structured array of
+        :data:`~minicnn.kernels.network.STEP_DTYPE` records, one per step, each with the index
+        of the step kernel that runs it."""
+        program = np.zeros(len(self.steps), dtype=K.STEP_DTYPE)
+        for record, step in zip(program, self.steps):
+            f = step.fields
+            for name in K.STEP_DTYPE.names:
+                if name != "kernel":
+                    record[name] = f[name]
+            record["kernel"] = K.kernel_for(step.op, f["algorithm"], f["sh"], f["sw"])
+        return program
 
     def __str__(self) -> str:
         c, h, w = self.input_shape

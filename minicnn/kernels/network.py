@@ -1,16 +1,18 @@
 """A whole network's inference forward as one compiled call: the kernels of a network plan.
 
-:mod:`minicnn.inference.plan` turns a model's layers into a :class:`Program`, a short list of
-*steps* (a convolution with its bias, folded batch norm, residual add, activation and 2x2 max
-pooling; a pooling; a flatten; a linear layer with its epilogue; a softmax). This module runs
-a program: :func:`forward` is the one compiled entry per call. Each Numba thread takes its
-share of the batch in *groups* of a few samples and carries each group through **every** step
+:mod:`minicnn.inference.plan` turns a model's layers into a *program*: a short array of
+*steps*, records of named fields (:data:`STEP_DTYPE`): a convolution with its bias, folded
+batch norm, residual add, activation and 2x2 max pooling; a pooling; a flatten; a linear layer
+with its epilogue; a softmax. This module runs a program: :func:`run_thread` and its parallel
+loop are the one compiled call per batch, and each step runs in its *step kernel*
+(:data:`STEP_KERNELS`), called through a function pointer. Each Numba thread takes its share
+of the batch in *groups* of a few samples and carries each group through **every** step
 before it starts the next group, so a group's activations stay in that thread's cache from
 one layer to the next and there is one parallel region per call, not one per layer, and no
 Python between layers.
 
 Layout inside a thread. A group's activations live in one of a few per-thread *buffers*
-(``program.src[step]`` and ``program.dst[step]`` say which): spatially as ``(C, G, H, W)``
+(``p.src`` and ``p.dst`` say which): spatially as ``(C, G, H, W)``
 ("channels, then samples": a convolution's GEMM then reads ``C*kH*kW`` rows of ``G*H_out*W_out``
 columns and writes ``(C_out, G*H_out*W_out)``, which *is* the next layer's layout, with no
 transpose between layers), and after a flatten as rows ``(G, features)``, the layout a linear
@@ -37,7 +39,11 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange, uint64
+import numba
+from numba import njit, prange, types, uint64
+from numba.core import cgutils
+from numba.core.types.function_type import CompileResultWAP
+from numba.extending import intrinsic
 
 from .blas import NO_TRANS, TRANS
 from .blas import gemm as _gemm
@@ -55,7 +61,7 @@ IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH = range(5)
 ACTIVATION_NAMES = ("identity", "relu", "leaky-relu", "sigmoid", "tanh")
 
 # How a convolution step computes (``program.algorithm``): an unrolled matrix and a GEMM
-# (on the wide grid for stride 1, :func:`_conv_shifted`; on the output grid otherwise);
+# (on the wide grid for stride 1, :func:`conv_shifted_step`; on the output grid otherwise);
 # shifted multiply-adds, one output plane at a time (grouped and depthwise convolutions);
 # Winograd's F(2x2, 3x3) (3x3, stride 1, padding 0 or 1, many input channels).
 GEMM, DIRECT, WINOGRAD = range(3)
@@ -65,58 +71,32 @@ ALGORITHM_NAMES = ("gemm", "direct", "winograd")
 NONE = -1
 
 
-class Program(NamedTuple):
-    """A network plan's steps, one entry per step in every field (all ``int64`` unless said).
-
-    ``op``: what the step does (:data:`CONV` ...). ``src``, ``dst``: the per-thread buffers it
-    reads and writes; ``residual``: a buffer added before the activation, or :data:`NONE`.
-    ``c_in, h_in, w_in`` and ``c_out, h_out, w_out``: the activation's shape per sample before
-    and after the step (a flattened activation is ``(features, 1, 1)``). ``kh, kw, sh, sw, top,
-    left``: kernel, stride and top/left padding of a convolution or pooling; ``conv_h,
-    conv_w``: a convolution's own output size (before a fused pooling); ``rows``: 1 where the
-    step's output is rows ``(G, features)`` (after a flatten), 0 for ``(C, G, H, W)``;
-    ``algorithm``: how a convolution is computed (:data:`GEMM`, :data:`DIRECT`,
-    :data:`WINOGRAD`); ``packed_at``: where a Winograd step's transformed filters live in the
-    plan's ``packed`` array (see :func:`refresh_packed`), or :data:`NONE`; ``groups``; ``pool``: 1 where a 2x2, stride-2 max pooling follows the activation
-    (``h_out, w_out`` are then the pooled sizes); ``count_pad``: an average pooling divides by its whole window.
-    ``activation`` (:data:`RELU` ...) and ``slope`` (``float64``, LeakyReLU's). ``weight,
-    bias, bn_weight, bn_bias, bn_mean, bn_var``: indices into ``tensors``, or :data:`NONE`;
-    ``bn_eps`` (``float64``).
-    """
-
-    op: np.ndarray
-    src: np.ndarray
-    dst: np.ndarray
-    residual: np.ndarray
-    c_in: np.ndarray
-    h_in: np.ndarray
-    w_in: np.ndarray
-    c_out: np.ndarray
-    h_out: np.ndarray
-    w_out: np.ndarray
-    kh: np.ndarray
-    kw: np.ndarray
-    sh: np.ndarray
-    sw: np.ndarray
-    top: np.ndarray
-    left: np.ndarray
-    conv_h: np.ndarray
-    conv_w: np.ndarray
-    rows: np.ndarray
-    algorithm: np.ndarray
-    packed_at: np.ndarray
-    groups: np.ndarray
-    pool: np.ndarray
-    count_pad: np.ndarray
-    activation: np.ndarray
-    slope: np.ndarray
-    weight: np.ndarray
-    bias: np.ndarray
-    bn_weight: np.ndarray
-    bn_bias: np.ndarray
-    bn_mean: np.ndarray
-    bn_var: np.ndarray
-    bn_eps: np.ndarray
+#: One step of a program: a record of named fields (``int64`` unless said). A program is a
+#: NumPy structured array of these, one per step; a kernel reads ``p = program[step]`` and
+#: then ``p.c_out``, ``p.kh``... (one argument however many fields, where a tuple of arrays
+#: made every compiled function take and pass ~230 values, most of a cold start's time).
+#:
+#: ``op``: what the step does (:data:`CONV` ...); ``kernel``: which of :data:`STEP_KERNELS`
+#: runs it (:func:`kernel_for`). ``src``, ``dst``: the per-thread buffers it reads and
+#: writes; ``residual``: a buffer added before the activation, or :data:`NONE`. ``c_in, h_in,
+#: w_in`` and ``c_out, h_out, w_out``: the activation's shape per sample before and after the
+#: step (a flattened activation is ``(features, 1, 1)``). ``kh, kw, sh, sw, top, left``:
+#: kernel, stride and top/left padding of a convolution or pooling; ``conv_h, conv_w``: a
+#: convolution's own output size (before a fused pooling); ``rows``: 1 where the step's output
+#: is rows ``(G, features)`` (after a flatten), 0 for ``(C, G, H, W)``; ``algorithm``: how a
+#: convolution is computed (:data:`GEMM`, :data:`DIRECT`, :data:`WINOGRAD`); ``packed_at``:
+#: where a Winograd step's transformed filters live in the plan's ``packed`` array (see
+#: :func:`refresh_packed`), or :data:`NONE`; ``groups``; ``pool``: 1 where a 2x2, stride-2
+#: max pooling follows the activation (``h_out, w_out`` are then the pooled sizes);
+#: ``count_pad``: an average pooling divides by its whole window. ``activation`` (:data:`RELU`
+#: ...) and ``slope`` (``float64``, LeakyReLU's). ``weight, bias, bn_weight, bn_bias, bn_mean,
+#: bn_var``: indices into ``tensors``, or :data:`NONE`; ``bn_eps`` (``float64``).
+STEP_DTYPE = np.dtype([(name, np.float64 if name in ("slope", "bn_eps") else np.int64)
+                       for name in (
+    "op", "kernel", "src", "dst", "residual", "c_in", "h_in", "w_in", "c_out", "h_out", "w_out",
+    "kh", "kw", "sh", "sw", "top", "left", "conv_h", "conv_w", "rows", "algorithm", "packed_at",
+    "groups", "pool", "count_pad", "activation", "slope", "weight", "bias", "bn_weight",
+    "bn_bias", "bn_mean", "bn_var", "bn_eps")])
 
 
 class Arena(NamedTuple):
@@ -166,7 +146,7 @@ def _activate(v, kind, slope):
 
 
 @njit(**_JIT)
-def _affine_of(program, tensors, step, channels):
+def _affine_of(p, tensors, channels):
     """``affine (2, channels)``: per channel the ``scale`` and ``shift`` with ``epilogue(acc)
     = acc * scale + shift``: the bias, then the batch norm's running statistics and affine
     parameters (where there are). Read once per step and call: an item of the typed list of
@@ -177,17 +157,17 @@ def _affine_of(program, tensors, step, channels):
     for c in range(channels):
         scale[c] = 1
         shift[c] = 0
-    if program.bias[step] != NONE:
-        bias = tensors[program.bias[step]]
+    if p.bias != NONE:
+        bias = tensors[p.bias]
         for c in range(channels):
             shift[c] = bias[c]
-    if program.bn_mean[step] != NONE:
-        mean, var = tensors[program.bn_mean[step]], tensors[program.bn_var[step]]
-        eps = np.float32(program.bn_eps[step])
-        has_affine = program.bn_weight[step] != NONE
+    if p.bn_mean != NONE:
+        mean, var = tensors[p.bn_mean], tensors[p.bn_var]
+        eps = np.float32(p.bn_eps)
+        has_affine = p.bn_weight != NONE
         gamma, beta = mean, mean
         if has_affine:
-            gamma, beta = tensors[program.bn_weight[step]], tensors[program.bn_bias[step]]
+            gamma, beta = tensors[p.bn_weight], tensors[p.bn_bias]
         for c in range(channels):
             s = np.float32(1) / np.sqrt(var[c] + eps)
             b = np.float32(0)
@@ -231,10 +211,10 @@ def _finish(dest, src, scale, shift, residual, kind, slope):
 
 
 @njit(**_JIT)
-def _epilogue_rows(program, affine, step, y, residual, n_channels, length):
+def _epilogue_rows(p, affine, y, residual, n_channels, length):
     """In place on ``y`` viewed as ``(n_channels, length)``: bias / batch norm, the residual
     (same layout, or an empty array), the activation."""
-    kind, slope = program.activation[step], np.float32(program.slope[step])
+    kind, slope = p.activation, np.float32(p.slope)
     has_residual = residual.shape[0] > 0
     for c in range(n_channels):
         row = y[c * length:(c + 1) * length]
@@ -244,15 +224,7 @@ def _epilogue_rows(program, affine, step, y, residual, n_channels, length):
 
 
 @njit(**_JIT)
-def _finish_plane(program, affine, step, co, s, g, source, pitch, target, residual):
-    """Output channel ``co`` of sample ``s`` from raw sums on a grid of ``pitch`` columns into
-    ``target`` (all its rows: :func:`_finish_rows` with ``first_row = 0, row_step = 1``)."""
-    _finish_rows(program, affine, step, co, s, g, source, pitch, 0, 1, program.conv_h[step],
-                 target, residual)
-
-
-@njit(**_JIT)
-def _finish_rows(program, affine, step, co, s, g, source, pitch, first_row, row_step,
+def _finish_rows(p, affine, co, s, g, source, pitch, first_row, row_step,
                  n_rows, target, residual):
     """Rows ``first_row, first_row + row_step, ...`` (``n_rows`` of them) of output channel
     ``co`` of sample ``s``, from raw sums on a grid of ``pitch`` columns (``source`` row ``r``
@@ -263,8 +235,8 @@ def _finish_rows(program, affine, step, co, s, g, source, pitch, first_row, row_
     One slice per plane, then plain index arithmetic: a slice per row (28 values on MNIST)
     costs more than the row's arithmetic (each slice is a reference-count update, an atomic
     instruction; measured 3.5 of 4.3 ms of MNIST's first layer at batch 64)."""
-    oh, ow = program.conv_h[step], program.conv_w[step]
-    kind, slope = program.activation[step], np.float32(program.slope[step])
+    oh, ow = p.conv_h, p.conv_w
+    kind, slope = p.activation, np.float32(p.slope)
     scale, shift = affine[0, co], affine[1, co]
     at = (co * g + s) * oh * ow + first_row * ow
     dest = target[at:at + (n_rows - 1) * row_step * ow + ow]
@@ -294,6 +266,15 @@ def _finish_rows(program, affine, step, co, s, g, source, pitch, first_row, row_
 # --------------------------------------------------------------------------------------------
 # The steps, each on one group of ``g`` samples held as (C, g, H, W) or rows (g, features)
 # --------------------------------------------------------------------------------------------
+# The *step kernels* (``*_step``, :data:`STEP_KERNELS`) all take the same arguments, and a
+# thread calls them through a table of function pointers (``kernels[p.kernel]``), so each is
+# compiled and optimised once, on its own. Called directly, Numba links every callee's code
+# into its caller and LLVM optimises it all again at each level of calls: a cold start of the
+# whole network's code took 36 s that way, 30 of them in the three dispatching levels above
+# the arithmetic. Their arguments: ``p`` the step's record, ``tensors``, the group's input
+# ``x`` and output ``y``, ``residual`` (empty for none), working space ``work`` (grows with the
+# group), ``conv_out`` (an unpooled convolution output), ``fixed`` (does not grow with it),
+# ``packed`` (what the plan keeps between calls) and the group's size ``g``.
 @njit(**_JIT)
 def _unroll(x, cols, c_first, c_count, g, h, w, kh, kw, sh, sw, top, left, oh, ow):
     """im2col of channels ``[c_first, c_first + c_count)`` of ``x (C, g, h, w)`` into
@@ -353,15 +334,15 @@ def _max_pool_2x2(y, out, channels, g, h, w):
 
 
 @njit(**_JIT)
-def _conv_gemm(program, tensors, step, x, target, cols, g):
+def _conv_gemm(p, tensors, x, target, cols, g):
     """``target (C_out, g*oh*ow) = W (C_out, C_in*kh*kw) @ unrolled x``, per group of
     channels."""
-    c_in, h, w = program.c_in[step], program.h_in[step], program.w_in[step]
-    c_out, kh, kw = program.c_out[step], program.kh[step], program.kw[step]
-    sh, sw, top, left = program.sh[step], program.sw[step], program.top[step], program.left[step]
-    oh, ow, groups = program.conv_h[step], program.conv_w[step], program.groups[step]
+    c_in, h, w = p.c_in, p.h_in, p.w_in
+    c_out, kh, kw = p.c_out, p.kh, p.kw
+    sh, sw, top, left = p.sh, p.sw, p.top, p.left
+    oh, ow, groups = p.conv_h, p.conv_w, p.groups
     columns = g * oh * ow
-    weight = tensors[program.weight[step]]
+    weight = tensors[p.weight]
     cin_g, cout_g = c_in // groups, c_out // groups
     k = cin_g * kh * kw
     direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and top == 0 and left == 0
@@ -373,6 +354,19 @@ def _conv_gemm(program, tensors, step, x, target, cols, g):
             b = cols[:k * columns]
         _gemm(NO_TRANS, NO_TRANS, cout_g, columns, k, weight[grp * cout_g * k:], k, b, columns,
               0.0, target[grp * cout_g * columns:], columns)
+
+
+@njit(**_JIT)
+def conv_gemm_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
+    """A strided convolution: the unrolled matrix on the output grid, one GEMM, the epilogue
+    (bias / batch norm, residual, activation), then the fused pooling."""
+    target = conv_out if p.pool == 1 else y
+    _conv_gemm(p, tensors, x, target, work, g)
+    _epilogue_rows(p, _affine_of(p, tensors, p.c_out), target, residual, p.c_out,
+                   g * p.conv_h * p.conv_w)
+    if p.pool == 1:
+        _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
+
 
 
 @njit(**_JIT)
@@ -396,7 +390,7 @@ def _pad_planes(x, padded, planes, h, w, top, left, pitch, size):
 
 
 @njit(**_JIT)
-def _conv_shifted(program, tensors, affine, step, x, target, residual, work, g):
+def conv_shifted_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """A stride-1 convolution as a GEMM on a *wide grid*, one sample at a time (so that its
     unrolled matrix and sums stay in cache, whatever the group): each input plane is
     zero-padded to ``pitch = ow + kw - 1`` columns, so output ``(oy, ox)`` numbered ``q =
@@ -404,18 +398,20 @@ def _conv_shifted(program, tensors, affine, step, x, target, residual, work, g):
     tap ``(c, i, j)`` is one contiguous copy of ``oh*pitch`` values (not ``oh`` short rows),
     and the grid's last ``kw - 1`` columns, garbage, are dropped by the epilogue
     (:mod:`minicnn.kernels.onepool`'s unroll path)."""
-    c_in, h, w = program.c_in[step], program.h_in[step], program.w_in[step]
-    c_out, kh, kw = program.c_out[step], program.kh[step], program.kw[step]
-    top, left = program.top[step], program.left[step]
-    oh, ow = program.conv_h[step], program.conv_w[step]
+    target = conv_out if p.pool == 1 else y
+    affine = _affine_of(p, tensors, p.c_out)
+    c_in, h, w = p.c_in, p.h_in, p.w_in
+    c_out, kh, kw = p.c_out, p.kh, p.kw
+    top, left = p.top, p.left
+    oh, ow = p.conv_h, p.conv_w
     pitch = ow + kw - 1
     size = (oh + kh) * pitch         # one row more than a window reads: the wide grid's end
     wide = oh * pitch
     k = c_in * kh * kw
-    padded = work[:c_in * size]
-    cols = work[c_in * size:c_in * size + k * wide]
-    sums = work[c_in * size + k * wide:c_in * size + (k + c_out) * wide]
-    weight = tensors[program.weight[step]]
+    padded = fixed[:c_in * size]
+    cols = fixed[c_in * size:c_in * size + k * wide]
+    sums = fixed[c_in * size + k * wide:c_in * size + (k + c_out) * wide]
+    weight = tensors[p.weight]
     zero = np.float32(0)
     for q in range(c_in * size):
         padded[q] = zero
@@ -437,25 +433,30 @@ def _conv_shifted(program, tensors, affine, step, x, target, residual, work, g):
                         dest[q] = src[q]
         _gemm(NO_TRANS, NO_TRANS, c_out, wide, k, weight, k, cols, wide, 0.0, sums, wide)
         for co in range(c_out):
-            _finish_plane(program, affine, step, co, s, g, sums[co * wide:(co + 1) * wide],
-                          pitch, target, residual)
+            _finish_rows(p, affine, co, s, g, sums[co * wide:(co + 1) * wide], pitch, 0, 1,
+                         oh, target, residual)
+    if p.pool == 1:
+        _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
 
 
 @njit(**_JIT)
-def _conv_direct(program, tensors, affine, step, x, target, residual, padded, plane, g):
+def conv_direct_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """A stride-1 grouped convolution (depthwise included) as shifted multiply-adds, on the
-    same wide grid as :func:`_conv_shifted`: each tap is one long multiply-add over a whole
-    padded plane (which LLVM vectorises). ``plane`` holds one output plane's sums."""
-    c_in, h, w = program.c_in[step], program.h_in[step], program.w_in[step]
-    c_out, kh, kw = program.c_out[step], program.kh[step], program.kw[step]
-    top, left = program.top[step], program.left[step]
-    oh, ow, groups = program.conv_h[step], program.conv_w[step], program.groups[step]
+    same wide grid as :func:`conv_shifted_step`: each tap is one long multiply-add over a whole
+    padded plane (which LLVM vectorises)."""
+    target = conv_out if p.pool == 1 else y
+    affine = _affine_of(p, tensors, p.c_out)
+    padded, plane = work, fixed      # the padded planes; one output plane's sums
+    c_in, h, w = p.c_in, p.h_in, p.w_in
+    c_out, kh, kw = p.c_out, p.kh, p.kw
+    top, left = p.top, p.left
+    oh, ow, groups = p.conv_h, p.conv_w, p.groups
     pitch = ow + kw - 1
     size = (oh + kh) * pitch
     wide = oh * pitch
     zero = np.float32(0)
     _pad_planes(x, padded, c_in * g, h, w, top, left, pitch, size)
-    weight = tensors[program.weight[step]]
+    weight = tensors[p.weight]
     cin_g, cout_g = c_in // groups, c_out // groups
     acc = plane[:wide]
     for co in range(c_out):
@@ -471,7 +472,9 @@ def _conv_direct(program, tensors, affine, step, x, target, residual, padded, pl
                         src = padded[base + i * pitch + j:base + i * pitch + j + wide]
                         for q in range(wide):
                             acc[q] += wt * src[q]
-            _finish_plane(program, affine, step, co, s, g, acc, pitch, target, residual)
+            _finish_rows(p, affine, co, s, g, acc, pitch, 0, 1, oh, target, residual)
+    if p.pool == 1:
+        _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
 
 
 @njit(**_JIT)
@@ -504,13 +507,15 @@ WINOGRAD_TILES = 196
 
 
 @njit(**_JIT)
-def _conv_winograd(program, tensors, affine, step, x, target, residual, fixed, packed, g):
+def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Winograd's F(2x2, 3x3) (:mod:`minicnn.kernels.winograd`, whose input and output
     transforms this calls), a few samples at a time: their tiles transformed, 16 GEMMs
     ``M[ξ] = U[ξ] @ V[ξ]``, the output transform, then the epilogue into ``target``."""
-    c_in, h, w = program.c_in[step], program.h_in[step], program.w_in[step]
-    c_out, top, left = program.c_out[step], program.top[step], program.left[step]
-    oh, ow = program.conv_h[step], program.conv_w[step]
+    target = conv_out if p.pool == 1 else y
+    affine = _affine_of(p, tensors, p.c_out)
+    c_in, h, w = p.c_in, p.h_in, p.w_in
+    c_out, top, left = p.c_out, p.top, p.left
+    oh, ow = p.conv_h, p.conv_w
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     pitch = tw + 1
     per_sample = th * pitch
@@ -519,7 +524,7 @@ def _conv_winograd(program, tensors, affine, step, x, target, residual, fixed, p
     # the transformed filters (kept between calls: refresh_packed); working space: the phases
     # of one plane, Bᵀ d rows, then the chunk's transformed tiles V, products M, Aᵀ M sums
     # and output rows
-    packed_at = program.packed_at[step] + c_out * c_in * 9
+    packed_at = p.packed_at + c_out * c_in * 9
     u = packed[packed_at:packed_at + 16 * c_out * c_in]
     at = 0
     phases = fixed[at:at + 4 * (th + 2) * pitch].reshape((4, th + 2, pitch))
@@ -532,7 +537,8 @@ def _conv_winograd(program, tensors, affine, step, x, target, residual, fixed, p
     at += 16 * c_out * capacity
     sums = fixed[at:at + 8 * capacity].reshape((8, capacity))
     at += 8 * capacity
-    image = fixed[at:at + 4 * capacity].reshape((2, 2 * capacity))
+    flat_image = fixed[at:at + 4 * capacity]
+    image = flat_image.reshape((2, 2 * capacity))
     flat_phases = phases.reshape(4 * (th + 2) * pitch)
     for k in range(flat_phases.shape[0]):          # the phases' border cells stay zero
         flat_phases[k] = 0
@@ -559,42 +565,22 @@ def _conv_winograd(program, tensors, affine, step, x, target, residual, fixed, p
                     rows_here = (oh - half + 1) // 2
                     if rows_here == 0:
                         continue
-                    _finish_rows(program, affine, step, co, s0 + slot, g,
-                                 image[half, 2 * slot * per_sample:], 2 * pitch, half, 2,
-                                 rows_here, target, residual)
+                    _finish_rows(p, affine, co, s0 + slot, g,
+                                 flat_image[half * 2 * capacity + 2 * slot * per_sample:],
+                                 2 * pitch, half, 2, rows_here, target, residual)
+    if p.pool == 1:
+        _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
 
 
 @njit(**_JIT)
-def _conv(program, tensors, step, x, y, residual, work, conv_out, fixed, packed, g):
-    """Convolution + bias / batch norm + residual + activation (+ 2x2 max pooling) of a group."""
-    c_out = program.c_out[step]
-    oh, ow = program.conv_h[step], program.conv_w[step]
-    pooled = program.pool[step] == 1
-    target = conv_out if pooled else y
-    algorithm = program.algorithm[step]
-    affine = _affine_of(program, tensors, step, c_out)
-    if algorithm == WINOGRAD:
-        _conv_winograd(program, tensors, affine, step, x, target, residual, fixed, packed, g)
-    elif algorithm == DIRECT:
-        _conv_direct(program, tensors, affine, step, x, target, residual, work, fixed, g)
-    elif program.sh[step] == 1 and program.sw[step] == 1:
-        _conv_shifted(program, tensors, affine, step, x, target, residual, fixed, g)
-    else:           # strided: the unrolled matrix on the output grid, then the epilogue
-        _conv_gemm(program, tensors, step, x, target, work, g)
-        _epilogue_rows(program, affine, step, target, residual, c_out, g * oh * ow)
-    if pooled:
-        _max_pool_2x2(conv_out, y, c_out, g, oh, ow)
-
-
-@njit(**_JIT)
-def _pool(program, step, x, y, g):
+def pool_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Max or average pooling of ``x (C, g, H, W)`` (any kernel, stride and padding; padding
     is -inf for max, zeros for average with ``count_pad``)."""
-    op = program.op[step]
-    channels, h, w = program.c_in[step], program.h_in[step], program.w_in[step]
-    oh, ow = program.h_out[step], program.w_out[step]
-    kh, kw, sh, sw = program.kh[step], program.kw[step], program.sh[step], program.sw[step]
-    top, left = program.top[step], program.left[step]
+    op = p.op
+    channels, h, w = p.c_in, p.h_in, p.w_in
+    oh, ow = p.h_out, p.w_out
+    kh, kw, sh, sw = p.kh, p.kw, p.sh, p.sw
+    top, left = p.top, p.left
     for plane in range(channels * g):
         src = x[plane * h * w:(plane + 1) * h * w]
         dst = y[plane * oh * ow:(plane + 1) * oh * ow]
@@ -616,17 +602,17 @@ def _pool(program, step, x, y, g):
                         for j in range(max(x0, 0), min(x0 + kw, w)):
                             total += src[i * w + j]
                             count += 1
-                    if program.count_pad[step] == 1:
+                    if p.count_pad == 1:
                         count = (min(y0 + kh, h + top) - y0) * (min(x0 + kw, w + left) - x0)
                     dst[oy * ow + ox] = total / np.float32(count)
 
 
 @njit(**_JIT)
-def _adaptive_avg_pool(program, step, x, y, g):
+def adaptive_avg_pool_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Adaptive average pooling: output cell ``i`` averages input rows ``floor(i*H/out)`` to
     ``ceil((i+1)*H/out)`` (PyTorch's bins), likewise columns."""
-    channels, h, w = program.c_in[step], program.h_in[step], program.w_in[step]
-    oh, ow = program.h_out[step], program.w_out[step]
+    channels, h, w = p.c_in, p.h_in, p.w_in
+    oh, ow = p.h_out, p.w_out
     for plane in range(channels * g):
         src = x[plane * h * w:(plane + 1) * h * w]
         dst = y[plane * oh * ow:(plane + 1) * oh * ow]
@@ -642,9 +628,9 @@ def _adaptive_avg_pool(program, step, x, y, g):
 
 
 @njit(**_JIT)
-def _flatten(program, step, x, y, g):
+def flatten_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """``(C, g, H, W)`` -> rows ``(g, C*H*W)``, each sample's features in NCHW order."""
-    channels, plane = program.c_in[step], program.h_in[step] * program.w_in[step]
+    channels, plane = p.c_in, p.h_in * p.w_in
     features = channels * plane
     for s in range(g):
         for c in range(channels):
@@ -663,6 +649,19 @@ def _dot(a, b):
     return total
 
 
+@njit(fastmath=True, **_JIT)
+def _dot4(a, b0, b1, b2, b3):
+    """``(sum(a * b0), ..., sum(a * b3))``, in any order."""
+    t0 = t1 = t2 = t3 = np.float32(0)
+    for i in range(a.shape[0]):
+        v = a[i]
+        t0 += v * b0[i]
+        t1 += v * b1[i]
+        t2 += v * b2[i]
+        t3 += v * b3[i]
+    return t0, t1, t2, t3
+
+
 #: Below this many rows a linear layer is dot products, not a GEMM: OpenBLAS packs the whole
 #: weight matrix on every call, which costs more than the arithmetic for a few rows
 #: (measured on the MNIST CNN's 3136 -> 128 at 4 rows: the GEMM's packing dominated).
@@ -670,20 +669,27 @@ LINEAR_GEMM_MIN_ROWS = 16
 
 
 @njit(**_JIT)
-def _linear(program, tensors, step, x, y, g):
+def linear_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Rows ``(g, in) @ weight.T`` -> ``(g, out)``, then bias / batch norm and activation."""
-    f_in, f_out = program.c_in[step], program.c_out[step]
-    weight = tensors[program.weight[step]]
+    f_in, f_out = p.c_in, p.c_out
+    weight = tensors[p.weight]
     if g >= LINEAR_GEMM_MIN_ROWS:
         _gemm(NO_TRANS, TRANS, g, f_out, f_in, x, f_in, weight, f_in, 0.0, y, f_out)
-    else:
-        for s in range(g):
-            row = x[s * f_in:(s + 1) * f_in]
-            for o in range(f_out):
-                y[s * f_out + o] = _dot(row, weight[o * f_in:(o + 1) * f_in])
-    kind, slope = program.activation[step], np.float32(program.slope[step])
-    if program.bias[step] != NONE or program.bn_mean[step] != NONE:
-        affine = _affine_of(program, tensors, step, f_out)
+    else:   # four weight rows at a time against every row: each input value loaded serves
+        for o in range(0, f_out - 3, 4):  # four multiply-adds (the weights are read once)
+            w0, w1 = weight[o * f_in:(o + 1) * f_in], weight[(o + 1) * f_in:(o + 2) * f_in]
+            w2, w3 = weight[(o + 2) * f_in:(o + 3) * f_in], weight[(o + 3) * f_in:(o + 4) * f_in]
+            for s in range(g):
+                d0, d1, d2, d3 = _dot4(x[s * f_in:(s + 1) * f_in], w0, w1, w2, w3)
+                y[s * f_out + o], y[s * f_out + o + 1] = d0, d1
+                y[s * f_out + o + 2], y[s * f_out + o + 3] = d2, d3
+        for o in range(f_out - f_out % 4, f_out):
+            weight_row = weight[o * f_in:(o + 1) * f_in]
+            for s in range(g):
+                y[s * f_out + o] = _dot(x[s * f_in:(s + 1) * f_in], weight_row)
+    kind, slope = p.activation, np.float32(p.slope)
+    if p.bias != NONE or p.bn_mean != NONE:
+        affine = _affine_of(p, tensors, f_out)
         scale, shift = affine[0], affine[1]
         for s in range(g):
             row = y[s * f_out:(s + 1) * f_out]
@@ -694,12 +700,12 @@ def _linear(program, tensors, step, x, y, g):
 
 
 @njit(**_JIT)
-def _affine(program, tensors, step, x, y, g):
+def affine_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """A batch norm and/or an activation on its own, per channel (or feature), either layout."""
-    channels, plane = program.c_in[step], program.h_in[step] * program.w_in[step]
-    kind, slope = program.activation[step], np.float32(program.slope[step])
-    rows = program.rows[step] == 1
-    affine = _affine_of(program, tensors, step, channels)
+    channels, plane = p.c_in, p.h_in * p.w_in
+    kind, slope = p.activation, np.float32(p.slope)
+    rows = p.rows == 1
+    affine = _affine_of(p, tensors, channels)
     for c in range(channels):
         scale, shift = affine[0, c], affine[1, c]
         for s in range(g):
@@ -709,8 +715,8 @@ def _affine(program, tensors, step, x, y, g):
 
 
 @njit(**_JIT)
-def _softmax_rows(program, step, x, y, g):
-    classes = program.c_in[step]
+def softmax_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
+    classes = p.c_in
     for s in range(g):
         row, out = x[s * classes:(s + 1) * classes], y[s * classes:(s + 1) * classes]
         top = row[0]
@@ -725,7 +731,7 @@ def _softmax_rows(program, step, x, y, g):
 
 
 # --------------------------------------------------------------------------------------------
-# One thread's share of the batch, and the entries
+# A group's samples in and out of a thread's buffers
 # --------------------------------------------------------------------------------------------
 @njit(**_JIT)
 def _load_group(x, buffer, first, g):
@@ -750,29 +756,68 @@ def _store_group(buffer, out, first, g, channels, plane, rows):
                 out[first + s, c * plane + p] = buffer[index]
 
 
-@njit(**_JIT)
-def _step(program, tensors, step, src, dst, residual, cols, conv_out, fixed, packed, g):
-    op = program.op[step]
+#: The step kernels, by the index a step's ``kernel`` field holds (:func:`kernel_for`).
+STEP_KERNELS = (conv_gemm_step, conv_shifted_step, conv_direct_step, conv_winograd_step,
+                pool_step, adaptive_avg_pool_step, flatten_step, linear_step, affine_step,
+                softmax_step)
+(KERNEL_CONV_GEMM, KERNEL_CONV_SHIFTED, KERNEL_CONV_DIRECT, KERNEL_CONV_WINOGRAD, KERNEL_POOL,
+ KERNEL_ADAPTIVE_AVGPOOL, KERNEL_FLATTEN, KERNEL_LINEAR, KERNEL_AFFINE,
+ KERNEL_SOFTMAX) = range(len(STEP_KERNELS))
+
+
+def kernel_for(op: int, algorithm: int, sh: int, sw: int) -> int:
+    """The index in :data:`STEP_KERNELS` of the kernel that runs a step."""
     if op == CONV:
-        _conv(program, tensors, step, src, dst, residual, cols, conv_out, fixed, packed, g)
-    elif op == MAXPOOL or op == AVGPOOL:
-        _pool(program, step, src, dst, g)
-    elif op == ADAPTIVE_AVGPOOL:
-        _adaptive_avg_pool(program, step, src, dst, g)
-    elif op == FLATTEN:
-        _flatten(program, step, src, dst, g)
-    elif op == LINEAR:
-        _linear(program, tensors, step, src, dst, g)
-    elif op == AFFINE or op == ACTIVATION:
-        _affine(program, tensors, step, src, dst, g)
-    elif op == SOFTMAX:
-        _softmax_rows(program, step, src, dst, g)
+        if algorithm == WINOGRAD:
+            return KERNEL_CONV_WINOGRAD
+        if algorithm == DIRECT:
+            return KERNEL_CONV_DIRECT
+        return KERNEL_CONV_SHIFTED if sh == 1 and sw == 1 else KERNEL_CONV_GEMM
+    return {MAXPOOL: KERNEL_POOL, AVGPOOL: KERNEL_POOL,
+            ADAPTIVE_AVGPOOL: KERNEL_ADAPTIVE_AVGPOOL, FLATTEN: KERNEL_FLATTEN,
+            LINEAR: KERNEL_LINEAR, AFFINE: KERNEL_AFFINE, ACTIVATION: KERNEL_AFFINE,
+            SOFTMAX: KERNEL_SOFTMAX}[op]
 
 
+#: What every step kernel is, as a Numba type: a function of the step's record, the typed list
+#: of tensors, six float32 vectors (``x, y, residual, work, conv_out, fixed``), ``packed`` and
+#: the group's size.
+_VECTOR = types.Array(types.float32, 1, "C")
+STEP_KERNEL_TYPE = types.FunctionType(types.void(
+    numba.from_dtype(STEP_DTYPE), types.ListType(_VECTOR), *(_VECTOR,) * 6, _VECTOR,
+    types.intp))
+
+
+@intrinsic
+def _step_kernel_at(typingctx, address):
+    """The step kernel compiled at ``address`` (an ``int64`` from :meth:`Entries.kernels`), as
+    a function value compiled code can call.
+
+    Why addresses and not function objects: Numba passes a function object from Python by
+    asking it, through Python calls, for its address on *every* call (about 3 us each: 30 us
+    for a table of ten, more than half of LeNet-5's batch-of-one time). The addresses are
+    looked up once per plan; this builds what Numba's own unboxing would (a first-class
+    function value whose C entry point is ``address``; no Python object, no Numba-ABI
+    entry, so the call goes straight to ``address``)."""
+    def codegen(context, builder, signature, args):
+        function = cgutils.create_struct_proxy(STEP_KERNEL_TYPE)(context, builder)
+        function.c_addr = builder.inttoptr(args[0], cgutils.voidptr_t)
+        function.py_addr = cgutils.voidptr_t(None)
+        function.jit_addr = cgutils.voidptr_t(None)
+        return function._getvalue()
+
+    return STEP_KERNEL_TYPE(types.int64), codegen
+
+
+# --------------------------------------------------------------------------------------------
+# One thread's share of the batch, and the entries
+# --------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def run_thread(program, tensors, arena, x, out, scratch, packed, thread, n_threads):
+def run_thread(program, kernels, tensors, arena, x, out, scratch, packed, thread, n_threads):
     """Thread ``thread`` of ``n_threads``: its share of the batch through every step of
-    ``program`` (see :class:`Arena` for the order); outputs into ``out (N, features)``."""
+    ``program`` (see :class:`Arena` for the order), each step by its step kernel, whose
+    address is ``kernels[p.kernel]`` (:meth:`Entries.kernels`); outputs into ``out (N,
+    features)``."""
     n = x.shape[0]
     first, last = thread * n // n_threads, (thread + 1) * n // n_threads
     row = scratch[thread]
@@ -785,38 +830,48 @@ def run_thread(program, tensors, arena, x, out, scratch, packed, thread, n_threa
     fixed_at = rows_at + arena.buffers * rows_size
     fixed = row[fixed_at:fixed_at + arena.fixed_size]
     empty = row[:0]
-    steps = program.op.shape[0]
-    last_step = steps - 1
+    steps = program.shape[0]
+    final = program[steps - 1]
     for start in range(first, last, arena.group):
         g = min(arena.group, last - start)
         _load_group(x, row[:size], start, g)
         for step in range(arena.rows_from):
-            src = row[program.src[step] * size:(program.src[step] + 1) * size]
-            if program.op[step] == FLATTEN:       # into the share's row buffer, at this group
-                at = rows_at + program.dst[step] * rows_size
-                features = program.c_out[step]
-                dst = row[at + (start - first) * features:at + rows_size]
+            p = program[step]
+            src = row[p.src * size:(p.src + 1) * size]
+            if p.op == FLATTEN:       # into the share's row buffer, at this group
+                at = rows_at + p.dst * rows_size
+                dst = row[at + (start - first) * p.c_out:at + rows_size]
             else:
-                dst = row[program.dst[step] * size:(program.dst[step] + 1) * size]
+                dst = row[p.dst * size:(p.dst + 1) * size]
             residual = empty
-            if program.residual[step] != NONE:
-                residual = row[program.residual[step] * size:(program.residual[step] + 1) * size]
-            _step(program, tensors, step, src, dst, residual, cols, conv_out, fixed, packed, g)
-        if program.rows[last_step] == 0:
-            final = row[program.dst[last_step] * size:(program.dst[last_step] + 1) * size]
-            _store_group(final, out, start, g, program.c_out[last_step],
-                         program.h_out[last_step] * program.w_out[last_step], False)
-    if program.rows[last_step] == 1 and last > first:
+            if p.residual != NONE:
+                residual = row[p.residual * size:(p.residual + 1) * size]
+            kernel = _step_kernel_at(kernels[p.kernel])
+            kernel(p, tensors, src, dst, residual, cols, conv_out, fixed, packed, g)
+        if final.rows == 0:
+            _store_group(row[final.dst * size:(final.dst + 1) * size], out, start, g,
+                         final.c_out, final.h_out * final.w_out, False)
+    if final.rows == 1 and last > first:
         share = last - first
         for step in range(arena.rows_from, steps):
-            src = row[rows_at + program.src[step] * rows_size:
-                      rows_at + (program.src[step] + 1) * rows_size]
-            dst = row[rows_at + program.dst[step] * rows_size:
-                      rows_at + (program.dst[step] + 1) * rows_size]
-            _step(program, tensors, step, src, dst, empty, cols, conv_out, fixed, packed, share)
-        final = row[rows_at + program.dst[last_step] * rows_size:
-                    rows_at + (program.dst[last_step] + 1) * rows_size]
-        _store_group(final, out, first, share, program.c_out[last_step], 1, True)
+            p = program[step]
+            src = row[rows_at + p.src * rows_size:rows_at + (p.src + 1) * rows_size]
+            dst = row[rows_at + p.dst * rows_size:rows_at + (p.dst + 1) * rows_size]
+            kernel = _step_kernel_at(kernels[p.kernel])
+            kernel(p, tensors, src, dst, empty, cols, conv_out, fixed, packed, share)
+        _store_group(row[rows_at + final.dst * rows_size:rows_at + (final.dst + 1) * rows_size],
+                     out, first, share, final.c_out, 1, True)
+
+
+@njit(**_JIT)
+def _equal(a, b):
+    """Whether ``a == b`` everywhere (a NaN is never equal). Counted without a branch per
+    element, which LLVM vectorises (an early exit on the first difference does not: 12 us
+    against about 2 for the MNIST CNN's 18 432 filter values, on every call)."""
+    differences = 0
+    for k in range(a.shape[0]):
+        differences += a[k] != b[k]
+    return differences == 0
 
 
 @njit(**_JIT)
@@ -827,57 +882,83 @@ def refresh_packed(program, tensors, packed):
     few microseconds; transforming them again, 80 us on MNIST's second layer, happens only
     when they changed (an optimiser step, an edit, ``load_state_dict``). A NaN in a filter
     never compares equal, so such filters are simply transformed on every call."""
-    for step in range(program.op.shape[0]):
-        if program.packed_at[step] == NONE:
+    for step in range(program.shape[0]):
+        p = program[step]
+        if p.packed_at == NONE:
             continue
-        c_out, c_in = program.c_out[step], program.c_in[step]
+        c_out, c_in = p.c_out, p.c_in
         size = c_out * c_in * 9
-        at = program.packed_at[step]
+        at = p.packed_at
         copy = packed[at:at + size]
-        weight = tensors[program.weight[step]]
-        same = True
-        for k in range(size):
-            if copy[k] != weight[k]:
-                same = False
-                break
-        if same:
+        weight = tensors[p.weight]
+        if _equal(copy, weight[:size]):
             continue
         for k in range(size):
             copy[k] = weight[k]
         _winograd_filters(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
 
 
-def _run_threads(thread_kernel, program, tensors, arena, x, out, scratch, packed, n_threads):
-    """:func:`run_thread` on ``n_threads`` threads, one parallel region. ``thread_kernel`` is
-    :func:`run_thread` as a first-class function pointer (:func:`entries`): called through
-    it, the whole network's code is compiled once, not once more inside this loop (which
-    doubled a cold start: 41 s for the kernel, 27 s more for the loop that inlined it)."""
+def _run_threads(program, kernels, tensors, arena, x, out, scratch, packed, n_threads):
+    """:func:`run_thread` on ``n_threads`` threads, one parallel region."""
     for thread in prange(n_threads):
-        thread_kernel(program, tensors, arena, x, out, scratch, packed, np.intp(thread),
-                      n_threads)
+        run_thread(program, kernels, tensors, arena, x, out, scratch, packed, np.intp(thread),
+                   n_threads)
 
 
 _run_threads_jit = njit(parallel=True, **_JIT)(_run_threads)
 
 
-def entries(arg_types: tuple):
-    """``(refresh, one_thread, threads)``: compiled entry points for arguments of these types
-    (``program, tensors, arena, x, out, scratch, packed``), called without Numba's per-call
-    type dispatch: ``refresh(program, tensors, packed)`` (:func:`refresh_packed`),
-    ``one_thread(program, tensors, arena, x, out, scratch, packed, 0, 1)`` and
-    ``threads(pointer, program, ..., packed, n_threads)`` with the returned ``pointer``
-    (:func:`run_thread` as a first-class function)."""
-    from numba import types
-    from numba.core.types.function_type import CompileResultWAP
+@njit(**_JIT)
+def _no_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
+    """Stands in the kernel table for the step kernels a program does not use (never called)."""
 
+
+class Entries(NamedTuple):
+    """A network's compiled entry points, for one set of argument types (:func:`entries`),
+    called without Numba's per-call type dispatch.
+
+    ``refresh(program, tensors, packed)`` is :func:`refresh_packed`;
+    ``one_thread(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)`` is
+    :func:`run_thread`; ``threads(program, kernels, ..., packed, n_threads)`` runs it on
+    ``n_threads`` threads. ``kernels(program)`` gives the table of step kernel addresses to
+    pass with a program: those it uses, compiled (or loaded from Numba's cache) the first time
+    a program uses them, and :func:`_no_step` in the others' places, so that a first call
+    compiles only what its network needs."""
+
+    refresh: object
+    one_thread: object
+    threads: object
+    kernels: object
+
+
+def entries(arg_types: tuple) -> Entries:
+    """Compile (or load from Numba's cache) the entry points of a network for arguments of
+    these types: ``(program, tensors, arena, x, out, scratch, packed)``."""
     program_t, tensors_t, arena_t, x_t, out_t, scratch_t, packed_t = arg_types
+    step_args = STEP_KERNEL_TYPE.signature.args
+    if (program_t.dtype, tensors_t, packed_t) != (step_args[0], step_args[1], step_args[8]):
+        raise TypeError(f"network kernels take a STEP_DTYPE program, a typed list of float32 "
+                        f"vectors and a float32 vector, not {arg_types}")
+    addresses = {}
+
+    def address(kernel) -> int:
+        if kernel not in addresses:
+            kernel.compile(step_args)
+            addresses[kernel] = CompileResultWAP(kernel.overloads[step_args]).__wrapper_address__()
+        return addresses[kernel]
+
+    def kernels(program: np.ndarray) -> np.ndarray:
+        used = set(program["kernel"].tolist())
+        return np.array([address(kernel if index in used else _no_step)
+                         for index, kernel in enumerate(STEP_KERNELS)], dtype=np.int64)
+
     refresh_args = (program_t, tensors_t, packed_t)
     refresh_packed.compile(refresh_args)
-    thread_args = arg_types + (types.intp, types.intp)
+    table_t = types.Array(types.int64, 1, "C")
+    thread_args = (program_t, table_t) + arg_types[1:] + (types.intp, types.intp)
     run_thread.compile(thread_args)
-    compiled = run_thread.overloads[thread_args]
-    pointer = CompileResultWAP(compiled)
-    loop_args = (types.FunctionType(types.void(*thread_args)),) + arg_types + (types.intp,)
+    loop_args = thread_args[:-2] + (types.intp,)
     _run_threads_jit.compile(loop_args)
-    return (refresh_packed.overloads[refresh_args].entry_point, compiled.entry_point,
-            _run_threads_jit.overloads[loop_args].entry_point, pointer)
+    return Entries(refresh_packed.overloads[refresh_args].entry_point,
+                   run_thread.overloads[thread_args].entry_point,
+                   _run_threads_jit.overloads[loop_args].entry_point, kernels)
