@@ -7,8 +7,8 @@ speed:
 - **Whole sample chains per thread.** :func:`forward` runs one parallel region per call; each
   thread takes its share of the batch (:func:`~minicnn.kernels.parallel.share`) and carries
   each sample through *every* layer before the next, so a sample's activations (at most a few
-  tens of kilobytes) stay in that core's cache. The network is a *program*: one row of ints
-  per layer (the column names are the ``F_*`` constants below), interpreted by one compiled
+  tens of kilobytes) stay in that core's cache. The network is a *program*: one record of
+  named ints per layer (:data:`LAYER_DTYPE`), interpreted by one compiled
   chunk kernel, so any supported network uses the same compiled code.
 - **Weights packed once** (:func:`minicnn.quant.model.pack`, when a model is built or
   loaded): each conv / linear layer's int8 weights become int16, laid out ``(K / 2, C_out
@@ -65,12 +65,21 @@ from numba.extending import intrinsic
 from . import parallel
 from .threads import threads_for
 
-# -- the program: one row per layer, these columns -------------------------------------------
+# -- the program: one record per layer ----------------------------------------------------------
 OP_CONV, OP_LINEAR, OP_MAXPOOL = 1, 2, 3
-(F_OP, F_IN_C, F_IN_H, F_IN_W, F_OUT_C, F_OUT_H, F_OUT_W, F_KH, F_KW, F_SH, F_SW, F_PAD_TOP,
- F_PAD_LEFT, F_K, F_K_PADDED, F_W_OFFSET, F_CH_OFFSET, F_IN_ZERO, F_OUT_ZERO, F_CLAMP_LOW,
- F_FINAL, F_PADDED_H, F_PADDED_W, F_PADDED_C) = range(24)
-N_FIELDS = 24
+#: One layer of a program, a record of named fields (all int64): ``op`` (``OP_*``); the input
+#: ``in_c, in_h, in_w`` and output ``out_c, out_h, out_w`` shapes; ``kh, kw, sh, sw, pad_top,
+#: pad_left`` (a conv's or pool's window); ``k`` (a conv's ``C_in*kH*kW`` or a linear layer's
+#: inputs) and ``k_padded`` (rounded up to pairs); ``w_offset`` (where its packed weights
+#: start) and ``ch_offset`` (where its bias, multiplier and shift start); ``in_zero``,
+#: ``out_zero`` (zero points), ``clamp_low`` (the fused ReLU's floor, the output zero point,
+#: or 0); ``final`` (1 for the last layer, whose int32 sums are the output); ``padded_h,
+#: padded_w, padded_c`` (a conv's padded int16 input). A program is a structured array of
+#: these, one per layer; a kernel reads ``layer = program[index]``, then ``layer.out_c``.
+LAYER_DTYPE = np.dtype([(name, np.int64) for name in (
+    "op", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "kh", "kw", "sh", "sw", "pad_top",
+    "pad_left", "k", "k_padded", "w_offset", "ch_offset", "in_zero", "out_zero", "clamp_low",
+    "final", "padded_h", "padded_w", "padded_c")])
 #: Padding of the packed weights: K to a multiple of 2 (pairs of values), C_out to 8 (one
 #: vector of int32 lanes).
 K_ALIGN, ROW_BLOCK = 2, 8
@@ -82,7 +91,7 @@ class Int8NetworkArgs(NamedTuple):
 
     x: np.ndarray            # uint8 (N, input size): quantised inputs, flattened NCHW
     out: np.ndarray          # int32 (N, output size): last layer's accumulators, or its uint8
-    program: np.ndarray      # int64 (layers, N_FIELDS)
+    program: np.ndarray      # LAYER_DTYPE (layers,)
     weights: np.ndarray      # int16 (total,): packed weight matrices
     bias: np.ndarray         # int32 (channels,)
     multiplier: np.ndarray   # int32 (channels,)
@@ -109,9 +118,9 @@ def _pad_centre(src, layer, padded):
     ``padded[(y * Wp + x) * Cp + c]``, ``Wp = W + left + right``. ``Cp`` is ``C``, or ``C + 1``
     (a channel of zeros) where ``kW * C`` is odd, so that every kernel row of a window is a
     whole number of value pairs for :func:`_conv_direct`."""
-    c_in, h, w = layer[F_IN_C], layer[F_IN_H], layer[F_IN_W]
-    top, left, zero = layer[F_PAD_TOP], layer[F_PAD_LEFT], layer[F_IN_ZERO]
-    hp, wp, cp = layer[F_PADDED_H], layer[F_PADDED_W], layer[F_PADDED_C]
+    c_in, h, w = layer.in_c, layer.in_h, layer.in_w
+    top, left, zero = layer.pad_top, layer.pad_left, layer.in_zero
+    hp, wp, cp = layer.padded_h, layer.padded_w, layer.padded_c
     padded[:hp * wp * cp] = 0
     if cp == c_in:
         run = w * c_in                           # one image row: contiguous in both
@@ -130,10 +139,10 @@ def _pad_centre(src, layer, padded):
 @njit(cache=True, nogil=True, boundscheck=False)
 def _centre(src, layer, cols):
     """A linear layer's input as one int16 row, zero point subtracted, padded with zeros."""
-    n_in, zero = layer[F_K], layer[F_IN_ZERO]
+    n_in, zero = layer.k, layer.in_zero
     for k in range(n_in):
         cols[k] = np.int16(np.int32(src[k]) - zero)
-    for k in range(n_in, layer[F_K_PADDED]):
+    for k in range(n_in, layer.k_padded):
         cols[k] = 0
 
 
@@ -271,9 +280,9 @@ def _conv_direct(weights, padded, acc, rows, layer):
     column, channel) order.
     """
     i64 = np.int64
-    c_in, kh, kw = layer[F_PADDED_C], layer[F_KH], layer[F_KW]
-    sh, sw, wp = layer[F_SH], layer[F_SW], layer[F_PADDED_W]
-    out_h, out_w = layer[F_OUT_H], layer[F_OUT_W]
+    c_in, kh, kw = layer.padded_c, layer.kh, layer.kw
+    sh, sw, wp = layer.sh, layer.sw, layer.padded_w
+    out_h, out_w = layer.out_h, layer.out_w
     run, step, row = kw * c_in, sw * c_in, wp * c_in
     w_segment = run * rows                    # one kernel row of weight pairs, in int16
     wide = rows - rows % 16
@@ -337,20 +346,20 @@ def _layer_gemm(args, layer, padded, cols, acc, positions, dst, out_row):
     """One conv (from ``padded``) or linear layer (from ``cols``) on one sample:
     :func:`_conv_direct` or :func:`_matvec` on its packed weights, then
     :func:`_requantize_rows` or :func:`_store_final`."""
-    k_padded, c_out = layer[F_K_PADDED], layer[F_OUT_C]
+    k_padded, c_out = layer.k_padded, layer.out_c
     rows = (c_out + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
-    start, ch = layer[F_W_OFFSET], layer[F_CH_OFFSET]
+    start, ch = layer.w_offset, layer.ch_offset
     weights = args.weights[start:start + rows * k_padded]
-    if layer[F_OP] == OP_CONV:
+    if layer.op == OP_CONV:
         _conv_direct(weights, padded, acc, rows, layer)
     else:
         _matvec(weights, cols, acc, rows, k_padded)
-    if layer[F_FINAL]:
+    if layer.final:
         _store_final(acc, rows, positions, c_out, args.bias[ch:ch + c_out], out_row)
     else:
         _requantize_rows(acc, rows, positions, c_out, args.bias[ch:ch + c_out],
                          args.multiplier[ch:ch + c_out], args.shift[ch:ch + c_out],
-                         layer[F_OUT_ZERO], layer[F_CLAMP_LOW], dst)
+                         layer.out_zero, layer.clamp_low, dst)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -358,9 +367,9 @@ def _maxpool(src, layer, dst):
     """Max pooling on channels-last uint8: for each output position, the running maximum of
     its window's positions, all channels at once (a contiguous, vectorisable run). Outside
     the input counts as 0, the smallest uint8."""
-    c, h, w = layer[F_IN_C], layer[F_IN_H], layer[F_IN_W]
-    kh, kw, sh, sw = layer[F_KH], layer[F_KW], layer[F_SH], layer[F_SW]
-    top, left, out_h, out_w = layer[F_PAD_TOP], layer[F_PAD_LEFT], layer[F_OUT_H], layer[F_OUT_W]
+    c, h, w = layer.in_c, layer.in_h, layer.in_w
+    kh, kw, sh, sw = layer.kh, layer.kw, layer.sh, layer.sw
+    top, left, out_h, out_w = layer.pad_top, layer.pad_left, layer.out_h, layer.out_w
     if (kh == 2 and kw == 2 and top == 0 and left == 0 and (out_h - 1) * sh + 2 <= h
             and (out_w - 1) * sw + 2 <= w):
         # The usual 2x2 window, inside the input: four loads and three maxima per value, no
@@ -401,9 +410,9 @@ def _linear_share(args, layer, lin, lin_acc, count):
     (one sample at a time, :func:`_matvec`, streams the whole matrix per sample: 800 KB of
     int16 for the MNIST CNN's first linear layer)."""
     i64 = np.int64
-    k_padded, c_out = layer[F_K_PADDED], layer[F_OUT_C]
+    k_padded, c_out = layer.k_padded, layer.out_c
     rows = (c_out + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
-    start = layer[F_W_OFFSET]
+    start = layer.w_offset
     weights = args.weights[start:start + rows * k_padded]
     wide = rows - rows % 16
     for j in range(0, count, 4):
@@ -436,22 +445,22 @@ def _linear_tail(args, first, last, lin, lin_acc, lin_out):
     layers = args.program.shape[0]
     for index in range(args.batch_from, layers):
         layer = args.program[index]
-        k_padded, c_out = layer[F_K_PADDED], layer[F_OUT_C]
+        k_padded, c_out = layer.k_padded, layer.out_c
         rows = (c_out + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
-        ch = layer[F_CH_OFFSET]
+        ch = layer.ch_offset
         _linear_share(args, layer, lin, lin_acc, count)
-        if layer[F_FINAL]:
+        if layer.final:
             for p in range(count):
                 _store_final(lin_acc[p * rows:(p + 1) * rows], rows, 1, c_out,
                              args.bias[ch:ch + c_out], args.out[first + p])
             return
         following = args.program[index + 1]
-        next_padded = following[F_K_PADDED]
+        next_padded = following.k_padded
         for p in range(count):
             _requantize_rows(lin_acc[p * rows:(p + 1) * rows], rows, 1, c_out,
                              args.bias[ch:ch + c_out], args.multiplier[ch:ch + c_out],
-                             args.shift[ch:ch + c_out], layer[F_OUT_ZERO],
-                             layer[F_CLAMP_LOW], lin_out[p * c_out:(p + 1) * c_out])
+                             args.shift[ch:ch + c_out], layer.out_zero,
+                             layer.clamp_low, lin_out[p * c_out:(p + 1) * c_out])
             _centre(lin_out[p * c_out:(p + 1) * c_out], following,
                     lin[p * next_padded:(p + 1) * next_padded])
 
@@ -466,9 +475,9 @@ def network_chunk(args, plan, thread, n_threads):
     for n in range(first, last):
         src, dst = a, b
         first_layer = args.program[0]
-        if first_layer[F_OP] != OP_LINEAR and first_layer[F_IN_C] > 1:
+        if first_layer.op != OP_LINEAR and first_layer.in_c > 1:
             # The input is NCHW; every conv and pool works channels last (NHWC).
-            c_in, hw = first_layer[F_IN_C], first_layer[F_IN_H] * first_layer[F_IN_W]
+            c_in, hw = first_layer.in_c, first_layer.in_h * first_layer.in_w
             for ch in range(c_in):
                 for q in range(hw):
                     src[q * c_in + ch] = args.x[n, ch * hw + q]
@@ -477,10 +486,10 @@ def network_chunk(args, plan, thread, n_threads):
         out_row = args.out[n]
         for index in range(args.program.shape[0]):
             layer = args.program[index]
-            op = layer[F_OP]
+            op = layer.op
             if index == args.batch_from:
                 # the linear tail runs on the whole share below: keep this sample's input
-                k_padded = layer[F_K_PADDED]
+                k_padded = layer.k_padded
                 _centre(src, layer, args.lin[thread, (n - first) * k_padded:
                                              (n - first + 1) * k_padded])
                 break
@@ -488,21 +497,21 @@ def network_chunk(args, plan, thread, n_threads):
                 _maxpool(src, layer, dst)
             elif op == OP_CONV:
                 _pad_centre(src, layer, padded)
-                _layer_gemm(args, layer, padded, cols, acc, layer[F_OUT_H] * layer[F_OUT_W],
+                _layer_gemm(args, layer, padded, cols, acc, layer.out_h * layer.out_w,
                             dst, out_row)
             else:
                 _centre(src, layer, cols)
                 _layer_gemm(args, layer, padded, cols, acc, 1, dst, out_row)
-            if layer[F_FINAL]:
+            if layer.final:
                 break
             src, dst = dst, src
         last_layer = args.program[args.program.shape[0] - 1]
         if args.batch_from < args.program.shape[0]:
             continue
-        if not last_layer[F_FINAL]:
+        if not last_layer.final:
             # The network ends in uint8 (e.g. a pooling after the last conv): widen it, back
             # from channels last to NCHW.
-            c_out, hw = last_layer[F_OUT_C], last_layer[F_OUT_H] * last_layer[F_OUT_W]
+            c_out, hw = last_layer.out_c, last_layer.out_h * last_layer.out_w
             for ch in range(c_out):
                 for q in range(hw):
                     out_row[ch * hw + q] = src[q * c_out + ch]
@@ -517,14 +526,14 @@ def _linear_tail_sizes(program, share: int) -> tuple[int, int, int, int]:
     buffers it needs."""
     layers = program.shape[0]
     start = layers
-    while start > 0 and program[start - 1, F_OP] == OP_LINEAR:
+    while start > 0 and program["op"][start - 1] == OP_LINEAR:
         start -= 1
-    if start == layers or not program[layers - 1, F_FINAL] or start == 0:
+    if start == layers or not program["final"][layers - 1] or start == 0:
         return layers, 1, 1, 1
     tail = program[start:]
-    rows = [round_up(int(c), ROW_BLOCK) for c in tail[:, F_OUT_C]]
-    return (start, share * int(tail[:, F_K_PADDED].max()), share * max(rows),
-            share * int(tail[:, F_OUT_C].max()))
+    rows = [round_up(int(c), ROW_BLOCK) for c in tail["out_c"]]
+    return (start, share * int(tail["k_padded"].max()), share * max(rows),
+            share * int(tail["out_c"].max()))
 
 
 def forward(program, weights, bias, multiplier, shift, x, out_size: int, act_size: int,
@@ -534,7 +543,7 @@ def forward(program, weights, bias, multiplier, shift, x, out_size: int, act_siz
 
     Parameters
     ----------
-    program : int64 (layers, N_FIELDS)
+    program : LAYER_DTYPE (layers,)
     weights, bias, multiplier, shift : the packed arrays (see :func:`pack`)
     x : uint8 (N, ...) quantised inputs (flattened per sample)
     out_size : int

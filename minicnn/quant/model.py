@@ -278,6 +278,16 @@ class PackedNetwork(NamedTuple):
     acc_size: int
 
 
+def _program(rows: list[dict]) -> np.ndarray:
+    """The layers' fields as the fast kernel's program (a :data:`~minicnn.kernels.int8.LAYER_DTYPE`
+    record per layer; fields a layer does not set are 0)."""
+    program = np.zeros(len(rows), dtype=fast.LAYER_DTYPE)
+    for record, row in zip(program, rows):
+        for name, value in row.items():
+            record[name] = value
+    return program
+
+
 def pack(layers, input_shape) -> PackedNetwork:
     """Pre-pack the integer layers for the fast kernel (see :mod:`minicnn.kernels.int8`)."""
     shapes = layer_shapes(layers, input_shape)
@@ -289,17 +299,17 @@ def pack(layers, input_shape) -> PackedNetwork:
     last_compute = max(i for i, layer in enumerate(layers) if isinstance(layer, (QConv, QLinear)))
     for index, (layer, shape_out) in enumerate(zip(layers, shapes)):
         act_size = max(act_size, int(np.prod(shape_out)))
-        row = np.zeros(fast.N_FIELDS, np.int64)
+        row = {}                          # this layer's fast.LAYER_DTYPE fields (others 0)
         if isinstance(layer, QFlatten):
             if len(shape_in) == 3 and index > 0:
                 channels_last_flat = shape_in     # conv/pool outputs are channels last
             shape_in = shape_out
             continue
         if isinstance(layer, QMaxPool):
-            row[fast.F_OP] = fast.OP_MAXPOOL
-            row[[fast.F_KH, fast.F_KW]] = layer.kernel
-            row[[fast.F_SH, fast.F_SW]] = layer.stride
-            row[fast.F_PAD_TOP], row[fast.F_PAD_LEFT] = layer.padding[0], layer.padding[2]
+            row["op"] = fast.OP_MAXPOOL
+            row["kh"], row["kw"] = layer.kernel
+            row["sh"], row["sw"] = layer.stride
+            row["pad_top"], row["pad_left"] = layer.padding[0], layer.padding[2]
         else:
             c_out, weight = layer.weight.shape[0], layer.weight
             if isinstance(layer, QConv) and (weight.shape[1] * weight.shape[3]) % 2:
@@ -335,44 +345,44 @@ def pack(layers, input_shape) -> PackedNetwork:
             bias_parts.append(layer.bias)
             mult_parts.append(layer.multiplier)
             shift_parts.append(layer.shift)
-            row[fast.F_K], row[fast.F_K_PADDED] = k, k_padded
-            row[fast.F_W_OFFSET], row[fast.F_CH_OFFSET] = w_offset, ch_offset
-            row[fast.F_IN_ZERO] = layer.input.zero_point
+            row["k"], row["k_padded"] = k, k_padded
+            row["w_offset"], row["ch_offset"] = w_offset, ch_offset
+            row["in_zero"] = layer.input.zero_point
             final = layer.output is None
-            row[fast.F_OUT_ZERO] = 0 if final else layer.output.zero_point
-            row[fast.F_CLAMP_LOW] = row[fast.F_OUT_ZERO] if layer.relu else 0
-            row[fast.F_FINAL] = int(final)
+            row["out_zero"] = 0 if final else layer.output.zero_point
+            row["clamp_low"] = row["out_zero"] if layer.relu else 0
+            row["final"] = int(final)
             w_offset += matrix.size
             ch_offset += c_out
             if isinstance(layer, QConv):
-                row[fast.F_OP] = fast.OP_CONV
-                row[[fast.F_KH, fast.F_KW]] = layer.weight.shape[2:]
-                row[[fast.F_SH, fast.F_SW]] = layer.stride
-                row[fast.F_PAD_TOP], row[fast.F_PAD_LEFT] = layer.padding[0], layer.padding[2]
+                row["op"] = fast.OP_CONV
+                row["kh"], row["kw"] = layer.weight.shape[2:]
+                row["sh"], row["sw"] = layer.stride
+                row["pad_top"], row["pad_left"] = layer.padding[0], layer.padding[2]
                 top, bottom, left, right = layer.padding
-                row[fast.F_PADDED_H] = shape_in[1] + top + bottom
-                row[fast.F_PADDED_W] = shape_in[2] + left + right
-                row[fast.F_PADDED_C] = weight.shape[1]
-                padded_size = max(padded_size, weight.shape[1] * int(row[fast.F_PADDED_H])
-                                  * int(row[fast.F_PADDED_W]))
+                row["padded_h"] = shape_in[1] + top + bottom
+                row["padded_w"] = shape_in[2] + left + right
+                row["padded_c"] = weight.shape[1]
+                padded_size = max(padded_size, weight.shape[1] * int(row["padded_h"])
+                                  * int(row["padded_w"]))
             else:
-                row[fast.F_OP] = fast.OP_LINEAR
-                row[[fast.F_OUT_H, fast.F_OUT_W]] = 1
+                row["op"] = fast.OP_LINEAR
+                row["out_h"] = row["out_w"] = 1
                 cols_size = max(cols_size, k_padded)
         if len(shape_in) == 3:
-            row[[fast.F_IN_C, fast.F_IN_H, fast.F_IN_W]] = shape_in
+            row["in_c"], row["in_h"], row["in_w"] = shape_in
         else:
-            row[[fast.F_IN_C, fast.F_IN_H, fast.F_IN_W]] = (shape_in[0], 1, 1)
+            row["in_c"], row["in_h"], row["in_w"] = (shape_in[0], 1, 1)
         if len(shape_out) == 3:
-            row[[fast.F_OUT_C, fast.F_OUT_H, fast.F_OUT_W]] = shape_out
+            row["out_c"], row["out_h"], row["out_w"] = shape_out
         else:
-            row[[fast.F_OUT_C, fast.F_OUT_H, fast.F_OUT_W]] = (shape_out[0], 1, 1)
+            row["out_c"], row["out_h"], row["out_w"] = (shape_out[0], 1, 1)
         rows.append(row)
         shape_in = shape_out
         if index == last_compute and layer.output is None:
             break
     return PackedNetwork(
-        program=np.ascontiguousarray(np.stack(rows)),
+        program=_program(rows),
         weights=np.ascontiguousarray(np.concatenate(weight_parts)),
         bias=np.ascontiguousarray(np.concatenate(bias_parts).astype(np.int32)),
         multiplier=np.ascontiguousarray(np.concatenate(mult_parts).astype(np.int32)),
