@@ -178,12 +178,13 @@ def _entry_points(args: tuple) -> _network.Entries:
 
 #: :func:`forward` runs the plan for batches up to this size and the layers (their one-pool
 #: kernels, one parallel region per layer) above it, unless told. Measured on a 2-core AMD
-#: EPYC (AVX2), one thread, CPU time per call, plan against layers: MNIST CNN batch 1 0.26
-#: against 0.71 ms, 4 0.75 against 1.05, 16 2.54 against 2.61, 32 4.79 against 4.67; LeNet-5
-#: batch 1 0.11 against 0.27, 16 0.61 against 0.65, 32 1.18 against 1.06. The plan's
-#: convolutions take one sample (or one Winograd chunk) per GEMM, where the layers' kernels
-#: are tuned for whole batches, so past a few dozen samples the saved overhead is gone.
-PLAN_MAX_BATCH = 16
+#: EPYC (AVX2), median ms per call, plan against layers: at 2 threads LeNet-5 batch 16 0.37
+#: against 0.63, 64 0.92 against 1.18, 256 3.44 against 3.61; MNIST CNN 16 1.12 against 1.67,
+#: 64 4.06 against 4.76, 256 16.3 against 17.7; at one thread, batch 256, LeNet-5 6.99
+#: against 6.93 and MNIST CNN 31.0 against 32.7. The plan's convolutions take one sample (or
+#: one Winograd chunk) per GEMM, where the layers' kernels stack many samples into each, so
+#: its lead shrinks as the batch grows and is gone by a few hundred samples.
+PLAN_MAX_BATCH = 256
 
 
 def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
