@@ -247,7 +247,8 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
         entry.one_thread(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)
     else:
         with _threads.blas_single_threaded():       # each Numba thread calls BLAS itself
-            entry.threads(program, kernels, tensors, arena, x, out, scratch, packed, threads)
+            entry.threads(entry.thread_pointer, program, kernels, tensors, arena, x, out,
+                          scratch, packed, threads)
     return out.reshape(out_shape)
 
 

@@ -898,11 +898,15 @@ def refresh_packed(program, tensors, packed):
         _winograd_filters(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
 
 
-def _run_threads(program, kernels, tensors, arena, x, out, scratch, packed, n_threads):
-    """:func:`run_thread` on ``n_threads`` threads, one parallel region."""
+def _run_threads(thread_kernel, program, kernels, tensors, arena, x, out, scratch, packed,
+                 n_threads):
+    """:func:`run_thread` on ``n_threads`` threads, one parallel region. ``thread_kernel`` is
+    :func:`run_thread` as a function pointer (:class:`Entries`): called directly, its code
+    would be compiled again inside this loop (2.5 s more of a cold start, against 3.5 us a
+    call to pass the pointer, on calls of two samples or more)."""
     for thread in prange(n_threads):
-        run_thread(program, kernels, tensors, arena, x, out, scratch, packed, np.intp(thread),
-                   n_threads)
+        thread_kernel(program, kernels, tensors, arena, x, out, scratch, packed,
+                      np.intp(thread), n_threads)
 
 
 _run_threads_jit = njit(parallel=True, **_JIT)(_run_threads)
@@ -919,8 +923,9 @@ class Entries(NamedTuple):
 
     ``refresh(program, tensors, packed)`` is :func:`refresh_packed`;
     ``one_thread(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)`` is
-    :func:`run_thread`; ``threads(program, kernels, ..., packed, n_threads)`` runs it on
-    ``n_threads`` threads. ``kernels(program)`` gives the table of step kernel addresses to
+    :func:`run_thread`; ``threads(thread_pointer, program, kernels, ..., packed, n_threads)``
+    runs it on ``n_threads`` threads, ``thread_pointer`` being :func:`run_thread` as a
+    function pointer. ``kernels(program)`` gives the table of step kernel addresses to
     pass with a program: those it uses, compiled (or loaded from Numba's cache) the first time
     a program uses them, and :func:`_no_step` in the others' places, so that a first call
     compiles only what its network needs."""
@@ -928,6 +933,7 @@ class Entries(NamedTuple):
     refresh: object
     one_thread: object
     threads: object
+    thread_pointer: object
     kernels: object
 
 
@@ -957,8 +963,10 @@ def entries(arg_types: tuple) -> Entries:
     table_t = types.Array(types.int64, 1, "C")
     thread_args = (program_t, table_t) + arg_types[1:] + (types.intp, types.intp)
     run_thread.compile(thread_args)
-    loop_args = thread_args[:-2] + (types.intp,)
+    compiled = run_thread.overloads[thread_args]
+    loop_args = ((types.FunctionType(types.void(*thread_args)),) + thread_args[:-2]
+                 + (types.intp,))
     _run_threads_jit.compile(loop_args)
-    return Entries(refresh_packed.overloads[refresh_args].entry_point,
-                   run_thread.overloads[thread_args].entry_point,
-                   _run_threads_jit.overloads[loop_args].entry_point, kernels)
+    return Entries(refresh_packed.overloads[refresh_args].entry_point, compiled.entry_point,
+                   _run_threads_jit.overloads[loop_args].entry_point,
+                   CompileResultWAP(compiled), kernels)
