@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from minicnn import inference, models, nn, optim
+from minicnn.kernels import network as K
 from minicnn.nn.functional import softmax
 
 RTOL = 1e-4
@@ -108,6 +109,39 @@ def test_weight_changes_are_seen():
     bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm2d))
     bn.running_var = np.full_like(bn.running_var, 3.0)        # a buffer replaced
     _close(inference.forward(net, x, use_plan=True), net(x))
+
+
+def test_winograd_filters_follow_a_nan_and_its_repair():
+    """The Winograd step keeps transformed filters beside a copy of the filters: a NaN written
+    into a filter (never equal to anything) and then repaired must both be seen."""
+    net, shape = _model("mnist-cnn")
+    assert any(step.fields["algorithm"] == K.WINOGRAD
+               for step in inference.plan_for(net, shape).steps)
+    x = np.random.default_rng(5).standard_normal((3,) + shape).astype(np.float32)
+    conv = [m for m in net.modules() if isinstance(m, nn.Conv2d)][1]
+    inference.forward(net, x, use_plan=True)
+    saved = conv.weight.data[0, 0, 1, 1]
+    conv.weight.data[0, 0, 1, 1] = np.nan
+    got = inference.forward(net, x, use_plan=True)
+    assert np.isnan(got).any() and np.array_equal(np.isnan(got), np.isnan(net(x)))
+    conv.weight.data[0, 0, 1, 1] = saved
+    _close(inference.forward(net, x, use_plan=True), net(x))
+
+
+def test_a_network_compiles_only_the_step_kernels_it_uses():
+    """Each step kernel is compiled on its own the first time a program uses it; the kernel
+    table a program gets holds the no-op kernel in the places of those it does not use."""
+    net, shape = _model("lenet5")
+    x = np.zeros((1,) + shape, np.float32)
+    inference.forward(net, x, use_plan=True)
+    plan = inference.plan_for(net, shape)
+    table = plan.__dict__["_kernels"]
+    used = {K.kernel_for(step.op, step.fields["algorithm"], step.fields["sh"],
+                         step.fields["sw"]) for step in plan.steps}
+    assert used == {K.KERNEL_CONV_SHIFTED, K.KERNEL_FLATTEN, K.KERNEL_LINEAR}
+    unused = [table[i] for i in range(len(K.STEP_KERNELS)) if i not in used]
+    assert len(set(unused)) == 1 and unused[0] not in {table[i] for i in used}
+    assert len({table[i] for i in used}) == len(used)
 
 
 def test_mode_and_state_untouched():
