@@ -53,7 +53,7 @@ from . import blas, parallel, pointwise, winograd
 from .blas import gemm as _gemm
 from .contracts import (PLAIN, RELU, RELU_MAXPOOL, RELU_MAXPOOL_VALUES,  # noqa: F401
                         ConvPlan, conv_plan, with_stacked_layout)
-from .maxpool2x2 import max_row_pair, max_row_pair_values
+from .maxpool2x2 import max_pool_plane, pool_scratch
 from . import threads as _threads  # also chooses Numba's threading layer before first use
 from .parallel import share
 from .threads import threads_for
@@ -195,12 +195,16 @@ def _write_rectified(grid, start, bias, has_bias, pitch, y, n, epilogue, pooled,
     :func:`minicnn.kernels.pointwise.relu_forward`). With ``epilogue`` :data:`RELU_MAXPOOL` it
     also pools each channel's finished rows into ``pooled[n]`` and ``argmax[n]`` (N, C_out,
     H_out//2, W_out//2) while they are in cache, with the pooling layer's own rule
-    (:func:`~minicnn.kernels.maxpool2x2.max_row_pair`); :data:`RELU_MAXPOOL_VALUES` pools
+    (:func:`~minicnn.kernels.maxpool2x2.max_pool_plane`); :data:`RELU_MAXPOOL_VALUES` pools
     without the positions. Both give exactly what the separate layers give: a ReLU and a
     maximum only pick values, they never round."""
-    out_h, out_w = y.shape[2], y.shape[3]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     zero = grid.dtype.type(0)
-    for co in range(y.shape[1]):
+    flat_y, flat_pooled = y.reshape(y.size), pooled.reshape(pooled.size)
+    flat_argmax = argmax.reshape(argmax.size)
+    pooled_size = (out_h // 2) * (out_w // 2)
+    cells, codes = pool_scratch(out_h, out_w, y.dtype)
+    for co in range(c_out):
         b = bias[co] if has_bias else zero
         for oh in range(out_h):
             src = grid[co, start + oh * pitch:start + oh * pitch + out_w]
@@ -208,13 +212,11 @@ def _write_rectified(grid, start, bias, has_bias, pitch, y, n, epilogue, pooled,
             for ow in range(out_w):
                 value = src[ow] + b
                 dest[ow] = value if not value < zero else zero
-        if epilogue == RELU_MAXPOOL:
-            for ph in range(pooled.shape[2]):
-                max_row_pair(y[n, co, 2 * ph], y[n, co, 2 * ph + 1], pooled[n, co, ph],
-                             argmax[n, co, ph], 2 * ph * out_w, out_w)
-        elif epilogue == RELU_MAXPOOL_VALUES:
-            for ph in range(pooled.shape[2]):
-                max_row_pair_values(y[n, co, 2 * ph], y[n, co, 2 * ph + 1], pooled[n, co, ph])
+        if epilogue == RELU_MAXPOOL or epilogue == RELU_MAXPOOL_VALUES:
+            # argmax is empty for RELU_MAXPOOL_VALUES: no positions kept
+            max_pool_plane(flat_y, (n * c_out + co) * out_h * out_w, out_h, out_w,
+                           flat_pooled, (n * c_out + co) * pooled_size, flat_argmax,
+                           (n * c_out + co) * pooled_size, cells, codes)
 
 
 @njit(**_JIT)

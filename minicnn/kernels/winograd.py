@@ -57,7 +57,7 @@ from numba import njit, types
 from . import blas
 from .blas import gemm as _gemm
 from .contracts import PLAIN, RELU_MAXPOOL, RELU_MAXPOOL_VALUES
-from .maxpool2x2 import max_row_pair, max_row_pair_values
+from .maxpool2x2 import max_pool_plane, pool_scratch
 from . import parallel
 from .parallel import share as _share
 
@@ -183,25 +183,23 @@ def _output_transform(m, co, count, bias, rectify, sums, image):
 
 
 @njit(**_JIT)
-def _write_rows(image, tile0, pitch, plane, epilogue, pooled, argmax):
+def _write_rows(image, tile0, pitch, plane, epilogue, pooled, argmax, cells, codes):
     """One sample's output rows from :func:`_output_transform`'s ``image`` into its (H_out,
     W_out) ``plane`` (a last odd row or column of tiles is dropped), and for ``epilogue``
     :data:`~minicnn.kernels.contracts.RELU_MAXPOOL` or ``RELU_MAXPOOL_VALUES`` its 2x2 max
-    pooling into ``pooled`` (with the winners into ``argmax`` for ``RELU_MAXPOOL``), straight
-    from the tile rows with the pooling layer's rule."""
+    pooling into ``pooled`` (with the winners into ``argmax`` for ``RELU_MAXPOOL``), from the
+    plane just written (in cache) with the pooling layer's rule
+    (:func:`~minicnn.kernels.maxpool2x2.max_pool_plane`; ``cells`` and ``codes`` its working
+    space)."""
     out_h, out_w = plane.shape
     for row in range(out_h):
         start = 2 * (tile0 + (row // 2) * pitch)
         src, dest = image[row % 2, start:start + out_w], plane[row]
         for ow in range(out_w):
             dest[ow] = src[ow]
-    for ph in range(pooled.shape[0]):
-        start = 2 * (tile0 + ph * pitch)
-        if epilogue == RELU_MAXPOOL:
-            max_row_pair(image[0, start:], image[1, start:], pooled[ph], argmax[ph],
-                         2 * ph * out_w, out_w)
-        elif epilogue == RELU_MAXPOOL_VALUES:
-            max_row_pair_values(image[0, start:], image[1, start:], pooled[ph])
+    if epilogue == RELU_MAXPOOL or epilogue == RELU_MAXPOOL_VALUES:
+        max_pool_plane(plane.reshape(plane.size), 0, out_h, out_w, pooled.reshape(pooled.size),
+                       0, argmax.reshape(argmax.size), 0, cells, codes)
 
 
 class WinogradForwardArgs(NamedTuple):
@@ -240,6 +238,7 @@ def forward_chunk(args, plan, thread, n_threads):
     no_pooled = np.empty((0, 0), dtype=x.dtype)     # write_rows' pooling arrays, unused
     no_argmax = np.empty((0, 0), dtype=np.int32)
     first, last = _share(x.shape[0], thread, n_threads)
+    cells, codes = pool_scratch(y.shape[2], y.shape[3], x.dtype)
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
@@ -276,13 +275,13 @@ def forward_chunk(args, plan, thread, n_threads):
                 tile0 = slot * per_sample
                 if epilogue == RELU_MAXPOOL:
                     args.write_rows(image, tile0, pitch, y[n, co], epilogue, pooled[n, co],
-                                    argmax[n, co])
+                                    argmax[n, co], cells, codes)
                 elif epilogue == RELU_MAXPOOL_VALUES:
                     args.write_rows(image, tile0, pitch, y[n, co], epilogue, pooled[n, co],
-                                    no_argmax)
+                                    no_argmax, cells, codes)
                 else:
                     args.write_rows(image, tile0, pitch, y[n, co], epilogue, no_pooled,
-                                    no_argmax)
+                                    no_argmax, cells, codes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -298,7 +297,7 @@ def _pointers(dtype):
         parallel.pointer(_output_transform, (array[3], intp, intp, real, types.boolean,
                                              array[2], array[2])),
         parallel.pointer(_write_rows, (array[2], intp, intp, array[2], intp, array[2],
-                                       winners)))
+                                       winners, array[2], types.Array(types.int32, 1, "C"))))
 
 
 def arguments(x, u, bias, has_bias, y, epilogue, pooled, argmax) -> WinogradForwardArgs:
