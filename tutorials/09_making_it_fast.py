@@ -1137,9 +1137,10 @@ print("an in-place edit of the last bias moved every logit by", float((after - b
 # plan's GEMMs grow much less with the batch: a thread carries only a cache's worth of
 # samples through all the steps at a time, and its convolutions multiply one sample (or one
 # chunk of Winograd tiles) per GEMM. So the plan's lead shrinks as the batch grows, and at
-# some batch size the layers catch up. `inference.forward` therefore uses the plan only up to
-# `inference.PLAN_MAX_BATCH` images unless told otherwise, a threshold measured on the
-# machine minicnn was written on; your own crossover is printed below.
+# some batch size the layers catch up: on the machine these notes were measured on, the plan
+# still won at 64 and the two were level by a few hundred images, so `inference.forward` uses
+# the plan up to `inference.PLAN_MAX_BATCH` images unless told otherwise. Your own machine's
+# figures are printed below.
 
 # %%
 images_per_sample = loop_length(full=128, fast=64)   # images per timed sample, every batch
@@ -1174,8 +1175,6 @@ ax.plot(batches, [plan_us[n] for n in PLAN_BATCHES], "o-", label="inference.forw
 ax.plot(batches, [layers_us[n] for n in PLAN_BATCHES], "s-", label="net(x) (the layers)")
 ax.axhline(floor_total_us, color="k", ls="--", lw=1,
            label=f"arithmetic floor at the GEMM peak ({floor_total_us:.0f} us)")
-ax.axvline(inference.PLAN_MAX_BATCH, color="0.6", ls=":", lw=1,
-           label=f"inference.PLAN_MAX_BATCH = {inference.PLAN_MAX_BATCH}")
 ax.set_xscale("log", base=2)
 ax.set_ylim(bottom=0)
 ax.set_xticks(batches)
@@ -1190,10 +1189,11 @@ assert threads.get_num_threads() == start_threads
 # %% [markdown]
 # The picture has two regimes. On the left, time per image is set by what each call costs,
 # and the plan's single call wins; on the right, by how fast the arithmetic runs, where the
-# batch-tuned kernels catch up. Neither line should reach the dashed floor: at batch 1 the
+# batch-tuned kernels close the gap. Neither line should reach the dashed floor: at batch 1 the
 # plan still runs small GEMMs and a memory-bound `Linear`, and at any batch a convolution's
-# unrolling, padding and pooling move bytes that the floor does not count. Where exactly the
-# lines meet depends on the machine and its load (run the cell again and it may move by a
+# unrolling, padding and pooling move bytes that the floor does not count. Whether the lines
+# meet within these batch sizes depends on the machine and its load (on some they cross
+# before 64, on others only at a few hundred; run the cell again and a crossing may move by a
 # batch size); that the plan's lead shrinks as the batch grows does not. With more threads
 # the plan splits a batch between them as the layers do (`inference.forward(...,
 # n_threads=...)`), but a batch of one has nothing to split, which is why a server that
