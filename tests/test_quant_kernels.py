@@ -11,7 +11,7 @@ from minicnn.kernels import int8 as fast
 from minicnn.kernels import int8_reference as ref
 from minicnn.quant.arithmetic import QuantParams
 from minicnn.quant.model import (QConv, QFlatten, QLinear, QMaxPool, QuantizedModel,
-                                 requantize_params)
+                                 requantize_constants, requantize_params)
 
 
 def _params(rng) -> QuantParams:
@@ -65,18 +65,19 @@ CASES = [
     ((4, 10, 10), (9, 5, 5, (3, 3), (1, 1, 2, 2)), ((1, 1), (1, 1), (0, 0, 0, 0)), 33),
     ((2, 8, 9), (20, 3, 3, (1, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 17),
     ((32, 7, 7), (64, 3, 3, (1, 1), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 128),
+    ((3, 9, 9), (10, 3, 3, (1, 1), (1, 1, 1, 1)), ((3, 3), (2, 2), (0, 0, 0, 0)), 6),
 ]
-# Cases 0 and 1 (kW * C_in odd) get a channel of zeros added; 20 and 9 channels exercise the
-# 8-channel remainder blocks, rows of 7, 9 and 11 windows the single-window remainder.
+# kW * C_in odd: cases 0 and 1 (C_in < kW) get a kernel column of zero weights, case 7 a
+# channel of zeros. 20 and 9 channels exercise the 8-channel remainder blocks, rows of 7, 9
+# and 11 windows the single-window remainder. Poolings without padding are fused into the
+# conv's requantization (2x2 windows, and the general windows of cases 3, 4 and 7); the
+# padded ones of case 2 and 3 run on uint8.
 
 
 def _both(model, xq, threads):
     model.backend = "reference"
     expected = model.forward_int(xq)
-    p = model.packed
-    got = fast.forward(p.program, p.weights, p.bias, p.multiplier, p.shift, xq, p.out_size,
-                       p.act_size, p.cols_size, p.padded_size, p.acc_size,
-                       n_threads=threads)
+    got = fast.forward(model.packed, xq, n_threads=threads)
     return expected, got.reshape(expected.shape)
 
 
@@ -95,10 +96,42 @@ def test_fast_network_equals_reference(case, batch):
     np.testing.assert_array_equal(model.forward_int(xq), expected)
 
 
-@pytest.mark.parametrize("ending", ["conv", "maxpool"])
-def test_networks_ending_in_a_conv_or_a_pool(ending):
+def test_packing_fuses_unpadded_pools_and_pads_kernel_rows_to_pairs():
+    rng = np.random.default_rng(11)
+    program = network(rng, *CASES[0]).packed.program       # C_in 1, kW 5: a zero column
+    assert list(program["op"]) == [fast.OP_CONV, fast.OP_LINEAR, fast.OP_LINEAR]
+    assert program[0]["kw_packed"] == 6 and program[0]["k"] == 30
+    assert (program[0]["pool_kh"], program[0]["pooled_h"], program[0]["pooled_w"]) == (2, 14, 14)
+    program = network(rng, *CASES[7]).packed.program       # C_in 3, kW 3: a zero channel
+    assert program[0]["kw_packed"] == 3 and program[0]["padded_c"] == 4
+    assert program[0]["k"] == 36 and program[0]["pool_kh"] == 3
+    program = network(rng, *CASES[2]).packed.program       # a padded pool stays apart
+    assert list(program["op"]) == [fast.OP_CONV, fast.OP_MAXPOOL, fast.OP_LINEAR, fast.OP_LINEAR]
+    assert program[0]["pool_kh"] == 0
+
+
+@pytest.mark.parametrize("shift", [-5, 0, 9, 31, 32, 40])
+def test_requantize_constants_give_the_exact_rounding_shift(shift):
+    # The fast kernel's form (add ``rounding``, logical shift by ``total``, take ``lift`` off)
+    # against Python's exact integers, shifts beyond 62 bits included (they give 0).
+    rng = np.random.default_rng(shift + 100)
+    acc = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 2000), [-2 ** 31, 2 ** 31 - 1, 0, -1]])
+    multiplier = np.array([2 ** 30 + 12345], np.int32)
+    m, rounding, total, lift = requantize_constants(multiplier, np.array([shift]), 7)
+    t = 31 + shift
+    expected = np.array([((int(a) * int(multiplier[0]) + (1 << (t - 1))) >> t) + 7
+                         for a in acc])
+    product = acc.astype(np.int64) * np.int64(m[0])
+    got = ((product + rounding[0]).astype(np.uint64) >> np.uint64(total[0])).astype(np.int64)
+    np.testing.assert_array_equal(got - lift[0], expected)
+
+
+@pytest.mark.parametrize("ending, pool", [("conv", CASES[2][2]), ("maxpool", CASES[2][2]),
+                                          ("maxpool", ((2, 2), (2, 1), (0, 0, 0, 0)))])
+def test_networks_ending_in_a_conv_or_a_pool(ending, pool):
+    # The last pool padded (run on uint8) or not (fused into the conv), then widened to NCHW.
     rng = np.random.default_rng(7)
-    model = network(rng, (3, 9, 11), CASES[2][1], CASES[2][2], 4, ending=ending)
+    model = network(rng, (3, 9, 11), CASES[2][1], pool, 4, ending=ending)
     xq = rng.integers(0, 256, size=(3, 3, 9, 11)).astype(np.uint8)
     for threads in (1, 2):
         expected, got = _both(model, xq, threads)

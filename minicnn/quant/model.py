@@ -12,7 +12,6 @@ refused with the layer's index and type.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
@@ -263,19 +262,8 @@ def layer_shapes(layers, input_shape) -> list[tuple]:
     return shapes
 
 
-class PackedNetwork(NamedTuple):
-    """The arrays :func:`minicnn.kernels.int8.forward` takes, built once per model."""
-
-    program: np.ndarray
-    weights: np.ndarray
-    bias: np.ndarray
-    multiplier: np.ndarray
-    shift: np.ndarray
-    out_size: int
-    act_size: int
-    cols_size: int
-    padded_size: int
-    acc_size: int
+#: The arrays :func:`minicnn.kernels.int8.forward` takes, built once per model by :func:`pack`.
+PackedNetwork = fast.PackedNetwork
 
 
 def _program(rows: list[dict]) -> np.ndarray:
@@ -288,17 +276,54 @@ def _program(rows: list[dict]) -> np.ndarray:
     return program
 
 
+def requantize_constants(multiplier, shift, out_zero: int):
+    """The per-channel constants of the fast kernel's requantization
+    (:func:`minicnn.kernels.int8._requantize_row`): ``(multiplier, rounding, total, lift)``.
+
+    ``total = 31 + shift`` is the right shift, ``rounding = 2**(total-1) + 2**62`` and ``lift
+    = 2**(62-total) - out_zero``. A shift past 62 bits leaves 0 of any product (|product| <
+    2**62): such a channel gets multiplier 0 and shift 31, which gives the same 0.
+    """
+    multiplier = np.asarray(multiplier, np.int64).copy()
+    total = 31 + np.asarray(shift, np.int64)
+    if total.size and total.min() < 1:
+        raise ValueError(f"int8 requantization shift {int(total.min()) - 31} out of range "
+                         "(a multiplier of 2**30 or more)")
+    vanishing = total > 62
+    multiplier[vanishing], total[vanishing] = 0, 31
+    one = np.int64(1)
+    rounding = (one << (total - 1)) + (one << 62)
+    lift = (one << (62 - total)) - np.int64(out_zero)
+    return multiplier.astype(np.int32), rounding, total, lift
+
+
+def _fusable_pool(layers, index) -> "QMaxPool | None":
+    """The max pooling right after conv ``index`` that the fast kernel can fuse into the conv's
+    requantization (no padding: every window inside the conv's output), else None."""
+    if index + 1 < len(layers) and isinstance(layers[index + 1], QMaxPool):
+        pool = layers[index + 1]
+        if not any(pool.padding):
+            return pool
+    return None
+
+
 def pack(layers, input_shape) -> PackedNetwork:
     """Pre-pack the integer layers for the fast kernel (see :mod:`minicnn.kernels.int8`)."""
     shapes = layer_shapes(layers, input_shape)
-    rows, weight_parts, bias_parts, mult_parts, shift_parts = [], [], [], [], []
+    rows, weight_parts, bias_parts = [], [], []
+    mult_parts, rounding_parts, total_parts, lift_parts = [], [], [], []
     w_offset = ch_offset = 0
     act_size, cols_size, padded_size, acc_size = int(np.prod(input_shape)), 1, 1, 1
+    rows_size = fast.ROW_BLOCK
     shape_in = tuple(input_shape)
     channels_last_flat = None
+    fused = set()                        # indices of pooling layers fused into their conv
     last_compute = max(i for i, layer in enumerate(layers) if isinstance(layer, (QConv, QLinear)))
     for index, (layer, shape_out) in enumerate(zip(layers, shapes)):
         act_size = max(act_size, int(np.prod(shape_out)))
+        if index in fused:
+            shape_in = shape_out
+            continue
         row = {}                          # this layer's fast.LAYER_DTYPE fields (others 0)
         if isinstance(layer, QFlatten):
             if len(shape_in) == 3 and index > 0:
@@ -312,16 +337,26 @@ def pack(layers, input_shape) -> PackedNetwork:
             row["pad_top"], row["pad_left"] = layer.padding[0], layer.padding[2]
         else:
             c_out, weight = layer.weight.shape[0], layer.weight
+            kw_packed = weight.shape[3] if isinstance(layer, QConv) else 0
             if isinstance(layer, QConv) and (weight.shape[1] * weight.shape[3]) % 2:
-                # kW * C_in odd: add a channel of zero weights (and zero inputs), so that a
-                # kernel row of a window is whole pairs of values for the direct convolution.
-                weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
+                # kW * C_in odd: a kernel row of a window must be whole pairs of values for the
+                # direct convolution. Add a kernel column of zero weights where C_in < kW (the
+                # window reads one more input column, padded below), else a channel of zero
+                # weights (and zero inputs): whichever sums fewer products.
+                if weight.shape[1] < weight.shape[3]:
+                    weight = np.concatenate([weight, np.zeros_like(weight[..., :1])], axis=3)
+                    kw_packed += 1
+                else:
+                    weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
             k = int(np.prod(weight.shape[1:]))
-            if k * 255 * 127 >= 2 ** 31:       # |x - zero| <= 255, |w| <= 127
-                raise ValueError(f"int8 layer {index} ({layer.kind}) sums {k} products, too "
-                                 "many for an int32 accumulator (at most 66,311)")
+            most = k * 255 * 127 + int(np.abs(layer.bias.astype(np.int64)).max(initial=0))
+            if most >= 2 ** 31:               # |x - zero| <= 255, |w| <= 127, plus the bias
+                raise ValueError(f"int8 layer {index} ({layer.kind}) sums {k} products and a "
+                                 "bias, too many for an int32 accumulator (at most 66,311 "
+                                 "products)")
             k_padded = fast.round_up(k, fast.K_ALIGN)
             rows_padded = fast.round_up(c_out, fast.ROW_BLOCK)
+            rows_size = max(rows_size, rows_padded)
             positions = int(np.prod(shape_out[1:])) if isinstance(layer, QConv) else 1
             acc_size = max(acc_size, rows_padded * positions)
             matrix = np.zeros((rows_padded, k_padded), np.int16)
@@ -342,14 +377,18 @@ def pack(layers, input_shape) -> PackedNetwork:
             # 8 channels as one vector.
             weight_parts.append(np.ascontiguousarray(
                 matrix.reshape(rows_padded, k_padded // 2, 2).transpose(1, 0, 2)).ravel())
+            final = layer.output is None
+            row["out_zero"] = 0 if final else layer.output.zero_point
+            multiplier, rounding, total, lift = requantize_constants(
+                layer.multiplier, layer.shift, row["out_zero"])
             bias_parts.append(layer.bias)
-            mult_parts.append(layer.multiplier)
-            shift_parts.append(layer.shift)
+            mult_parts.append(multiplier)
+            rounding_parts.append(rounding)
+            total_parts.append(total)
+            lift_parts.append(lift)
             row["k"], row["k_padded"] = k, k_padded
             row["w_offset"], row["ch_offset"] = w_offset, ch_offset
             row["in_zero"] = layer.input.zero_point
-            final = layer.output is None
-            row["out_zero"] = 0 if final else layer.output.zero_point
             row["clamp_low"] = row["out_zero"] if layer.relu else 0
             row["final"] = int(final)
             w_offset += matrix.size
@@ -357,14 +396,22 @@ def pack(layers, input_shape) -> PackedNetwork:
             if isinstance(layer, QConv):
                 row["op"] = fast.OP_CONV
                 row["kh"], row["kw"] = layer.weight.shape[2:]
+                row["kw_packed"] = kw_packed
                 row["sh"], row["sw"] = layer.stride
                 row["pad_top"], row["pad_left"] = layer.padding[0], layer.padding[2]
                 top, bottom, left, right = layer.padding
                 row["padded_h"] = shape_in[1] + top + bottom
-                row["padded_w"] = shape_in[2] + left + right
+                # a zero kernel column reads one input column past the last window's
+                row["padded_w"] = shape_in[2] + left + right + (kw_packed - row["kw"])
                 row["padded_c"] = weight.shape[1]
                 padded_size = max(padded_size, weight.shape[1] * int(row["padded_h"])
                                   * int(row["padded_w"]))
+                pool = None if final else _fusable_pool(layers, index)
+                if pool is not None:
+                    fused.add(index + 1)
+                    row["pool_kh"], row["pool_kw"] = pool.kernel
+                    row["pool_sh"], row["pool_sw"] = pool.stride
+                    row["pooled_h"], row["pooled_w"] = shapes[index + 1][1:]
             else:
                 row["op"] = fast.OP_LINEAR
                 row["out_h"] = row["out_w"] = 1
@@ -377,6 +424,8 @@ def pack(layers, input_shape) -> PackedNetwork:
             row["out_c"], row["out_h"], row["out_w"] = shape_out
         else:
             row["out_c"], row["out_h"], row["out_w"] = (shape_out[0], 1, 1)
+        if not row.get("pool_kh"):
+            row["pooled_h"], row["pooled_w"] = row["out_h"], row["out_w"]
         rows.append(row)
         shape_in = shape_out
         if index == last_compute and layer.output is None:
@@ -385,10 +434,12 @@ def pack(layers, input_shape) -> PackedNetwork:
         program=_program(rows),
         weights=np.ascontiguousarray(np.concatenate(weight_parts)),
         bias=np.ascontiguousarray(np.concatenate(bias_parts).astype(np.int32)),
-        multiplier=np.ascontiguousarray(np.concatenate(mult_parts).astype(np.int32)),
-        shift=np.ascontiguousarray(np.concatenate(shift_parts).astype(np.int32)),
+        multiplier=np.ascontiguousarray(np.concatenate(mult_parts)),
+        rounding=np.ascontiguousarray(np.concatenate(rounding_parts)),
+        total=np.ascontiguousarray(np.concatenate(total_parts)),
+        lift=np.ascontiguousarray(np.concatenate(lift_parts)),
         out_size=int(np.prod(shapes[-1])), act_size=act_size, cols_size=cols_size,
-        padded_size=padded_size, acc_size=acc_size)
+        padded_size=padded_size, acc_size=acc_size, rows_size=rows_size)
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -482,9 +533,7 @@ class QuantizedModel:
                              f"{xq.shape}")
         if self.backend == "reference":
             return self._forward_reference(xq)
-        p = self.packed
-        out = fast.forward(p.program, p.weights, p.bias, p.multiplier, p.shift, xq,
-                           p.out_size, p.act_size, p.cols_size, p.padded_size, p.acc_size)
+        out = fast.forward(self.packed, xq)
         out = out.reshape((xq.shape[0],) + self.output_shape)
         return out if self._last_compute().output is None else out.astype(np.uint8)
 
