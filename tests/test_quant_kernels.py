@@ -9,6 +9,7 @@ import pytest
 
 from minicnn.kernels import int8 as fast
 from minicnn.kernels import int8_reference as ref
+from minicnn.kernels import int8_winograd
 from minicnn.quant.arithmetic import QuantParams
 from minicnn.quant.model import (QConv, QFlatten, QLinear, QMaxPool, QuantizedModel,
                                  requantize_constants, requantize_params)
@@ -66,12 +67,16 @@ CASES = [
     ((2, 8, 9), (20, 3, 3, (1, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 17),
     ((32, 7, 7), (64, 3, 3, (1, 1), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 128),
     ((3, 9, 9), (10, 3, 3, (1, 1), (1, 1, 1, 1)), ((3, 3), (2, 2), (0, 0, 0, 0)), 6),
+    ((16, 10, 8), (24, 3, 3, (1, 1), (0, 0, 0, 0)), ((1, 1), (1, 1), (0, 0, 0, 0)), 9),
+    ((17, 5, 6), (8, 3, 3, (1, 1), (1, 1, 0, 2)), ((2, 2), (2, 2), (0, 0, 0, 0)), 5),
 ]
 # kW * C_in odd: cases 0 and 1 (C_in < kW) get a kernel column of zero weights, case 7 a
 # channel of zeros. 20 and 9 channels exercise the 8-channel remainder blocks, rows of 7, 9
 # and 11 windows the single-window remainder. Poolings without padding are fused into the
 # conv's requantization (2x2 windows, and the general windows of cases 3, 4 and 7); the
-# padded ones of case 2 and 3 run on uint8.
+# padded ones of case 2 and 3 run on uint8. Cases 6, 8 and 9 (3x3, stride 1, 16 or more input
+# channels) run as integer Winograd F(2x2, 3x3): odd and even outputs, no and one-sided
+# padding, 17 channels packed as 18.
 
 
 def _both(model, xq, threads):
@@ -105,9 +110,32 @@ def test_packing_fuses_unpadded_pools_and_pads_kernel_rows_to_pairs():
     program = network(rng, *CASES[7]).packed.program       # C_in 3, kW 3: a zero channel
     assert program[0]["kw_packed"] == 3 and program[0]["padded_c"] == 4
     assert program[0]["k"] == 36 and program[0]["pool_kh"] == 3
+    for case in (6, 8, 9):
+        assert network(rng, *CASES[case]).packed.program[0]["winograd"] == 1, case
     program = network(rng, *CASES[2]).packed.program       # a padded pool stays apart
     assert list(program["op"]) == [fast.OP_CONV, fast.OP_MAXPOOL, fast.OP_LINEAR, fast.OP_LINEAR]
     assert program[0]["pool_kh"] == 0
+
+
+def test_integer_winograd_filters_and_their_bound():
+    # 4 G g Gᵀ in integers: the transform of a filter, taken back by Aᵀ (.) A of a patch's
+    # transform, is 4x the direct correlation of the patch (for one tile, every position).
+    rng = np.random.default_rng(5)
+    g = rng.integers(-127, 128, size=(1, 1, 3, 3))
+    d = rng.integers(-255, 256, size=(4, 4))
+    bt = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+    at = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+    u = int8_winograd.filter_transform(g).reshape(4, 4)
+    y = at @ (u * (bt @ d @ bt.T)) @ at.T
+    direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g[0, 0]) for j in range(2)]
+                       for i in range(2)])
+    np.testing.assert_array_equal(y, 4 * direct)
+    assert np.abs(u).max() <= 9 * 127
+    # The int32 bound: an output channel's sum of |U| times the largest transformed input
+    # (every weight 127: 8128 per input channel, so 259 channels fit and 260 do not).
+    for channels, fits in ((259, True), (260, False)):
+        worst = np.full((2, channels, 3, 3), 127)
+        assert int8_winograd.fits_int32(int8_winograd.filter_transform(worst)) == fits
 
 
 @pytest.mark.parametrize("shift", [-5, 0, 9, 31, 32, 40])

@@ -31,7 +31,7 @@ speed:
 - **An int32 GEMM whose inner step is ``vpmaddwd``.** :func:`_conv_direct` and
   :func:`_matvec` work in register blocks of 4 windows x 16 channels (1 x 16 for a linear
   layer) through
-  :func:`_make_block`, an intrinsic that writes the step as LLVM vector code: broadcast a
+  :func:`~minicnn.kernels.int8_blocks.make_block`, an intrinsic that writes the step as LLVM vector code: broadcast a
   pair of a window's values to 8 lanes, multiply by 8 channels' weight pairs (16 int16),
   add each lane's two products. LLVM's x86 backend turns each such step into one
   ``vpmaddwd`` (16 multiply-adds); the 8 accumulators stay in ``ymm`` registers and are
@@ -61,12 +61,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from . import parallel
+from .int8_blocks import (add_1x8, add_1x16, add_4x8, add_4x16, block_1x8, block_1x16,
+                          block_4x8, block_4x16)
+from .int8_winograd import input_tiles, output_tiles, pad_phases, tile_products
 from .threads import threads_for
 
 # -- the program: one record per layer ----------------------------------------------------------
@@ -83,17 +83,18 @@ OP_CONV, OP_LINEAR, OP_MAXPOOL = 1, 2, 3
 #: padded_w, padded_c`` (a conv's padded int16 input); ``pool_kh, pool_kw, pool_sh, pool_sw``
 #: (a max pooling fused into a conv, see :func:`_requantize_pooled`; ``pool_kh`` 0 where none)
 #: and ``pooled_h, pooled_w`` (the grid a layer writes: after its fused pooling, else ``out_h,
-#: out_w``). A program is a structured array of these, one per layer; a kernel reads ``layer
-#: = program[index]``, then ``layer.out_c``.
+#: out_w``); ``winograd`` (1 for a 3x3 conv run as integer Winograd F(2x2, 3x3),
+#: :mod:`minicnn.kernels.int8_winograd`) and its ``tiles_h, tiles_w``; ``w_size`` (its packed
+#: int16 weights). A program is a structured array of these, one per layer; a kernel reads
+#: ``layer = program[index]``, then ``layer.out_c``.
 LAYER_DTYPE = np.dtype([(name, np.int64) for name in (
     "op", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "kh", "kw", "sh", "sw", "pad_top",
     "pad_left", "kw_packed", "k", "k_padded", "w_offset", "ch_offset", "in_zero", "out_zero",
     "clamp_low", "final", "padded_h", "padded_w", "padded_c", "pool_kh", "pool_kw", "pool_sh",
-    "pool_sw", "pooled_h", "pooled_w")])
+    "pool_sw", "pooled_h", "pooled_w", "winograd", "tiles_h", "tiles_w", "w_size")])
 #: Padding of the packed weights: K to a multiple of 2 (pairs of values), C_out to 8 (one
 #: vector of int32 lanes).
 K_ALIGN, ROW_BLOCK = 2, 8
-_LANES = 16                  # int16 lanes per load (256 bits)
 
 
 class PackedNetwork(NamedTuple):
@@ -109,7 +110,9 @@ class PackedNetwork(NamedTuple):
     sizes are those of one sample's buffers: ``out_size`` (values per sample out),
     ``act_size`` (largest uint8 activation), ``cols_size`` (largest linear input, int16),
     ``padded_size`` (largest padded conv input, int16), ``acc_size`` (largest accumulator
-    block, int32) and ``rows_size`` (largest channel count rounded up to 8).
+    block, int32), ``rows_size`` (largest channel count rounded up to 8), ``tiles_size`` and
+    ``products_size`` (a Winograd conv's transformed input, int16, and products, int32) and
+    ``stage_size`` (its transforms' scratch for one row of tiles, int32).
     """
 
     program: np.ndarray
@@ -125,6 +128,9 @@ class PackedNetwork(NamedTuple):
     padded_size: int
     acc_size: int
     rows_size: int
+    tiles_size: int
+    products_size: int
+    stage_size: int
 
 
 class Int8NetworkArgs(NamedTuple):
@@ -145,6 +151,9 @@ class Int8NetworkArgs(NamedTuple):
     padded: np.ndarray       # int16 (threads, largest padded conv input)
     acc: np.ndarray          # int32 (threads, largest layer output, C_out rounded up to 8)
     best: np.ndarray         # int32 (threads, largest C_out rounded up to 8): a pooled row
+    tiles: np.ndarray        # int16 (threads, largest Winograd input, 16 x tiles x C)
+    products: np.ndarray     # int32 (threads, largest Winograd products, 16 x tiles x rows)
+    stage: np.ndarray        # int32 (threads, a Winograd transform's row of tiles)
     batch_from: int          # first layer of the linear tail run on a thread's whole share
     lin: np.ndarray          # int16 (threads, share * largest padded linear input)
     lin_acc: np.ndarray      # int32 (threads, share * largest linear output rows)
@@ -200,125 +209,12 @@ def _centre(src, layer, cols):
         cols[k] = 0
 
 
-def _make_block(block_positions: int, block_vectors: int, accumulate: bool = False):
-    """An intrinsic computing a block of ``block_positions`` windows x ``block_vectors * 8``
-    output channels, written as LLVM vector code (generated here), stored in ``acc`` (or,
-    with ``accumulate``, added to what ``acc`` holds):
-
-    ``acc[acc_offset + j * acc_stride + 8 * v + l] = sum over segments s < n_segments and
-    k < k_len (even) of c[c_offset + s * c_segment + j * c_stride + k] *
-    w-pair-layout[w_offset + s * w_segment, k, 8 * v + l]`` for windows ``j``, vectors ``v``
-    and lanes ``l < 8``. ``w`` holds a layer's weights as ``(K / 2, rows, 2)`` int16 (two
-    consecutive k of a channel side by side), ``w_offset`` pointing at the block's first
-    channel; ``c`` holds the windows, int16; ``acc`` int32; all 1-D C arrays. A segment is
-    one kernel row of a convolution's windows (a linear layer has one).
-
-    Each step takes the next pair of a window's values as one 32-bit word, broadcasts it to 8
-    lanes, and multiplies it with 8 channels' pairs of weights (16 int16), adding each lane's
-    two products: LLVM's x86 backend turns that (sign-extend, multiply, add even and odd
-    lanes) into one ``vpmaddwd``. The ``block_positions * block_vectors`` accumulators stay
-    in registers through every segment and are stored once, channels contiguous, so nothing
-    is summed across lanes. (The same sums in plain Numba loops gave ``vpmulld`` and half
-    the speed.)
-    """
-    def typer(typingctx, w, w_offset, rows, c, c_offset, c_stride, k_len, n_segments,
-              c_segment, w_segment, acc, acc_offset, acc_stride):
-        sig = types.void(w, w_offset, rows, c, c_offset, c_stride, k_len, n_segments,
-                         c_segment, w_segment, acc, acc_offset, acc_stride)
-
-        def codegen(context, builder, signature, args):
-            (w_arr, w_offset, rows, c_arr, c_offset, c_stride, k_len, n_segments, c_segment,
-             w_segment, acc_arr, acc_offset, acc_stride) = args
-            w_ptr = context.make_array(signature.args[0])(context, builder, w_arr).data
-            c_ptr = context.make_array(signature.args[3])(context, builder, c_arr).data
-            acc_ptr = context.make_array(signature.args[10])(context, builder, acc_arr).data
-            i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            lanes = _LANES // 2
-            half, full = ir.VectorType(i32, lanes), ir.VectorType(i32, _LANES)
-            narrow = ir.VectorType(i16, _LANES)
-            evens = ir.Constant(ir.VectorType(i32, lanes),
-                                [ir.Constant(i32, 2 * i) for i in range(lanes)])
-            odds = ir.Constant(ir.VectorType(i32, lanes),
-                               [ir.Constant(i32, 2 * i + 1) for i in range(lanes)])
-            splat_mask = ir.Constant(ir.VectorType(i32, lanes), [ir.Constant(i32, 0)] * lanes)
-            undefined_full = ir.Constant(full, ir.Undefined)
-            undefined_half = ir.Constant(half, ir.Undefined)
-            targets = []                   # where each accumulator is stored at the end
-            for j in range(block_positions):
-                for v in range(block_vectors):
-                    at = builder.add(acc_offset, builder.add(
-                        builder.mul(acc_stride, ir.Constant(i64, j)),
-                        ir.Constant(i64, v * lanes)))
-                    targets.append(builder.bitcast(builder.gep(acc_ptr, [at]),
-                                                   half.as_pointer()))
-            sums = []
-            for target in targets:
-                slot = cgutils.alloca_once(builder, half)     # promoted to registers by LLVM
-                if accumulate:
-                    start = builder.load(target)
-                    start.align = 4
-                    builder.store(start, slot)
-                else:
-                    builder.store(ir.Constant(half, None), slot)
-                sums.append(slot)
-            steps = builder.sdiv(k_len, ir.Constant(i64, 2))
-            with cgutils.for_range(builder, n_segments) as segment:
-                c_base = builder.add(c_offset, builder.mul(segment.index, c_segment))
-                w_base = builder.add(w_offset, builder.mul(segment.index, w_segment))
-                window_rows = [builder.add(c_base, builder.mul(c_stride, ir.Constant(i64, j)))
-                               for j in range(block_positions)]
-                with cgutils.for_range(builder, steps) as loop:
-                    k = builder.mul(loop.index, ir.Constant(i64, 2))
-                    # Weights of step k: (k / 2) * rows * 2 int16 past the segment's start.
-                    w_step = builder.add(w_base, builder.mul(k, rows))
-                    weights = []
-                    for v in range(block_vectors):
-                        at = builder.add(w_step, ir.Constant(i64, v * _LANES))
-                        pointer = builder.bitcast(builder.gep(w_ptr, [at]),
-                                                  narrow.as_pointer())
-                        value = builder.load(pointer)
-                        value.align = 2
-                        weights.append(builder.sext(value, full))
-                    for j in range(block_positions):
-                        at = builder.add(window_rows[j], k)
-                        pointer = builder.bitcast(builder.gep(c_ptr, [at]), i32.as_pointer())
-                        word = builder.load(pointer)
-                        word.align = 2
-                        splat = builder.shuffle_vector(
-                            builder.insert_element(undefined_half, word, ir.Constant(i32, 0)),
-                            undefined_half, splat_mask)
-                        window = builder.sext(builder.bitcast(splat, narrow), full)
-                        for v in range(block_vectors):
-                            product = builder.mul(weights[v], window, flags=["nsw"])
-                            pairs = builder.add(
-                                builder.shuffle_vector(product, undefined_full, evens),
-                                builder.shuffle_vector(product, undefined_full, odds))
-                            slot = sums[j * block_vectors + v]
-                            builder.store(builder.add(builder.load(slot), pairs), slot)
-            for target, slot in zip(targets, sums):
-                store = builder.store(builder.load(slot), target)
-                store.align = 4
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return intrinsic(typer)
-
-
-# Blocks: 4 windows x 16 channels (8 accumulators) for convolutions, 1 x 16 for linear
-# layers and the last windows of a row, and 8-channel versions of both for the last 8 of a
-# channel count that is not a multiple of 16.
-_block_4x16, _block_4x8 = _make_block(4, 2), _make_block(4, 1)
-_block_1x16, _block_1x8 = _make_block(1, 2), _make_block(1, 1)
-# The same, adding to the accumulators: the linear tail sums K in chunks (_linear_share).
-_add_4x16, _add_4x8 = _make_block(4, 2, True), _make_block(4, 1, True)
-_add_1x16, _add_1x8 = _make_block(1, 2, True), _make_block(1, 1, True)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _matvec(weights, vector, acc, rows, k_padded):
     """A linear layer: ``acc[co] = sum_k vector[k] * W[co, k]`` in int32, 16 channels at a
-    time (:func:`_make_block`), then 8.
+    time (:func:`~minicnn.kernels.int8_blocks.make_block`), then 8.
 
     weights : int16 (K_padded / 2 * rows * 2,), laid out (K / 2, rows, 2), rows a multiple
     of 8; vector : int16 (K_padded,); acc : int32 (rows,). No flags and no per-layer
@@ -328,10 +224,10 @@ def _matvec(weights, vector, acc, rows, k_padded):
     i64 = np.int64
     wide = rows - rows % 16
     for co in range(0, wide, 16):
-        _block_1x16(weights, i64(2 * co), i64(rows), vector, i64(0), i64(k_padded),
+        block_1x16(weights, i64(2 * co), i64(rows), vector, i64(0), i64(k_padded),
                     i64(k_padded), i64(1), i64(0), i64(0), acc, i64(co), i64(rows))
     if wide < rows:
-        _block_1x8(weights, i64(2 * wide), i64(rows), vector, i64(0), i64(k_padded),
+        block_1x8(weights, i64(2 * wide), i64(rows), vector, i64(0), i64(k_padded),
                    i64(k_padded), i64(1), i64(0), i64(0), acc, i64(wide), i64(rows))
 
 
@@ -362,8 +258,8 @@ def _make_conv_channels(block_4, block_1, width: int):
     return conv_channels
 
 
-_conv_channels_16 = _make_conv_channels(_block_4x16, _block_1x16, 16)
-_conv_channels_8 = _make_conv_channels(_block_4x8, _block_1x8, 8)
+_conv_channels_16 = _make_conv_channels(block_4x16, block_1x16, 16)
+_conv_channels_8 = _make_conv_channels(block_4x8, block_1x8, 8)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -371,7 +267,7 @@ def _conv_direct(weights, padded, acc, rows, layer):
     """A convolution without im2col: ``acc[p * rows + co]`` for every output position, read
     straight from the padded channels-last input. A window's kernel row is one contiguous
     run of ``kw_packed * C`` values; kernel rows are ``Wp * C`` apart, and consecutive windows
-    of an output row ``sW * C`` apart: each register block (:func:`_make_block`, 4 windows x
+    of an output row ``sW * C`` apart: each register block (:func:`~minicnn.kernels.int8_blocks.make_block`, 4 windows x
     16 channels) walks all ``kH`` kernel rows as segments. Needs ``kw_packed * C`` even
     (whole pairs: a zero channel or a zero kernel column is packed where ``kW * C`` is odd,
     see :func:`minicnn.quant.model.pack`); weights laid out (K / 2, rows, 2), K in (kernel
@@ -469,16 +365,22 @@ def _store_final(acc, rows, positions, c_out, bias, out_row):
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _layer_gemm(args, layer, padded, cols, acc, best, positions, dst, out_row):
+def _layer_gemm(args, layer, padded, cols, acc, best, tiles, products, stage, positions, dst,
+                out_row):
     """One conv (from ``padded``) or linear layer (from ``cols``) on one sample:
-    :func:`_conv_direct` or :func:`_matvec` on its packed weights, then
+    integer Winograd (:mod:`minicnn.kernels.int8_winograd`), :func:`_conv_direct` or
+    :func:`_matvec` on its packed weights, then
     :func:`_requantize_pooled` (a conv with a fused pooling), :func:`_requantize_rows` or
     :func:`_store_final`."""
     k_padded, c_out = layer.k_padded, layer.out_c
     rows = (c_out + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
     start, ch = layer.w_offset, layer.ch_offset
-    weights = args.weights[start:start + rows * k_padded]
-    if layer.op == OP_CONV:
+    weights = args.weights[start:start + layer.w_size]
+    if layer.winograd:
+        input_tiles(padded, layer, stage, tiles)
+        tile_products(weights, tiles, products, layer, rows)
+        output_tiles(products, layer, rows, stage, acc)
+    elif layer.op == OP_CONV:
         _conv_direct(weights, padded, acc, rows, layer)
     else:
         _matvec(weights, cols, acc, rows, k_padded)
@@ -559,14 +461,14 @@ def _make_linear_channels(block_4, block_1, width: int):
     return linear_channels
 
 
-_linear_channels_16 = _make_linear_channels(_add_4x16, _add_1x16, 16)
-_linear_channels_8 = _make_linear_channels(_add_4x8, _add_1x8, 8)
+_linear_channels_16 = _make_linear_channels(add_4x16, add_1x16, 16)
+_linear_channels_8 = _make_linear_channels(add_4x8, add_1x8, 8)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _linear_share(args, layer, lin, lin_acc, count):
     """A linear layer on ``count`` samples at once: ``lin_acc[p * rows + co]`` for the centred
-    inputs ``lin[p * K_padded:]``, four samples per register block (:func:`_make_block`
+    inputs ``lin[p * K_padded:]``, four samples per register block (:func:`~minicnn.kernels.int8_blocks.make_block`
     with the samples as its windows).
 
     K is summed in chunks of :data:`LINEAR_K_CHUNK`: for each chunk, each block of 16
@@ -623,7 +525,8 @@ def network_chunk(args, plan, thread, n_threads):
     first, last = parallel.share(args.x.shape[0], thread, n_threads)
     a, b = args.act_a[thread], args.act_b[thread]
     cols, padded, acc = args.cols[thread], args.padded[thread], args.acc[thread]
-    best = args.best[thread]
+    best, tiles, products = args.best[thread], args.tiles[thread], args.products[thread]
+    stage = args.stage[thread]
     n_in = args.x.shape[1]
     for n in range(first, last):
         src, dst = a, b
@@ -649,12 +552,16 @@ def network_chunk(args, plan, thread, n_threads):
             if op == OP_MAXPOOL:
                 _maxpool(src, layer, dst)
             elif op == OP_CONV:
-                _pad_centre(src, layer, padded)
-                _layer_gemm(args, layer, padded, cols, acc, best, layer.out_h * layer.out_w,
-                            dst, out_row)
+                if layer.winograd:
+                    pad_phases(src, layer, padded)
+                else:
+                    _pad_centre(src, layer, padded)
+                _layer_gemm(args, layer, padded, cols, acc, best, tiles, products, stage,
+                            layer.out_h * layer.out_w, dst, out_row)
             else:
                 _centre(src, layer, cols)
-                _layer_gemm(args, layer, padded, cols, acc, best, 1, dst, out_row)
+                _layer_gemm(args, layer, padded, cols, acc, best, tiles, products, stage, 1,
+                            dst, out_row)
             if layer.final:
                 break
             src, dst = dst, src
@@ -722,7 +629,10 @@ def forward(packed: PackedNetwork, x, n_threads: int | None = None) -> np.ndarra
         cols=np.empty((threads, packed.cols_size), np.int16),
         padded=np.empty((threads, packed.padded_size), np.int16),
         acc=np.empty((threads, packed.acc_size), np.int32),
-        best=np.empty((threads, packed.rows_size), np.int32), batch_from=batch_from,
+        best=np.empty((threads, packed.rows_size), np.int32),
+        tiles=np.empty((threads, packed.tiles_size), np.int16),
+        products=np.empty((threads, packed.products_size), np.int32),
+        stage=np.empty((threads, packed.stage_size), np.int32), batch_from=batch_from,
         lin=np.empty((threads, lin_size), np.int16),
         lin_acc=np.empty((threads, lin_acc_size), np.int32),
         lin_out=np.empty((threads, lin_out_size), np.uint8))

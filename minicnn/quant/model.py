@@ -18,6 +18,7 @@ import numpy as np
 from .. import nn
 from ..kernels import int8 as fast
 from ..kernels import int8_reference as ref
+from ..kernels import int8_winograd as winograd
 from .arithmetic import (QuantParams, choose_params, dequantize, quantize,
                          quantize_multiplier, quantize_weights_per_channel)
 
@@ -307,6 +308,31 @@ def _fusable_pool(layers, index) -> "QMaxPool | None":
     return None
 
 
+#: Input channels from which a 3x3 stride-1 conv runs as integer Winograd F(2x2, 3x3)
+#: (:mod:`minicnn.kernels.int8_winograd`); with fewer, the transforms cost more than the
+#: multiplies they save (as the float plan's ``WINOGRAD_MIN_CHANNELS``).
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def _winograd_filters(layer, weight) -> np.ndarray | None:
+    """The transformed filters ``(16, C_out, C_in)`` of a conv that runs as integer Winograd
+    (3x3, stride 1, an even number of at least :data:`WINOGRAD_MIN_CHANNELS` input channels as
+    packed, sums inside int32), else None."""
+    if (not isinstance(layer, QConv) or weight.shape[2:] != (3, 3)
+            or tuple(layer.stride) != (1, 1) or weight.shape[1] % 2
+            or weight.shape[1] < WINOGRAD_MIN_CHANNELS):
+        return None
+    u = winograd.filter_transform(weight)
+    return u if winograd.fits_int32(u) else None
+
+
+def _pairs_layout(matrix: np.ndarray) -> np.ndarray:
+    """``(rows, K)`` -> ``(K / 2, rows, 2)``, flattened: a step of the kernels loads two
+    consecutive k of 8 channels as one vector."""
+    rows, k = matrix.shape
+    return np.ascontiguousarray(matrix.reshape(rows, k // 2, 2).transpose(1, 0, 2)).ravel()
+
+
 def pack(layers, input_shape) -> PackedNetwork:
     """Pre-pack the integer layers for the fast kernel (see :mod:`minicnn.kernels.int8`)."""
     shapes = layer_shapes(layers, input_shape)
@@ -314,7 +340,7 @@ def pack(layers, input_shape) -> PackedNetwork:
     mult_parts, rounding_parts, total_parts, lift_parts = [], [], [], []
     w_offset = ch_offset = 0
     act_size, cols_size, padded_size, acc_size = int(np.prod(input_shape)), 1, 1, 1
-    rows_size = fast.ROW_BLOCK
+    rows_size, tiles_size, products_size, stage_size = fast.ROW_BLOCK, 1, 1, 1
     shape_in = tuple(input_shape)
     channels_last_flat = None
     fused = set()                        # indices of pooling layers fused into their conv
@@ -373,10 +399,24 @@ def pack(layers, input_shape) -> PackedNetwork:
             else:
                 matrix[:c_out, :k] = layer.weight.reshape(c_out, k)
             channels_last_flat = None
-            # (rows, K) -> (K / 2, rows, 2): a step of the kernel loads two consecutive k of
-            # 8 channels as one vector.
-            weight_parts.append(np.ascontiguousarray(
-                matrix.reshape(rows_padded, k_padded // 2, 2).transpose(1, 0, 2)).ravel())
+            u = _winograd_filters(layer, weight)
+            if u is not None:
+                # 16 matrices U[t] (C_out, C_in), each in the pairs layout
+                c_in = weight.shape[1]
+                matrix = np.zeros((winograd.POSITIONS, rows_padded, c_in), np.int16)
+                matrix[:, :c_out] = u
+                weight_parts.append(np.concatenate([_pairs_layout(m) for m in matrix]))
+                tiles_h, tiles_w = -(-shape_out[1] // 2), -(-shape_out[2] // 2)
+                row["winograd"], row["tiles_h"], row["tiles_w"] = 1, tiles_h, tiles_w
+                tiles_size = max(tiles_size, winograd.POSITIONS * tiles_h * tiles_w * c_in)
+                products_size = max(products_size,
+                                     winograd.POSITIONS * tiles_h * tiles_w * rows_padded)
+                # Bᵀ d of a row of tiles (8 phase rows of Wp / 2 positions), Aᵀ M (8 x tiles)
+                stage_size = max(stage_size, 8 * (tiles_w + 1) * c_in,
+                                 8 * tiles_w * rows_padded)
+            else:
+                weight_parts.append(_pairs_layout(matrix))
+            row["w_size"] = weight_parts[-1].size
             final = layer.output is None
             row["out_zero"] = 0 if final else layer.output.zero_point
             multiplier, rounding, total, lift = requantize_constants(
@@ -391,7 +431,7 @@ def pack(layers, input_shape) -> PackedNetwork:
             row["in_zero"] = layer.input.zero_point
             row["clamp_low"] = row["out_zero"] if layer.relu else 0
             row["final"] = int(final)
-            w_offset += matrix.size
+            w_offset += weight_parts[-1].size
             ch_offset += c_out
             if isinstance(layer, QConv):
                 row["op"] = fast.OP_CONV
@@ -403,6 +443,10 @@ def pack(layers, input_shape) -> PackedNetwork:
                 row["padded_h"] = shape_in[1] + top + bottom
                 # a zero kernel column reads one input column past the last window's
                 row["padded_w"] = shape_in[2] + left + right + (kw_packed - row["kw"])
+                if row.get("winograd"):
+                    # an odd output's last tiles read one row / column of zeros more
+                    row["padded_h"] += shape_out[1] % 2
+                    row["padded_w"] += shape_out[2] % 2
                 row["padded_c"] = weight.shape[1]
                 padded_size = max(padded_size, weight.shape[1] * int(row["padded_h"])
                                   * int(row["padded_w"]))
@@ -439,7 +483,8 @@ def pack(layers, input_shape) -> PackedNetwork:
         total=np.ascontiguousarray(np.concatenate(total_parts)),
         lift=np.ascontiguousarray(np.concatenate(lift_parts)),
         out_size=int(np.prod(shapes[-1])), act_size=act_size, cols_size=cols_size,
-        padded_size=padded_size, acc_size=acc_size, rows_size=rows_size)
+        padded_size=padded_size, acc_size=acc_size, rows_size=rows_size,
+        tiles_size=tiles_size, products_size=products_size, stage_size=stage_size)
 
 
 # -- the model ----------------------------------------------------------------------------------
