@@ -75,6 +75,25 @@ def test_plan_equals_layers(name, threads):
         _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_stride_one_algorithm_equals_the_layers(threads):
+    """The stride-1 convolutions the models do not all reach: register blocks with a channel
+    count that is not a multiple of 4 and a 1x1 kernel, and the unrolled matrix and GEMM
+    beyond ``BLOCKED_MAX_K`` terms (8 x 5 x 5 = 200), after a ReLU and before a pooling."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 7, 3, padding=1, rng=0), nn.ReLU(),          # blocked, K = 27
+        nn.Conv2d(7, 8, 1, rng=1), nn.ReLU(),                     # blocked, K = 7
+        nn.Conv2d(8, 5, 5, padding=2, rng=2), nn.ReLU(),          # shifted GEMM, K = 200
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(5 * 5 * 5, 4, rng=3)).eval()
+    plan = inference.plan_for(net, (3, 11, 10))
+    assert [step.fields["algorithm"] for step in plan.steps[:3]] == [K.BLOCKED, K.BLOCKED,
+                                                                     K.GEMM]
+    rng = np.random.default_rng(4)
+    for n in (1, 3, 9):
+        x = rng.standard_normal((n, 3, 11, 10)).astype(np.float32)
+        _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
+
+
 def test_softmax_step_and_detector_grid():
     net, shape = _model("mnist-cnn")
     x = np.random.default_rng(3).standard_normal((5,) + shape).astype(np.float32)
@@ -138,7 +157,7 @@ def test_a_network_compiles_only_the_step_kernels_it_uses():
     table = plan.__dict__["_kernels"]
     used = {K.kernel_for(step.op, step.fields["algorithm"], step.fields["sh"],
                          step.fields["sw"]) for step in plan.steps}
-    assert used == {K.KERNEL_CONV_SHIFTED, K.KERNEL_FLATTEN, K.KERNEL_LINEAR}
+    assert used == {K.KERNEL_CONV_BLOCKED, K.KERNEL_FLATTEN, K.KERNEL_LINEAR}
     unused = [table[i] for i in range(len(K.STEP_KERNELS)) if i not in used]
     assert len(set(unused)) == 1 and unused[0] not in {table[i] for i in used}
     assert len({table[i] for i in used}) == len(used)

@@ -374,6 +374,17 @@ WINOGRAD_MIN_CHANNELS = 16
 #: few channels is mostly call overhead. Ordinary convolutions with few input channels do
 #: not: measured on MNIST's first layer (``K = 9``) and LeNet-5's second (``K = 150``) at
 #: batch 64, the unrolled matrix and one GEMM beat the direct loops 2x and 2.7x.
+#: Ordinary stride-1 convolutions with at most ``BLOCKED_MAX_K`` terms per output (``C_in *
+#: kH * kW``) and a padded sample of at most ``BLOCKED_MAX_INPUT`` floats (16 KB, half of L1)
+#: run as register blocks computed in place (:data:`~minicnn.kernels.network.BLOCKED`): there
+#: the GEMM's packing and edges cost more than its arithmetic (LeNet-5 at batch 64, one
+#: thread: 1.43 -> 1.13 ms for its second conv's K = 150 alone). Each block reads every input
+#: plane, so a larger input is streamed from L2 once per 4 output channels and the GEMM wins
+#: (the separable CNN's 1x1 convs of 32-128 channels: 45 -> 69 ms had they been blocked).
+BLOCKED_MAX_K = 160
+BLOCKED_MAX_INPUT = 4096
+
+
 def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size) -> tuple[int, int, int]:
     """How the plan computes ``conv``, and its working space in float32 elements: per sample
     (grows with the group) and fixed (per thread)."""
@@ -393,6 +404,12 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size) -> tuple[int, int, in
     pitch = out_w + kw - 1                          # the wide grid of a stride-1 convolution
     if stride_one and conv.groups > 1:
         return K.DIRECT, c_in * (out_h + kh) * pitch, out_h * pitch
+    if (stride_one and c_in * kh * kw <= BLOCKED_MAX_K
+            and c_in * (out_h + kh) * pitch <= BLOCKED_MAX_INPUT):
+        # padded planes (and a block's slack), sums on whole blocks of the grid
+        span = -(-out_h * pitch // K.BLOCK_POSITIONS) * K.BLOCK_POSITIONS
+        return (K.BLOCKED, 0,
+                c_in * (out_h + kh) * pitch + K.BLOCK_POSITIONS + conv.out_channels * span)
     if stride_one:                  # one sample's padded planes, unrolled rows and sums
         wide = out_h * pitch
         return K.GEMM, 0, c_in * (out_h + kh) * pitch + (c_in * kh * kw + conv.out_channels) * wide

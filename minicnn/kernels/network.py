@@ -47,6 +47,9 @@ from numba.extending import intrinsic
 
 from .blas import NO_TRANS, TRANS
 from .blas import gemm as _gemm
+from .direct_blocks import CHANNELS as BLOCK_CHANNELS
+from .direct_blocks import POSITIONS as BLOCK_POSITIONS
+from .direct_blocks import block_1x24, block_4x24
 from .winograd import _input_transform, _output_transform, _split_phases
 
 _JIT = dict(cache=True, nogil=True)
@@ -63,9 +66,10 @@ ACTIVATION_NAMES = ("identity", "relu", "leaky-relu", "sigmoid", "tanh")
 # How a convolution step computes (``program.algorithm``): an unrolled matrix and a GEMM
 # (on the wide grid for stride 1, :func:`conv_shifted_step`; on the output grid otherwise);
 # shifted multiply-adds, one output plane at a time (grouped and depthwise convolutions);
-# Winograd's F(2x2, 3x3) (3x3, stride 1, padding 0 or 1, many input channels).
-GEMM, DIRECT, WINOGRAD = range(3)
-ALGORITHM_NAMES = ("gemm", "direct", "winograd")
+# Winograd's F(2x2, 3x3) (3x3, stride 1, padding 0 or 1, many input channels); register
+# blocks on the wide grid (stride 1, few input channels: :mod:`minicnn.kernels.direct_blocks`).
+GEMM, DIRECT, WINOGRAD, BLOCKED = range(4)
+ALGORITHM_NAMES = ("gemm", "direct", "winograd", "blocked")
 
 #: ``program.*`` fields that name no tensor hold this.
 NONE = -1
@@ -440,6 +444,59 @@ def conv_shifted_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
 
 
 @njit(**_JIT)
+def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
+    """A stride-1 convolution with few input channels on the wide grid of
+    :func:`conv_shifted_step`, one sample at a time, computed in place by register blocks
+    (:mod:`minicnn.kernels.direct_blocks`: 4 channels x 24 outputs, each tap a multiply-add of
+    three input vectors) instead of an unrolled matrix and a GEMM. ``fixed`` holds the padded
+    planes (and a block's worth of slack: the last block reads past the grid, into outputs
+    that are dropped) and the sums, ``C_out`` rows of the grid rounded up to whole blocks."""
+    target = conv_out if p.pool == 1 else y
+    affine = _affine_of(p, tensors, p.c_out)
+    c_in, h, w = p.c_in, p.h_in, p.w_in
+    c_out, kh, kw = p.c_out, p.kh, p.kw
+    top, left = p.top, p.left
+    oh, ow = p.conv_h, p.conv_w
+    pitch = ow + kw - 1
+    size = (oh + kh) * pitch
+    wide = oh * pitch
+    span = -(-wide // BLOCK_POSITIONS) * BLOCK_POSITIONS
+    k = c_in * kh * kw
+    padded = fixed[:c_in * size + BLOCK_POSITIONS]
+    sums = fixed[c_in * size + BLOCK_POSITIONS:c_in * size + BLOCK_POSITIONS + c_out * span]
+    weight = tensors[p.weight]
+    zero = np.float32(0)
+    for q in range(c_in * size + BLOCK_POSITIONS):
+        padded[q] = zero
+    i64 = np.int64
+    whole = c_out - c_out % BLOCK_CHANNELS
+    for s in range(g):
+        for c in range(c_in):       # the sample's planes into the padded planes' interiors
+            image = x[(c * g + s) * h * w:(c * g + s + 1) * h * w]
+            for iy in range(h):
+                dest = padded[c * size + (iy + top) * pitch + left:
+                              c * size + (iy + top) * pitch + left + w]
+                src = image[iy * w:(iy + 1) * w]
+                for ix in range(w):
+                    dest[ix] = src[ix]
+        for co in range(0, whole, BLOCK_CHANNELS):
+            for q in range(0, span, BLOCK_POSITIONS):
+                block_4x24(padded, i64(q), i64(c_in), i64(kh), i64(kw), i64(size),
+                           i64(pitch), weight, i64(co * k), i64(k), sums, i64(co * span + q),
+                           i64(span))
+        for co in range(whole, c_out):
+            for q in range(0, span, BLOCK_POSITIONS):
+                block_1x24(padded, i64(q), i64(c_in), i64(kh), i64(kw), i64(size),
+                           i64(pitch), weight, i64(co * k), i64(k), sums, i64(co * span + q),
+                           i64(span))
+        for co in range(c_out):
+            _finish_rows(p, affine, co, s, g, sums[co * span:co * span + wide], pitch, 0, 1,
+                         oh, target, residual)
+    if p.pool == 1:
+        _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
+
+
+@njit(**_JIT)
 def conv_direct_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """A stride-1 grouped convolution (depthwise included) as shifted multiply-adds, on the
     same wide grid as :func:`conv_shifted_step`: each tap is one long multiply-add over a whole
@@ -758,11 +815,11 @@ def _store_group(buffer, out, first, g, channels, plane, rows):
 
 #: The step kernels, by the index a step's ``kernel`` field holds (:func:`kernel_for`).
 STEP_KERNELS = (conv_gemm_step, conv_shifted_step, conv_direct_step, conv_winograd_step,
-                pool_step, adaptive_avg_pool_step, flatten_step, linear_step, affine_step,
-                softmax_step)
-(KERNEL_CONV_GEMM, KERNEL_CONV_SHIFTED, KERNEL_CONV_DIRECT, KERNEL_CONV_WINOGRAD, KERNEL_POOL,
- KERNEL_ADAPTIVE_AVGPOOL, KERNEL_FLATTEN, KERNEL_LINEAR, KERNEL_AFFINE,
- KERNEL_SOFTMAX) = range(len(STEP_KERNELS))
+                conv_blocked_step, pool_step, adaptive_avg_pool_step, flatten_step, linear_step,
+                affine_step, softmax_step)
+(KERNEL_CONV_GEMM, KERNEL_CONV_SHIFTED, KERNEL_CONV_DIRECT, KERNEL_CONV_WINOGRAD,
+ KERNEL_CONV_BLOCKED, KERNEL_POOL, KERNEL_ADAPTIVE_AVGPOOL, KERNEL_FLATTEN, KERNEL_LINEAR,
+ KERNEL_AFFINE, KERNEL_SOFTMAX) = range(len(STEP_KERNELS))
 
 
 def kernel_for(op: int, algorithm: int, sh: int, sw: int) -> int:
@@ -772,6 +829,8 @@ def kernel_for(op: int, algorithm: int, sh: int, sw: int) -> int:
             return KERNEL_CONV_WINOGRAD
         if algorithm == DIRECT:
             return KERNEL_CONV_DIRECT
+        if algorithm == BLOCKED:
+            return KERNEL_CONV_BLOCKED
         return KERNEL_CONV_SHIFTED if sh == 1 and sw == 1 else KERNEL_CONV_GEMM
     return {MAXPOOL: KERNEL_POOL, AVGPOOL: KERNEL_POOL,
             ADAPTIVE_AVGPOOL: KERNEL_ADAPTIVE_AVGPOOL, FLATTEN: KERNEL_FLATTEN,

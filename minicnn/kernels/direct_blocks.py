@@ -1,0 +1,112 @@
+"""Register blocks for a float32 convolution with few input channels, computed in place.
+
+A stride-1 convolution on the *wide grid* of :func:`minicnn.kernels.network.conv_shifted_step`
+(every input plane zero-padded to ``pitch = W_out + kW - 1`` columns, output ``q = y * pitch +
+x``) reads tap ``(c, i, j)`` of output ``q`` at ``c * size + i * pitch + j + q``: for a run of
+consecutive outputs, each tap is one contiguous run of the padded input. :func:`make_block`
+writes, as LLVM vector code, a block of ``R`` output channels x ``8 V`` consecutive outputs:
+for every tap, ``V`` vector loads of the input, ``R`` broadcasts of a weight, ``R x V``
+multiply-adds (fused into FMAs where the CPU has them) on accumulators that stay in registers
+until the block's last tap, then one store each.
+
+Why not the unrolled matrix and a GEMM (what the shifted step does for larger convolutions):
+with few input channels ``K = C_in * kH * kW`` is small (9 for the MNIST CNN's first layer, 25
+and 150 for LeNet-5's), and the GEMM then spends its time packing and on its edges, not in its
+FMA loop (OpenBLAS, one sample of the MNIST CNN's first layer: 23 GFLOP/s of the machine's ~90),
+and the unrolled matrix (``K`` copies of the input) is written and read for nothing.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: float32 lanes per vector (256 bits).
+LANES = 8
+
+
+def make_block(channels: int, vectors: int):
+    """An intrinsic computing ``channels`` output channels x ``8 * vectors`` consecutive
+    wide-grid outputs of a convolution (see the module docstring)::
+
+        block(padded, base, c_in, kh, kw, size, pitch, weight, w_base, k, sums, s_base,
+              s_stride)
+
+    ``sums[s_base + r * s_stride + q] = sum over c < c_in, i < kh, j < kw of
+    weight[w_base + r * k + (c * kh + i) * kw + j] * padded[base + c * size + i * pitch + j +
+    q]`` for ``r < channels`` and ``q < 8 * vectors``; all arrays 1-D C float32, the rest int64.
+    The sums run tap by tap in that order, each a multiply-add (contracted to an FMA).
+    """
+    def typer(typingctx, padded, base, c_in, kh, kw, size, pitch, weight, w_base, k, sums,
+              s_base, s_stride):
+        sig = types.void(padded, base, c_in, kh, kw, size, pitch, weight, w_base, k, sums,
+                         s_base, s_stride)
+
+        def codegen(context, builder, signature, args):
+            (padded_arr, base, c_in, kh, kw, size, pitch, weight_arr, w_base, k, sums_arr,
+             s_base, s_stride) = args
+            padded_ptr = context.make_array(signature.args[0])(context, builder, padded_arr).data
+            weight_ptr = context.make_array(signature.args[7])(context, builder, weight_arr).data
+            sums_ptr = context.make_array(signature.args[10])(context, builder, sums_arr).data
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vector = ir.VectorType(f32, LANES)
+            undefined = ir.Constant(vector, ir.Undefined)
+            splat_mask = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 0)] * LANES)
+            contract = ("contract",)
+            slots = []
+            for _ in range(channels * vectors):
+                slot = cgutils.alloca_once(builder, vector)    # promoted to registers
+                builder.store(ir.Constant(vector, None), slot)
+                slots.append(slot)
+            tap = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+            with cgutils.for_range(builder, c_in) as channel:
+                plane = builder.add(base, builder.mul(channel.index, size))
+                with cgutils.for_range(builder, kh) as row:
+                    start = builder.add(plane, builder.mul(row.index, pitch))
+                    with cgutils.for_range(builder, kw) as column:
+                        at = builder.add(start, column.index)
+                        t = builder.load(tap)
+                        inputs = []
+                        for v in range(vectors):
+                            pointer = builder.bitcast(
+                                builder.gep(padded_ptr, [builder.add(at, ir.Constant(
+                                    i64, v * LANES))]), vector.as_pointer())
+                            value = builder.load(pointer)
+                            value.align = 4
+                            inputs.append(value)
+                        for r in range(channels):
+                            w_at = builder.add(builder.add(w_base, t), builder.mul(
+                                k, ir.Constant(i64, r)))
+                            scalar = builder.load(builder.gep(weight_ptr, [w_at]))
+                            splat = builder.shuffle_vector(
+                                builder.insert_element(undefined, scalar, ir.Constant(i32, 0)),
+                                undefined, splat_mask)
+                            for v in range(vectors):
+                                slot = slots[r * vectors + v]
+                                product = builder.fmul(splat, inputs[v], flags=contract)
+                                builder.store(builder.fadd(builder.load(slot), product,
+                                                           flags=contract), slot)
+                        builder.store(builder.add(t, ir.Constant(i64, 1)), tap)
+            for r in range(channels):
+                row_at = builder.add(s_base, builder.mul(s_stride, ir.Constant(i64, r)))
+                for v in range(vectors):
+                    pointer = builder.bitcast(builder.gep(sums_ptr, [builder.add(
+                        row_at, ir.Constant(i64, v * LANES))]), vector.as_pointer())
+                    store = builder.store(builder.load(slots[r * vectors + v]), pointer)
+                    store.align = 4
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(typer)
+
+
+#: The blocks the plan uses: 4 channels x 24 outputs (12 accumulators, 3 input vectors and a
+#: broadcast: the 16 ``ymm`` registers), and 1 channel x 24 for a channel count that is not a
+#: multiple of 4.
+CHANNELS, VECTORS = 4, 3
+POSITIONS = LANES * VECTORS
+block_4x24 = make_block(CHANNELS, VECTORS)
+block_1x24 = make_block(1, VECTORS)
