@@ -577,7 +577,8 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     pitch = tw + 1
     per_sample = th * pitch
     chunk = max(1, WINOGRAD_TILES // per_sample)
-    capacity = chunk * per_sample
+    # a row of V and M holds a chunk's tiles, rounded up to whole register blocks
+    capacity = -(-chunk * per_sample // BLOCK_POSITIONS) * BLOCK_POSITIONS
     # the transformed filters (kept between calls: refresh_packed); working space: the phases
     # of one plane, Bᵀ d rows, then the chunk's transformed tiles V, products M, Aᵀ M sums
     # and output rows
@@ -588,10 +589,14 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     at += 4 * (th + 2) * pitch
     rows = fixed[at:at + 8 * (per_sample + 1)].reshape((8, per_sample + 1))
     at += 8 * (per_sample + 1)
-    v = fixed[at:at + 16 * c_in * capacity].reshape((16, c_in, capacity))
+    v_flat = fixed[at:at + 16 * c_in * capacity]
+    v = v_flat.reshape((16, c_in, capacity))
     at += 16 * c_in * capacity
-    m = fixed[at:at + 16 * c_out * capacity].reshape((16, c_out, capacity))
+    m_flat = fixed[at:at + 16 * c_out * capacity]
+    m = m_flat.reshape((16, c_out, capacity))
     at += 16 * c_out * capacity
+    i64 = np.int64
+    whole = c_out - c_out % BLOCK_CHANNELS
     sums = fixed[at:at + 8 * capacity].reshape((8, capacity))
     at += 8 * capacity
     flat_image = fixed[at:at + 4 * capacity]
@@ -609,9 +614,22 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
                 # _split_phases reads x[n, c]: here (channel, sample) of (C, g, H, W)
                 _split_phases(planes, c, s0 + slot, top, left, phases)
                 _input_transform(phases, c, slot * per_sample, rows, v)
+        # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles): register blocks of 4
+        # channels x 24 tiles over K = C_in (the last block's columns past ``tiles`` are
+        # garbage, never read); OpenBLAS on these short, thin products ran at a third of peak
         for xi in range(16):
-            _gemm(NO_TRANS, NO_TRANS, c_out, tiles, c_in, u[xi * c_out * c_in:], c_in,
-                  v[xi], capacity, 0.0, m[xi], capacity)
+            for co in range(0, whole, BLOCK_CHANNELS):
+                for q in range(0, tiles, BLOCK_POSITIONS):
+                    block_4x24(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
+                               i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
+                               i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
+                               i64(capacity))
+            for co in range(whole, c_out):
+                for q in range(0, tiles, BLOCK_POSITIONS):
+                    block_1x24(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
+                               i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
+                               i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
+                               i64(capacity))
         for co in range(c_out):
             _output_transform(m, co, tiles, zero, False, sums, image)
             # Output row oy of a sample is the transform's row oy % 2, from tile row oy // 2:
