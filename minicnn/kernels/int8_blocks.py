@@ -127,6 +127,8 @@ def make_block(block_positions: int, block_vectors: int, accumulate: bool = Fals
 # channel count that is not a multiple of 16.
 block_4x16, block_4x8 = make_block(4, 2), make_block(4, 1)
 block_1x16, block_1x8 = make_block(1, 2), make_block(1, 1)
+# 8 windows x 8 channels for convolutions of at most 8 output channels (LeNet-5's first).
+block_8x8 = make_block(8, 1)
 # The same, adding to the accumulators: the linear tail sums K in chunks (minicnn.kernels.int8._linear_share).
 add_4x16, add_4x8 = make_block(4, 2, True), make_block(4, 1, True)
 add_1x16, add_1x8 = make_block(1, 2, True), make_block(1, 1, True)
