@@ -205,3 +205,24 @@ def test_a_final_conv_then_flatten_dequantizes_per_channel():
     flat = QuantizedModel(model.layers + [QFlatten((1,))], model.input_shape)
     x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
     np.testing.assert_array_equal(flat(x), model(x).reshape(2, -1))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_real_inputs_quantised_inside_the_kernel_give_the_same_bytes(threads):
+    # QuantizedModel.forward hands float32 images to the kernel, which quantises each sample
+    # itself: the same integers as quantize_input then forward_int, at rounding ties
+    # ((k + 0.5) * scale), beyond the range and at +-inf.
+    rng = np.random.default_rng(12)
+    model = network(rng, *CASES[1])
+    params = model.input_params
+    x = rng.normal(0, 40 * params.scale, size=(5,) + CASES[1][0]).astype(np.float32)
+    flat = x.reshape(-1)
+    ties = (np.arange(-130, 130) + 0.5) * np.float32(params.scale)
+    flat[:ties.size] = ties.astype(np.float32)
+    flat[ties.size:ties.size + 4] = [np.inf, -np.inf, 1e30, -1e30]
+    expected = fast.forward(model.packed, model.quantize_input(x), n_threads=threads)
+    got = fast.forward(model.packed, x, n_threads=threads, input_scale=params.scale,
+                       input_zero=params.zero_point)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(model(x), model.dequantize_output(
+        model.forward_int(model.quantize_input(x))))

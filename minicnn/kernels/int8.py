@@ -112,7 +112,8 @@ class PackedNetwork(NamedTuple):
     ``padded_size`` (largest padded conv input, int16), ``acc_size`` (largest accumulator
     block, int32), ``rows_size`` (largest channel count rounded up to 8), ``tiles_size`` and
     ``products_size`` (a Winograd conv's transformed input, int16, and products, int32) and
-    ``stage_size`` (its transforms' scratch for one row of tiles, int32).
+    ``stage_size`` (its transforms' scratch for one row of tiles, int32); ``tail_from`` and the
+    per-sample sizes ``tail_k, tail_rows, tail_out`` of the linear tail (:func:`linear_tail`).
     """
 
     program: np.ndarray
@@ -131,12 +132,19 @@ class PackedNetwork(NamedTuple):
     tiles_size: int
     products_size: int
     stage_size: int
+    tail_from: int
+    tail_k: int
+    tail_rows: int
+    tail_out: int
 
 
 class Int8NetworkArgs(NamedTuple):
     """The arguments record of :func:`network_chunk` (all C-contiguous)."""
 
     x: np.ndarray            # uint8 (N, input size): quantised inputs, flattened NCHW
+    real: np.ndarray         # float32 (N, input size): or real ones ((0, size) when x is used)
+    input_scale: np.float32  # their quantisation
+    input_zero: np.float32
     out: np.ndarray          # int32 (N, output size): last layer's accumulators, or its uint8
     program: np.ndarray      # LAYER_DTYPE (layers,)
     weights: np.ndarray      # int16 (total,): packed weight matrices
@@ -529,25 +537,42 @@ def _linear_tail(args, first, last, lin, lin_acc, lin_out):
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _quantise(real, scale, zero, codes):
+    """``codes[k] = clip(rint(real[k] / scale) + zero, 0, 255)`` in float32, as
+    :func:`minicnn.quant.arithmetic.quantize` computes it (the same bytes)."""
+    low, high = np.float32(0), np.float32(255)
+    for k in range(real.shape[0]):
+        q = np.rint(real[k] / scale) + zero
+        codes[k] = np.uint8(min(max(q, low), high))
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def network_chunk(args, plan, thread, n_threads):
     """Carry samples ``share(N, thread, n_threads)`` through every layer of ``args.program``."""
-    first, last = parallel.share(args.x.shape[0], thread, n_threads)
+    first, last = parallel.share(args.out.shape[0], thread, n_threads)
     a, b = args.act_a[thread], args.act_b[thread]
     cols, padded, acc = args.cols[thread], args.padded[thread], args.acc[thread]
     best, tiles, products = args.best[thread], args.tiles[thread], args.products[thread]
     stage = args.stage[thread]
     n_in = args.x.shape[1]
+    quantise = args.real.shape[0] > 0
     for n in range(first, last):
         src, dst = a, b
+        if quantise:                # real inputs: this sample's codes into the other buffer
+            _quantise(args.real[n], args.input_scale, args.input_zero, dst)
+            sample = dst
+        else:
+            sample = args.x[n]
         first_layer = args.program[0]
         if first_layer.op != OP_LINEAR and first_layer.in_c > 1:
             # The input is NCHW; every conv and pool works channels last (NHWC).
             c_in, hw = first_layer.in_c, first_layer.in_h * first_layer.in_w
             for ch in range(c_in):
                 for q in range(hw):
-                    src[q * c_in + ch] = args.x[n, ch * hw + q]
+                    src[_at(q * c_in + ch)] = sample[_at(ch * hw + q)]
         else:
-            src[:n_in] = args.x[n]
+            for k in range(n_in):
+                src[k] = sample[k]
         out_row = args.out[n]
         for index in range(args.program.shape[0]):
             layer = args.program[index]
@@ -589,10 +614,10 @@ def network_chunk(args, plan, thread, n_threads):
                      args.lin_out[thread])
 
 
-def _linear_tail_sizes(program, share: int) -> tuple[int, int, int, int]:
-    """``(batch_from, lin, lin_acc, lin_out sizes)``: where the network's tail of linear
-    layers starts (the number of layers if it has none that ends the network) and the share
-    buffers it needs."""
+def linear_tail(program) -> tuple[int, int, int, int]:
+    """``(tail_from, k, rows, out)``: the first layer of the network's tail of linear layers
+    (the number of layers if it has none that ends the network) and, per sample, the largest
+    padded input, accumulator row and output of its layers (the share buffers' sizes)."""
     layers = program.shape[0]
     start = layers
     while start > 0 and program["op"][start - 1] == OP_LINEAR:
@@ -601,37 +626,46 @@ def _linear_tail_sizes(program, share: int) -> tuple[int, int, int, int]:
         return layers, 1, 1, 1
     tail = program[start:]
     rows = [round_up(int(c), ROW_BLOCK) for c in tail["out_c"]]
-    return (start, share * int(tail["k_padded"].max()), share * max(rows),
-            share * int(tail["out_c"].max()))
+    return start, int(tail["k_padded"].max()), max(rows), int(tail["out_c"].max())
 
 
-def forward(packed: PackedNetwork, x, n_threads: int | None = None) -> np.ndarray:
-    """Run the packed network on quantised inputs.
+def forward(packed: PackedNetwork, x, n_threads: int | None = None, input_scale: float = 1.0,
+            input_zero: int = 0) -> np.ndarray:
+    """Run the packed network.
 
     Parameters
     ----------
     packed : PackedNetwork
         The network (:func:`minicnn.quant.model.pack`).
-    x : uint8 (N, ...)
-        Quantised inputs (flattened per sample).
+    x : uint8 or float32 (N, ...)
+        Quantised inputs, or real ones (float32), quantised here sample by sample inside the
+        compiled call as :func:`minicnn.quant.arithmetic.quantize` does
+        (``clip(rint(x / input_scale) + input_zero, 0, 255)``, in float32): the same bytes,
+        without NumPy's passes over the batch.
     n_threads : int, optional
         Default: one per Numba thread, at most one per sample.
+    input_scale, input_zero
+        The input's quantisation, for float32 ``x``.
 
     Returns
     -------
     int32 (N, packed.out_size)
     """
-    x = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.uint8)
     n = x.shape[0]
+    if x.dtype == np.float32:
+        real = np.ascontiguousarray(x.reshape(n, -1))
+        codes = np.empty((0, real.shape[1]), np.uint8)
+    else:
+        codes = np.ascontiguousarray(x.reshape(n, -1), dtype=np.uint8)
+        real = np.empty((0, codes.shape[1]), np.float32)
     threads = threads_for(n) if n_threads is None else max(1, min(int(n_threads), max(n, 1)))
     out = np.empty((n, packed.out_size), dtype=np.int32)
     if n == 0:
         return out
-    program = packed.program
-    batch_from, lin_size, lin_acc_size, lin_out_size = _linear_tail_sizes(
-        program, -(-n // threads))
+    share = -(-n // threads)
     args = Int8NetworkArgs(
-        x=x, out=out, program=program, weights=packed.weights, bias=packed.bias,
+        x=codes, real=real, input_scale=np.float32(input_scale), input_zero=np.float32(input_zero),
+        out=out, program=packed.program, weights=packed.weights, bias=packed.bias,
         multiplier=packed.multiplier, rounding=packed.rounding, total=packed.total,
         lift=packed.lift, act_a=np.empty((threads, packed.act_size), np.uint8),
         act_b=np.empty((threads, packed.act_size), np.uint8),
@@ -641,9 +675,9 @@ def forward(packed: PackedNetwork, x, n_threads: int | None = None) -> np.ndarra
         best=np.empty((threads, packed.rows_size), np.int32),
         tiles=np.empty((threads, packed.tiles_size), np.int16),
         products=np.empty((threads, packed.products_size), np.int32),
-        stage=np.empty((threads, packed.stage_size), np.int32), batch_from=batch_from,
-        lin=np.empty((threads, lin_size), np.int16),
-        lin_acc=np.empty((threads, lin_acc_size), np.int32),
-        lin_out=np.empty((threads, lin_out_size), np.uint8))
+        stage=np.empty((threads, packed.stage_size), np.int32), batch_from=packed.tail_from,
+        lin=np.empty((threads, share * packed.tail_k), np.int16),
+        lin_acc=np.empty((threads, share * packed.tail_rows), np.int32),
+        lin_out=np.empty((threads, share * packed.tail_out), np.uint8))
     parallel.run(network_chunk, args, parallel.NO_PLAN, threads, key="int8-network")
     return out

@@ -474,8 +474,9 @@ def pack(layers, input_shape) -> PackedNetwork:
         shape_in = shape_out
         if index == last_compute and layer.output is None:
             break
+    program = _program(rows)
     return PackedNetwork(
-        program=_program(rows),
+        program=program,
         weights=np.ascontiguousarray(np.concatenate(weight_parts)),
         bias=np.ascontiguousarray(np.concatenate(bias_parts).astype(np.int32)),
         multiplier=np.ascontiguousarray(np.concatenate(mult_parts)),
@@ -484,7 +485,8 @@ def pack(layers, input_shape) -> PackedNetwork:
         lift=np.ascontiguousarray(np.concatenate(lift_parts)),
         out_size=int(np.prod(shapes[-1])), act_size=act_size, cols_size=cols_size,
         padded_size=padded_size, acc_size=acc_size, rows_size=rows_size,
-        tiles_size=tiles_size, products_size=products_size, stage_size=stage_size)
+        tiles_size=tiles_size, products_size=products_size, stage_size=stage_size,
+        **dict(zip(("tail_from", "tail_k", "tail_rows", "tail_out"), fast.linear_tail(program))))
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -530,6 +532,7 @@ class QuantizedModel:
         self.info = dict(info or {})
         self.shapes = layer_shapes(self.layers, self.input_shape)
         self.packed = pack(self.layers, self.input_shape)
+        self._output_scale = None             # dequantize_output's, made on first use
 
     # -- quantisation of the ends --
     @property
@@ -558,14 +561,16 @@ class QuantizedModel:
         """:meth:`forward_int`'s integers -> float32 (channel axis 1)."""
         last = self._last_compute()
         if last.output is None:
-            # One real scale per output channel, laid out like one sample's output (a
-            # flatten after a final conv repeats each channel's scale over its positions).
-            scale = np.float64(last.input.scale) * last.weight_scale.astype(np.float64)
-            index = self.layers.index(last)
-            per_channel = self.shapes[index]
-            scale = np.broadcast_to(scale.reshape((-1,) + (1,) * (len(per_channel) - 1)),
-                                    per_channel).reshape(self.output_shape)
-            return (out.astype(np.float64) * scale[None]).astype(np.float32)
+            if self._output_scale is None:
+                # One real scale per output channel, laid out like one sample's output (a
+                # flatten after a final conv repeats each channel's scale over its positions).
+                scale = np.float64(last.input.scale) * last.weight_scale.astype(np.float64)
+                index = next(i for i, layer in enumerate(self.layers) if layer is last)
+                per_channel = self.shapes[index]    # (by identity: == compares arrays)
+                self._output_scale = np.ascontiguousarray(np.broadcast_to(
+                    scale.reshape((-1,) + (1,) * (len(per_channel) - 1)),
+                    per_channel).reshape(self.output_shape))
+            return (out.astype(np.float64) * self._output_scale[None]).astype(np.float32)
         return dequantize(out, last.output)
 
     # -- forward --
@@ -603,7 +608,19 @@ class QuantizedModel:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """float32 normalised ``(N, C, H, W)`` -> float32 output (logits ``(N, classes)``)."""
-        return self.dequantize_output(self.forward_int(self.quantize_input(x)))
+        x = np.asarray(x)
+        if self.backend == "reference" or x.dtype != np.float32:
+            return self.dequantize_output(self.forward_int(self.quantize_input(x)))
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"QuantizedModel: expected input (N, {self._sizes()}), got shape "
+                             f"{x.shape}")
+        # the fast kernels quantise the input themselves (the same bytes as quantize_input)
+        params = self.input_params
+        out = fast.forward(self.packed, x, input_scale=params.scale,
+                           input_zero=params.zero_point)
+        out = out.reshape((x.shape[0],) + self.output_shape)
+        return self.dequantize_output(out if self._last_compute().output is None
+                                      else out.astype(np.uint8))
 
     __call__ = forward
 
