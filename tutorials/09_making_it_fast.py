@@ -1088,7 +1088,11 @@ print(plan)
 #   cache, its bias, a batch norm folded in from its running statistics (in eval mode a batch
 #   norm is a per-channel scale and shift), the activation and the 2x2 max pooling: a whole
 #   `Conv2d -> ReLU -> MaxPool2d` block is one step. `gemm` means an unrolled matrix and a GEMM
-#   (per sample or per small group of samples), `winograd` the F(2x2, 3x3) of section 3.
+#   (per sample or per small group of samples), `winograd` the F(2x2, 3x3) of section 3, and
+#   `blocked` a convolution with few input channels computed in place: for each tap, one
+#   multiply-add of a few input vectors into a block of 4 output channels x 24 outputs held
+#   in registers (`minicnn/kernels/direct_blocks.py`). With `K = 9` or `25` terms per
+#   output, a GEMM spends its time packing and on its edges; the block has nothing to pack.
 # - **flatten** turns each sample's maps into one row of features, the layout a linear
 #   layer's GEMM wants; from there on, the **linear** steps take the rows of all the
 #   samples a thread holds (its share of the batch) in one GEMM, with the bias and
