@@ -110,3 +110,7 @@ CHANNELS, VECTORS = 4, 3
 POSITIONS = LANES * VECTORS
 block_4x24 = make_block(CHANNELS, VECTORS)
 block_1x24 = make_block(1, VECTORS)
+#: 4 channels x 8 outputs, for the last outputs of a row that is not whole blocks of 24 (a
+#: batch of one's 56 Winograd tiles: 2 x 24 + 8, not 3 x 24).
+block_4x8 = make_block(CHANNELS, 1)
+block_1x8 = make_block(1, 1)

@@ -49,7 +49,8 @@ from .blas import NO_TRANS, TRANS
 from .blas import gemm as _gemm
 from .direct_blocks import CHANNELS as BLOCK_CHANNELS
 from .direct_blocks import POSITIONS as BLOCK_POSITIONS
-from .direct_blocks import block_1x24, block_4x24
+from .direct_blocks import LANES as BLOCK_LANES
+from .direct_blocks import block_1x8, block_1x24, block_4x8, block_4x24
 from .winograd import _input_transform, _output_transform, _split_phases
 
 _JIT = dict(cache=True, nogil=True)
@@ -618,19 +619,31 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles): register blocks of 4
         # channels x 24 tiles over K = C_in (the last block's columns past ``tiles`` are
         # garbage, never read); OpenBLAS on these short, thin products ran at a third of peak
+        # (tiles past the last block of 24 in blocks of 8: a batch of one has 56)
+        blocks = tiles - tiles % BLOCK_POSITIONS
         for xi in range(16):
             for co in range(0, whole, BLOCK_CHANNELS):
-                for q in range(0, tiles, BLOCK_POSITIONS):
+                for q in range(0, blocks, BLOCK_POSITIONS):
                     block_4x24(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
                                i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
                                i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
                                i64(capacity))
+                for q in range(blocks, tiles, BLOCK_LANES):
+                    block_4x8(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
+                              i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
+                              i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
+                              i64(capacity))
             for co in range(whole, c_out):
-                for q in range(0, tiles, BLOCK_POSITIONS):
+                for q in range(0, blocks, BLOCK_POSITIONS):
                     block_1x24(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
                                i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
                                i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
                                i64(capacity))
+                for q in range(blocks, tiles, BLOCK_LANES):
+                    block_1x8(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
+                              i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
+                              i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
+                              i64(capacity))
         for co in range(c_out):
             _output_transform(m, co, tiles, zero, False, sums, image)
             # Output row oy of a sample is the transform's row oy % 2, from tile row oy // 2:
