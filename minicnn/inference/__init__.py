@@ -156,10 +156,14 @@ def _scratch(prepared: _Prepared, n_threads: int, group: int, share: int):
 
 def group_size(plan: NetworkPlan, per_thread: int) -> int:
     """Samples a thread carries through the spatial steps at once: as many as fit in
-    :data:`GROUP_BYTES`, at least one, at most its share of the batch."""
+    :data:`GROUP_BYTES`, at least one, at most its share of the batch, and the share cut into
+    groups of equal size (32 as 16 + 16, not 27 + 5: a small last group pays each step's
+    fixed costs for a few samples)."""
     per_sample = 4 * (_plan.BUFFERS * plan.activation_size + plan.cols_size
                       + plan.conv_out_size)
-    return max(1, min(per_thread, GROUP_BYTES // max(per_sample, 1)))
+    largest = max(1, min(per_thread, GROUP_BYTES // max(per_sample, 1)))
+    groups = -(-per_thread // largest)
+    return -(-per_thread // groups)
 
 
 _entries: list = []
