@@ -94,6 +94,25 @@ def test_each_stride_one_algorithm_equals_the_layers(threads):
         _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_with_a_pooling_on_even_and_odd_outputs(threads):
+    """A 2x2 pooling after a Winograd conv: pooled in the output transform where the windows
+    are the tiles (even sizes; a LeakyReLU between, the transform's general activation loop),
+    through the epilogue and the pooling pass where they are not (5x5)."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, rng=0), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, rng=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1, rng=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 3, rng=3)).eval()
+    plan = inference.plan_for(net, (3, 10, 10))
+    assert [step.fields["algorithm"] for step in plan.steps[:3]] == [K.BLOCKED, K.WINOGRAD,
+                                                                     K.WINOGRAD]
+    rng = np.random.default_rng(6)
+    for n in (1, 4):
+        x = rng.standard_normal((n, 3, 10, 10)).astype(np.float32)
+        _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
+
+
 def test_softmax_step_and_detector_grid():
     net, shape = _model("mnist-cnn")
     x = np.random.default_rng(3).standard_normal((5,) + shape).astype(np.float32)

@@ -472,6 +472,8 @@ def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
         padded[q] = zero
     i64 = np.int64
     whole = c_out - c_out % BLOCK_CHANNELS
+    # A 2x2 pooling over even output sizes, with no residual: its windows are the tiles.
+    tile_pool = p.pool == 1 and residual.shape[0] == 0 and oh % 2 == 0 and ow % 2 == 0
     for s in range(g):
         for c in range(c_in):       # the sample's planes into the padded planes' interiors
             image = x[(c * g + s) * h * w:(c * g + s + 1) * h * w]
@@ -599,6 +601,8 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     at += 16 * c_out * capacity
     i64 = np.int64
     whole = c_out - c_out % BLOCK_CHANNELS
+    # A 2x2 pooling over even output sizes, with no residual: its windows are the tiles.
+    tile_pool = p.pool == 1 and residual.shape[0] == 0 and oh % 2 == 0 and ow % 2 == 0
     sums = fixed[at:at + 8 * capacity].reshape((8, capacity))
     at += 8 * capacity
     flat_image = fixed[at:at + 4 * capacity]
@@ -645,6 +649,19 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
                               i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
                               i64(capacity))
         for co in range(c_out):
+            if tile_pool:
+                # Each tile is a pooling window: its four outputs finished and pooled in
+                # the transform, then each sample's rows of tiles copied into y.
+                _output_pooled(m, co, tiles, affine[0, co], affine[1, co], p.activation,
+                               np.float32(p.slope), sums, flat_image)
+                for slot in range(count):
+                    at = ((co * g + s0 + slot) * th) * tw
+                    for ty in range(th):
+                        source = uint64(slot * per_sample + ty * pitch)
+                        dest = uint64(at + ty * tw)
+                        for tx in range(uint64(tw)):
+                            y[dest + tx] = flat_image[source + tx]
+                continue
             _output_transform(m, co, tiles, zero, False, sums, image)
             # Output row oy of a sample is the transform's row oy % 2, from tile row oy // 2:
             # as two planes of pitch 2 * pitch (even rows, odd rows), each finished like any
@@ -657,8 +674,46 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
                     _finish_rows(p, affine, co, s0 + slot, g,
                                  flat_image[half * 2 * capacity + 2 * slot * per_sample:],
                                  2 * pitch, half, 2, rows_here, target, residual)
-    if p.pool == 1:
+    if p.pool == 1 and not tile_pool:
         _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
+
+
+@njit(**_JIT)
+def _output_pooled(m, co, count, scale, shift, kind, slope, sums, pooled):
+    """For tiles ``t < count`` of channel ``co`` (``m`` is (16, C_out, tiles)): the four
+    outputs of ``Aᵀ M A``, each finished (``* scale + shift``, the activation), and their
+    maximum, ``pooled[t]``: the 2x2 max pooling whose windows are the tiles (even output
+    sizes). The same values as the output transform, the epilogue and :func:`_max_pool_2x2`
+    one after another (the same operations on each value, the maximum in the same order), in
+    one pass instead of three. ``sums`` (8, tiles) is scratch for ``Aᵀ M``."""
+    for j in range(4):
+        m0, m1, m2, m3 = m[j, co], m[4 + j, co], m[8 + j, co], m[12 + j, co]
+        top, bottom = sums[j], sums[4 + j]
+        for t in range(count):
+            top[t] = m0[t] + m1[t] + m2[t]
+        for t in range(count):
+            bottom[t] = m1[t] - m2[t] - m3[t]
+    s0, s1, s2, s3 = sums[0], sums[1], sums[2], sums[3]
+    r0, r1, r2, r3 = sums[4], sums[5], sums[6], sums[7]
+    zero = np.float32(0)
+    if kind == RELU:
+        for t in range(count):
+            a = (s0[t] + s1[t] + s2[t]) * scale + shift
+            b = (s1[t] - s2[t] - s3[t]) * scale + shift
+            c = (r0[t] + r1[t] + r2[t]) * scale + shift
+            d = (r1[t] - r2[t] - r3[t]) * scale + shift
+            a = a if not a <= zero else zero * a     # as _finish: NaN stays NaN
+            b = b if not b <= zero else zero * b
+            c = c if not c <= zero else zero * c
+            d = d if not d <= zero else zero * d
+            pooled[t] = max(max(a, b), max(c, d))
+    else:
+        for t in range(count):
+            a = _activate((s0[t] + s1[t] + s2[t]) * scale + shift, kind, slope)
+            b = _activate((s1[t] - s2[t] - s3[t]) * scale + shift, kind, slope)
+            c = _activate((r0[t] + r1[t] + r2[t]) * scale + shift, kind, slope)
+            d = _activate((r1[t] - r2[t] - r3[t]) * scale + shift, kind, slope)
+            pooled[t] = max(max(a, b), max(c, d))
 
 
 @njit(**_JIT)
