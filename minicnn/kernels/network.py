@@ -51,7 +51,7 @@ from .direct_blocks import CHANNELS as BLOCK_CHANNELS
 from .direct_blocks import POSITIONS as BLOCK_POSITIONS
 from .direct_blocks import LANES as BLOCK_LANES
 from .direct_blocks import block_1x8, block_1x24, block_4x8, block_4x24
-from .winograd import _input_transform, _output_transform, _split_phases
+from .winograd import _input_transform, _output_transform, _split_phases, transform_columns
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -567,6 +567,27 @@ def _winograd_filters(weight, c_out, c_in, u):
 WINOGRAD_TILES = 196
 
 
+def _make_product_rows(block_wide, block_narrow):
+    """A compiled function computing a block's output channels of one Winograd product
+    ``M[ξ] = U[ξ] @ V[ξ]`` for tiles ``[0, tiles)``: blocks of 24 tiles (``block_wide``), the
+    rest in blocks of 8 (``block_narrow``; a batch of one has 56 tiles: 2 x 24 + 8)."""
+    @njit(**_JIT)
+    def product_rows(v, v_at, c_in, capacity, u, u_at, m, m_at, tiles):
+        i64 = np.int64
+        blocks = tiles - tiles % BLOCK_POSITIONS
+        for q in range(0, blocks, BLOCK_POSITIONS):
+            block_wide(v, i64(v_at + q), c_in, i64(1), i64(1), capacity, i64(0), u, u_at, c_in,
+                       m, i64(m_at + q), capacity)
+        for q in range(blocks, tiles, BLOCK_LANES):
+            block_narrow(v, i64(v_at + q), c_in, i64(1), i64(1), capacity, i64(0), u, u_at,
+                         c_in, m, i64(m_at + q), capacity)
+    return product_rows
+
+
+_product_rows_4 = _make_product_rows(block_4x24, block_4x8)
+_product_rows_1 = _make_product_rows(block_1x24, block_1x8)
+
+
 @njit(**_JIT)
 def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Winograd's F(2x2, 3x3) (:mod:`minicnn.kernels.winograd`, whose input and output
@@ -623,31 +644,15 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles): register blocks of 4
         # channels x 24 tiles over K = C_in (the last block's columns past ``tiles`` are
         # garbage, never read); OpenBLAS on these short, thin products ran at a third of peak
-        # (tiles past the last block of 24 in blocks of 8: a batch of one has 56)
-        blocks = tiles - tiles % BLOCK_POSITIONS
         for xi in range(16):
             for co in range(0, whole, BLOCK_CHANNELS):
-                for q in range(0, blocks, BLOCK_POSITIONS):
-                    block_4x24(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
-                               i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
-                               i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
-                               i64(capacity))
-                for q in range(blocks, tiles, BLOCK_LANES):
-                    block_4x8(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
-                              i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
-                              i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
-                              i64(capacity))
+                _product_rows_4(v_flat, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
+                                i64((xi * c_out + co) * c_in), m_flat,
+                                i64((xi * c_out + co) * capacity), i64(tiles))
             for co in range(whole, c_out):
-                for q in range(0, blocks, BLOCK_POSITIONS):
-                    block_1x24(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
-                               i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
-                               i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
-                               i64(capacity))
-                for q in range(blocks, tiles, BLOCK_LANES):
-                    block_1x8(v_flat, i64(xi * c_in * capacity + q), i64(c_in), i64(1), i64(1),
-                              i64(capacity), i64(0), u, i64((xi * c_out + co) * c_in),
-                              i64(c_in), m_flat, i64((xi * c_out + co) * capacity + q),
-                              i64(capacity))
+                _product_rows_1(v_flat, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
+                                i64((xi * c_out + co) * c_in), m_flat,
+                                i64((xi * c_out + co) * capacity), i64(tiles))
         for co in range(c_out):
             if tile_pool:
                 # Each tile is a pooling window: its four outputs finished and pooled in
@@ -686,13 +691,7 @@ def _output_pooled(m, co, count, scale, shift, kind, slope, sums, pooled):
     sizes). The same values as the output transform, the epilogue and :func:`_max_pool_2x2`
     one after another (the same operations on each value, the maximum in the same order), in
     one pass instead of three. ``sums`` (8, tiles) is scratch for ``Aᵀ M``."""
-    for j in range(4):
-        m0, m1, m2, m3 = m[j, co], m[4 + j, co], m[8 + j, co], m[12 + j, co]
-        top, bottom = sums[j], sums[4 + j]
-        for t in range(count):
-            top[t] = m0[t] + m1[t] + m2[t]
-        for t in range(count):
-            bottom[t] = m1[t] - m2[t] - m3[t]
+    transform_columns(m, co, count, sums)
     s0, s1, s2, s3 = sums[0], sums[1], sums[2], sums[3]
     r0, r1, r2, r3 = sums[4], sums[5], sums[6], sums[7]
     zero = np.float32(0)

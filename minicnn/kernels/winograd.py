@@ -152,13 +152,11 @@ def _input_transform(phases, c, tile0, rows, v):
 
 
 @njit(**_JIT)
-def _output_transform(m, co, count, bias, rectify, sums, image):
-    """The 2x2 outputs ``(Aᵀ M A)[a, b] + bias`` of tiles ``t < count`` of channel ``co`` (``m``
-    is (16, C_out, tiles)), with a ReLU when ``rectify``, written as ``image[a, 2*t + b]``:
-    with the wide grid's ``pitch = tw + 1`` tiles per row, output row ``2*ty + a`` of a
-    sample starting at tile ``t0`` is ``image[a, 2*(t0 + ty*pitch):][:W_out]``, in order.
-    ``sums`` (8, tiles) is scratch for ``Aᵀ M``. Each loop has few loads and stores, so
-    LLVM vectorises them (the two stores of the last loop interleave)."""
+def transform_columns(m, co, count, sums):
+    """``Aᵀ M`` of tiles ``t < count`` of channel ``co`` (``m`` is (16, C_out, tiles)), the
+    first half of the output transform: ``sums[j]`` and ``sums[4 + j]`` (``sums`` is (8,
+    tiles)) are rows 0 and 1 of column ``j``, ``Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]``. Each
+    loop has few loads and stores, so LLVM vectorises them."""
     for j in range(4):
         m0, m1, m2, m3 = m[j, co], m[4 + j, co], m[8 + j, co], m[12 + j, co]
         top, bottom = sums[j], sums[4 + j]
@@ -166,6 +164,17 @@ def _output_transform(m, co, count, bias, rectify, sums, image):
             top[t] = m0[t] + m1[t] + m2[t]
         for t in range(count):
             bottom[t] = m1[t] - m2[t] - m3[t]
+
+
+@njit(**_JIT)
+def _output_transform(m, co, count, bias, rectify, sums, image):
+    """The 2x2 outputs ``(Aᵀ M A)[a, b] + bias`` of tiles ``t < count`` of channel ``co`` (``m``
+    is (16, C_out, tiles)), with a ReLU when ``rectify``, written as ``image[a, 2*t + b]``:
+    with the wide grid's ``pitch = tw + 1`` tiles per row, output row ``2*ty + a`` of a
+    sample starting at tile ``t0`` is ``image[a, 2*(t0 + ty*pitch):][:W_out]``, in order.
+    ``sums`` (8, tiles) is scratch for ``Aᵀ M`` (:func:`transform_columns`); the two stores
+    of the last loop interleave."""
+    transform_columns(m, co, count, sums)
     zero = image.dtype.type(0)
     for a in range(2):
         s0, s1, s2, s3 = sums[4 * a], sums[4 * a + 1], sums[4 * a + 2], sums[4 * a + 3]
