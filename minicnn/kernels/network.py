@@ -472,8 +472,6 @@ def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
         padded[q] = zero
     i64 = np.int64
     whole = c_out - c_out % BLOCK_CHANNELS
-    # A 2x2 pooling over even output sizes, with no residual: its windows are the tiles.
-    tile_pool = p.pool == 1 and residual.shape[0] == 0 and oh % 2 == 0 and ow % 2 == 0
     for s in range(g):
         for c in range(c_in):       # the sample's planes into the padded planes' interiors
             image = x[(c * g + s) * h * w:(c * g + s + 1) * h * w]
