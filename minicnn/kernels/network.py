@@ -396,6 +396,21 @@ def _pad_planes(x, padded, planes, h, w, top, left, pitch, size):
 
 
 @njit(**_JIT)
+def _pad_sample(x, padded, s, g, c_in, h, w, size, pitch, top, left):
+    """Sample ``s`` of ``x (C, g, h, w)`` into the interiors of its padded planes (``size``
+    elements each, ``pitch`` columns a row, the input at ``(top, left)``; the borders are
+    zeroed once per call by the caller and stay zero)."""
+    for c in range(c_in):
+        image = x[(c * g + s) * h * w:(c * g + s + 1) * h * w]
+        for iy in range(h):
+            dest = padded[c * size + (iy + top) * pitch + left:
+                          c * size + (iy + top) * pitch + left + w]
+            src = image[iy * w:(iy + 1) * w]
+            for ix in range(w):
+                dest[ix] = src[ix]
+
+
+@njit(**_JIT)
 def conv_shifted_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """A stride-1 convolution as a GEMM on a *wide grid*, one sample at a time (so that its
     unrolled matrix and sums stay in cache, whatever the group): each input plane is
@@ -422,14 +437,7 @@ def conv_shifted_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
     for q in range(c_in * size):
         padded[q] = zero
     for s in range(g):
-        for c in range(c_in):       # the sample's planes into the padded planes' interiors
-            image = x[(c * g + s) * h * w:(c * g + s + 1) * h * w]
-            for iy in range(h):
-                dest = padded[c * size + (iy + top) * pitch + left:
-                              c * size + (iy + top) * pitch + left + w]
-                src = image[iy * w:(iy + 1) * w]
-                for ix in range(w):
-                    dest[ix] = src[ix]
+        _pad_sample(x, padded, s, g, c_in, h, w, size, pitch, top, left)
         for c in range(c_in):
             for i in range(kh):
                 for j in range(kw):
@@ -473,14 +481,7 @@ def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
     i64 = np.int64
     whole = c_out - c_out % BLOCK_CHANNELS
     for s in range(g):
-        for c in range(c_in):       # the sample's planes into the padded planes' interiors
-            image = x[(c * g + s) * h * w:(c * g + s + 1) * h * w]
-            for iy in range(h):
-                dest = padded[c * size + (iy + top) * pitch + left:
-                              c * size + (iy + top) * pitch + left + w]
-                src = image[iy * w:(iy + 1) * w]
-                for ix in range(w):
-                    dest[ix] = src[ix]
+        _pad_sample(x, padded, s, g, c_in, h, w, size, pitch, top, left)
         for co in range(0, whole, BLOCK_CHANNELS):
             for q in range(0, span, BLOCK_POSITIONS):
                 block_4x24(padded, i64(q), i64(c_in), i64(kh), i64(kw), i64(size),
