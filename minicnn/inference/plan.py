@@ -240,9 +240,12 @@ class _Builder:
             names.append(f"{pool_name} MaxPool2d")
             fields["pool"] = 1
             pooled = (out_h // 2, out_w // 2)
-            self.plan.conv_out_size = max(self.plan.conv_out_size,
-                                          conv.out_channels * out_h * out_w)
         algorithm, per_sample, fixed = _algorithm(conv, c, (h, w), (out_h, out_w))
+        if fields.get("pool"):
+            # the blocked step keeps its unpooled output on its wide grid (kW - 1 more columns)
+            width = out_w + kw - 1 if algorithm == K.BLOCKED else out_w
+            self.plan.conv_out_size = max(self.plan.conv_out_size,
+                                          conv.out_channels * out_h * width)
         fields["algorithm"] = algorithm
         if algorithm == K.WINOGRAD:
             fields["packed_at"] = self.plan.packed_size

@@ -326,13 +326,20 @@ def _unroll(x, cols, c_first, c_count, g, h, w, kh, kw, sh, sw, top, left, oh, o
 def _max_pool_2x2(y, out, channels, g, h, w):
     """2x2, stride-2 max pooling of ``y (channels, g, h, w)`` into ``out (channels, g, h//2,
     w//2)`` (a last odd row or column is dropped, as PyTorch's floor mode)."""
+    _max_pool_2x2_grid(y, out, channels, g, h, w, w)
+
+
+@njit(**_JIT)
+def _max_pool_2x2_grid(y, out, channels, g, h, w, pitch):
+    """:func:`_max_pool_2x2` of planes laid out ``pitch`` columns a row (``pitch >= w``; the
+    columns past ``w`` are not read): ``y (channels, g, h, pitch)``."""
     ph, pw = h // 2, w // 2
     for plane in range(channels * g):
-        src = y[plane * h * w:(plane + 1) * h * w]
+        src = y[plane * h * pitch:(plane + 1) * h * pitch]
         dst = out[plane * ph * pw:(plane + 1) * ph * pw]
         for oy in range(ph):
-            a = src[2 * oy * w:(2 * oy + 1) * w]
-            b = src[(2 * oy + 1) * w:(2 * oy + 2) * w]
+            a = src[2 * oy * pitch:(2 * oy + 1) * pitch]
+            b = src[(2 * oy + 1) * pitch:(2 * oy + 2) * pitch]
             for ox in range(pw):
                 m = max(a[2 * ox], a[2 * ox + 1])
                 m = max(m, max(b[2 * ox], b[2 * ox + 1]))
@@ -474,6 +481,9 @@ def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
     k = c_in * kh * kw
     padded = fixed[:c_in * size + BLOCK_POSITIONS]
     sums = fixed[c_in * size + BLOCK_POSITIONS:c_in * size + BLOCK_POSITIONS + c_out * span]
+    # With a pooling and no residual the epilogue runs over whole grid planes (the plan sizes
+    # conv_out for them): 28 rows of 28 values are 28 loops with scalar ends, a grid one.
+    wide_pool = p.pool == 1 and residual.shape[0] == 0
     weight = tensors[p.weight]
     zero = np.float32(0)
     for q in range(c_in * size + BLOCK_POSITIONS):
@@ -492,10 +502,21 @@ def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
                 block_1x24(padded, i64(q), i64(c_in), i64(kh), i64(kw), i64(size),
                            i64(pitch), weight, i64(co * k), i64(k), sums, i64(co * span + q),
                            i64(span))
+        if wide_pool:
+            # The epilogue over the whole wide grid, one long loop (its garbage columns too),
+            # into conv_out laid out on the grid; the pooling below skips those columns.
+            for co in range(c_out):
+                at = (co * g + s) * wide
+                _finish(conv_out[at:at + wide], sums[co * span:co * span + wide],
+                        affine[0, co], affine[1, co], residual, p.activation,
+                        np.float32(p.slope))
+            continue
         for co in range(c_out):
             _finish_rows(p, affine, co, s, g, sums[co * span:co * span + wide], pitch, 0, 1,
                          oh, target, residual)
-    if p.pool == 1:
+    if wide_pool:
+        _max_pool_2x2_grid(conv_out, y, p.c_out, g, oh, ow, pitch)
+    elif p.pool == 1:
         _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
 
 
