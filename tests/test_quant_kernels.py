@@ -69,6 +69,8 @@ CASES = [
     ((3, 9, 9), (10, 3, 3, (1, 1), (1, 1, 1, 1)), ((3, 3), (2, 2), (0, 0, 0, 0)), 6),
     ((16, 10, 8), (24, 3, 3, (1, 1), (0, 0, 0, 0)), ((1, 1), (1, 1), (0, 0, 0, 0)), 9),
     ((17, 5, 6), (8, 3, 3, (1, 1), (1, 1, 0, 2)), ((2, 2), (2, 2), (0, 0, 0, 0)), 5),
+    ((1, 13, 21), (7, 3, 3, (1, 1), (0, 0, 0, 0)), ((2, 2), (2, 2), (0, 0, 0, 0)), 9),
+    ((1, 35, 36), (1, 4, 4, (1, 1), (1, 2, 0, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), 4),
 ]
 # kW * C_in odd: cases 0 and 1 (C_in < kW) get a kernel column of zero weights, case 7 a
 # channel of zeros. 20 and 9 channels exercise the 8-channel remainder blocks, rows of 7, 9
@@ -76,7 +78,11 @@ CASES = [
 # conv's requantization (2x2 windows, and the general windows of cases 3, 4 and 7); the
 # padded ones of case 2 and 3 run on uint8. Cases 6, 8 and 9 (3x3, stride 1, 16 or more input
 # channels) run as integer Winograd F(2x2, 3x3): odd and even outputs, no and one-sided
-# padding, 17 channels packed as 18.
+# padding, 17 channels packed as 18. Cases 0, 10 and 11 (one input channel, fewer than 16
+# outputs, a 2x2 pooling) run with output positions in the lanes (int8_positions): 6, 7 (two
+# blocks of 3 and one single channel) and 1 channel; odd outputs (11 x 19: a pooling that drops
+# the last row and column), rows of 28, 19 and 34 outputs (the last block of 16 part full), an
+# even kernel (4x4, no zero column) and one-sided padding.
 
 
 def _both(model, xq, threads):
@@ -112,6 +118,10 @@ def test_packing_fuses_unpadded_pools_and_pads_kernel_rows_to_pairs():
     assert program[0]["k"] == 36 and program[0]["pool_kh"] == 3
     for case in (6, 8, 9):
         assert network(rng, *CASES[case]).packed.program[0]["winograd"] == 1, case
+    for case in (0, 10, 11):
+        assert network(rng, *CASES[case]).packed.program[0]["by_positions"] == 1, case
+    for case in (1, 2, 3, 7):             # 32 outputs; 2 or 3 inputs; a 3x3 pool
+        assert network(rng, *CASES[case]).packed.program[0]["by_positions"] == 0, case
     program = network(rng, *CASES[2]).packed.program       # a padded pool stays apart
     assert list(program["op"]) == [fast.OP_CONV, fast.OP_MAXPOOL, fast.OP_LINEAR, fast.OP_LINEAR]
     assert program[0]["pool_kh"] == 0

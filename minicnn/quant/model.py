@@ -18,6 +18,7 @@ import numpy as np
 from .. import nn
 from ..kernels import int8 as fast
 from ..kernels import int8_reference as ref
+from ..kernels import int8_positions as positions_kernel
 from ..kernels import int8_winograd as winograd
 from .arithmetic import (QuantParams, choose_params, dequantize, quantize,
                          quantize_multiplier, quantize_weights_per_channel)
@@ -308,6 +309,21 @@ def _fusable_pool(layers, index) -> "QMaxPool | None":
     return None
 
 
+#: Output channels below which a one-channel conv with a fused 2x2 pooling runs with output
+#: positions in the vector lanes (:mod:`minicnn.kernels.int8_positions`): with channels in
+#: the lanes, fewer than 8 leave lanes idle and the requantization's loop short.
+POSITIONS_MAX_CHANNELS = 16
+
+
+def _by_positions(layer, weight, pool) -> bool:
+    """Whether conv ``layer`` (weights as packed) and its fused ``pool`` run with output
+    positions in the lanes (:mod:`minicnn.kernels.int8_positions`): one input channel, stride
+    1, a 2x2 stride-2 pooling, fewer than :data:`POSITIONS_MAX_CHANNELS` outputs."""
+    return (weight.shape[1] == 1 and tuple(layer.stride) == (1, 1)
+            and tuple(pool.kernel) == (2, 2) and tuple(pool.stride) == (2, 2)
+            and weight.shape[0] < POSITIONS_MAX_CHANNELS)
+
+
 #: Input channels from which a 3x3 stride-1 conv runs as integer Winograd F(2x2, 3x3)
 #: (:mod:`minicnn.kernels.int8_winograd`); with fewer, the transforms cost more than the
 #: multiplies they save (as the float plan's ``WINOGRAD_MIN_CHANNELS``).
@@ -448,14 +464,22 @@ def pack(layers, input_shape) -> PackedNetwork:
                     row["padded_h"] += shape_out[1] % 2
                     row["padded_w"] += shape_out[2] % 2
                 row["padded_c"] = weight.shape[1]
-                padded_size = max(padded_size, weight.shape[1] * int(row["padded_h"])
-                                  * int(row["padded_w"]))
+                row["padded_extent"] = (weight.shape[1] * int(row["padded_h"])
+                                        * int(row["padded_w"]))
                 pool = None if final else _fusable_pool(layers, index)
                 if pool is not None:
                     fused.add(index + 1)
                     row["pool_kh"], row["pool_kw"] = pool.kernel
                     row["pool_sh"], row["pool_sw"] = pool.stride
                     row["pooled_h"], row["pooled_w"] = shapes[index + 1][1:]
+                    if _by_positions(layer, weight, pool):
+                        row["by_positions"] = 1
+                        row["padded_extent"] = max(row["padded_extent"], positions_kernel.read_extent(
+                            int(row["padded_w"]), int(row["kh"]), kw_packed, shape_out[2],
+                            int(row["pooled_h"])))
+                        acc_size = max(acc_size, c_out * positions_kernel.grid(
+                            shape_out[2], int(row["pooled_h"]))[1])
+                padded_size = max(padded_size, int(row["padded_extent"]))
             else:
                 row["op"] = fast.OP_LINEAR
                 row["out_h"] = row["out_w"] = 1
