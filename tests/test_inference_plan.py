@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -111,6 +112,54 @@ def test_winograd_with_a_pooling_on_even_and_odd_outputs(threads):
     for n in (1, 4):
         x = rng.standard_normal((n, 3, 10, 10)).astype(np.float32)
         _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_a_batch_of_one_split_over_threads_equals_one_thread(name):
+    """At batch 1 on two threads the big steps are split by output channel or feature
+    (kernels.network.run_split): each output is computed exactly as on one thread (same
+    blocks, same order), so the results are equal bit for bit where no step calls BLAS (which
+    the split run holds at one thread: OpenBLAS's result may depend on its thread count), and
+    a weight edit after a split call is seen by the next."""
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two Numba threads")
+    net, shape = _model(name)
+    x = np.random.default_rng(7).standard_normal((1,) + shape).astype(np.float32)
+    one = inference.forward(net, x, n_threads=1, use_plan=True)
+    split = inference.forward(net, x, n_threads=2, use_plan=True)
+    if K.calls_blas(inference._prepared(net, shape, False).program):
+        _close(split, one)
+    else:
+        np.testing.assert_array_equal(split, one)
+    parts = inference.plan_for(net, shape).__dict__["_parts"][2][0]
+    if name == "mnist-cnn":     # its second conv (Winograd) and first linear layer
+        split = parts[0]["out_last"] != K.NONE
+        assert list(parts[0]["kernel"][split]) == [K.KERNEL_CONV_WINOGRAD, K.KERNEL_LINEAR]
+    if name == "lenet5":        # nothing big enough: one thread
+        assert parts is None
+    conv = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1]
+    conv.weight.data *= -1.0
+    _close(inference.forward(net, x, n_threads=2, use_plan=True), net(x))
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_split_parts_share_out_whole_blocks(threads):
+    """Each split step's parts cover its outputs once, in order, cut at multiples of the
+    4-channel register blocks (a part may be empty); other steps are not split."""
+    net, shape = _model("mnist-cnn")
+    program = inference._prepared(net, shape, False).program
+    parts = K.split_parts(program, threads)
+    assert parts.shape == (threads, len(program))
+    for step, p in enumerate(program):
+        column = parts[:, step]
+        if column[0]["out_last"] == K.NONE:
+            assert (column["out_last"] == K.NONE).all()
+            continue
+        assert column[0]["out_first"] == 0 and column[-1]["out_last"] == p["c_out"]
+        assert (column["out_first"][1:] == column["out_last"][:-1]).all()
+        assert (column["out_last"] >= column["out_first"]).all()
+        assert (column["out_first"] % 4 == 0).all()
+    assert (parts["out_last"] != K.NONE).any()
 
 
 def test_softmax_step_and_detector_grid():

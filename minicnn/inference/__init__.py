@@ -223,6 +223,13 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
     x = np.ascontiguousarray(x)
     n = x.shape[0]
     threads = _threads.threads_for(n) if n_threads is None else max(1, min(n_threads, n))
+    parts = None
+    if n == 1 and (n_threads is None or n_threads > 1):
+        # A batch of one: its big steps split over threads where the plan has some
+        # (kernels.network.run_split), else one thread.
+        parts, split_threads, hold_blas = _split_parts(prepared, n_threads)
+        if parts is not None:
+            threads = split_threads
     # What a call of this batch size needs besides x and out (scratch rows, the arena, the
     # compiled entry), made once: at batch 1 the Python around the call is most of its time.
     calls = plan.__dict__.setdefault("_calls", {})
@@ -245,7 +252,17 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
     if kernels is None:     # the addresses of the step kernels it calls (compiled on first use)
         kernels = plan.__dict__["_kernels"] = entry.kernels(program)
     entry.refresh(program, tensors, packed)
-    if threads == 1:
+    if parts is not None:
+        if hold_blas:
+            # OpenBLAS's own threads and the region's waiting thread on the same cores: one
+            # ResNet-20 call took 16 ms (p99 128) instead of 1.9. BLAS on this thread only.
+            with _threads.blas_single_threaded():
+                entry.split()(program, parts, kernels, tensors, arena, x, out, scratch, packed,
+                              threads)
+        else:
+            entry.split()(program, parts, kernels, tensors, arena, x, out, scratch, packed,
+                          threads)
+    elif threads == 1:
         # One caller of BLAS: it may use its own threads as it likes (holding it at one and
         # back costs 6-9 us, a tenth of a small network's batch of one).
         entry.one_thread(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)
@@ -254,6 +271,25 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
             entry.threads(entry.thread_pointer, program, kernels, tensors, arena, x, out,
                           scratch, packed, threads)
     return out.reshape(out_shape)
+
+
+def _split_parts(prepared: _Prepared, n_threads: int | None):
+    """``(parts, threads, hold_blas)`` for a batch of one split over threads
+    (:func:`minicnn.kernels.network.split_parts`; ``hold_blas``: a step calls BLAS, which must
+    then stay on the calling thread), or ``(None, 1, False)`` where the plan has no step worth
+    splitting or there is one thread. Kept on the plan, per thread count."""
+    available = numba.get_num_threads()
+    threads = available if n_threads is None else min(n_threads, available)
+    if threads < 2:
+        return None, 1, False
+    store = prepared.plan.__dict__.setdefault("_parts", {})
+    if threads not in store:
+        parts = _network.split_parts(prepared.program, threads)
+        if (parts["out_last"] != _network.NONE).any():
+            store[threads] = (parts, threads, _network.calls_blas(prepared.program))
+        else:
+            store[threads] = (None, 1, False)
+    return store[threads]
 
 
 def _layer_by_layer(model: nn.Module, x, softmax: bool) -> np.ndarray:

@@ -89,7 +89,7 @@ class Step:
 _DEFAULTS = dict(residual=K.NONE, kh=1, kw=1, sh=1, sw=1, top=0, left=0, conv_h=0, conv_w=0,
                  rows=0, algorithm=K.GEMM, packed_at=K.NONE, groups=1, pool=0, count_pad=0, activation=K.IDENTITY, slope=0.0,
                  weight=K.NONE, bias=K.NONE, bn_weight=K.NONE, bn_bias=K.NONE,
-                 bn_mean=K.NONE, bn_var=K.NONE, bn_eps=0.0)
+                 bn_mean=K.NONE, bn_var=K.NONE, bn_eps=0.0, out_first=0, out_last=K.NONE)
 
 _ACTIVATIONS = {nn.ReLU: K.RELU, nn.LeakyReLU: K.LEAKY_RELU, nn.Sigmoid: K.SIGMOID,
                 nn.Tanh: K.TANH}

@@ -96,12 +96,15 @@ NONE = -1
 #: ``count_pad``: an average pooling divides by its whole window. ``activation`` (:data:`RELU`
 #: ...) and ``slope`` (``float64``, LeakyReLU's). ``weight, bias, bn_weight, bn_bias, bn_mean,
 #: bn_var``: indices into ``tensors``, or :data:`NONE`; ``bn_eps`` (``float64``).
+#: ``out_first, out_last``: the output channels (features) ``[out_first, out_last)`` a call
+#: computes, where a batch of one is split over threads (:func:`run_split`); ``out_last``
+#: :data:`NONE` for all of them (:func:`_out_range`).
 STEP_DTYPE = np.dtype([(name, np.float64 if name in ("slope", "bn_eps") else np.int64)
                        for name in (
     "op", "kernel", "src", "dst", "residual", "c_in", "h_in", "w_in", "c_out", "h_out", "w_out",
     "kh", "kw", "sh", "sw", "top", "left", "conv_h", "conv_w", "rows", "algorithm", "packed_at",
     "groups", "pool", "count_pad", "activation", "slope", "weight", "bias", "bn_weight",
-    "bn_bias", "bn_mean", "bn_var", "bn_eps")])
+    "bn_bias", "bn_mean", "bn_var", "bn_eps", "out_first", "out_last")])
 
 
 class Arena(NamedTuple):
@@ -129,6 +132,15 @@ class Arena(NamedTuple):
     fixed_size: int
     group: int
     rows_from: int
+
+
+@njit(**_JIT)
+def _out_range(p):
+    """The output channels (or features) ``[first, last)`` this call of step ``p`` computes:
+    all of them, or a thread's part where a batch of one is split (:func:`run_split`)."""
+    if p.out_last != NONE:
+        return p.out_first, p.out_last
+    return 0, p.c_out
 
 
 # --------------------------------------------------------------------------------------------
@@ -641,7 +653,8 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     m = m_flat.reshape((16, c_out, capacity))
     at += 16 * c_out * capacity
     i64 = np.int64
-    whole = c_out - c_out % BLOCK_CHANNELS
+    first, last = _out_range(p)       # the output channels computed here
+    whole = last - (last - first) % BLOCK_CHANNELS
     # A 2x2 pooling over even output sizes, with no residual: its windows are the tiles.
     tile_pool = p.pool == 1 and residual.shape[0] == 0 and oh % 2 == 0 and ow % 2 == 0
     sums = fixed[at:at + 8 * capacity].reshape((8, capacity))
@@ -665,15 +678,15 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         # channels x 24 tiles over K = C_in (the last block's columns past ``tiles`` are
         # garbage, never read); OpenBLAS on these short, thin products ran at a third of peak
         for xi in range(16):
-            for co in range(0, whole, BLOCK_CHANNELS):
+            for co in range(first, whole, BLOCK_CHANNELS):
                 _product_rows_4(v_flat, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
                                 i64((xi * c_out + co) * c_in), m_flat,
                                 i64((xi * c_out + co) * capacity), i64(tiles))
-            for co in range(whole, c_out):
+            for co in range(whole, last):
                 _product_rows_1(v_flat, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
                                 i64((xi * c_out + co) * c_in), m_flat,
                                 i64((xi * c_out + co) * capacity), i64(tiles))
-        for co in range(c_out):
+        for co in range(first, last):
             if tile_pool:
                 # Each tile is a pooling window: its four outputs finished and pooled in
                 # the transform, then each sample's rows of tiles copied into y.
@@ -700,7 +713,8 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
                                  flat_image[half * 2 * capacity + 2 * slot * per_sample:],
                                  2 * pitch, half, 2, rows_here, target, residual)
     if p.pool == 1 and not tile_pool:
-        _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
+        plane, pooled = g * oh * ow, g * (oh // 2) * (ow // 2)
+        _max_pool_2x2(conv_out[first * plane:], y[first * pooled:], last - first, g, oh, ow)
 
 
 @njit(**_JIT)
@@ -833,20 +847,24 @@ LINEAR_GEMM_MIN_ROWS = 16
 
 @njit(**_JIT)
 def linear_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
-    """Rows ``(g, in) @ weight.T`` -> ``(g, out)``, then bias / batch norm and activation."""
+    """Rows ``(g, in) @ weight.T`` -> ``(g, out)``, then bias / batch norm and activation
+    (output features ``[first, last)`` of :func:`_out_range`: all, or a thread's part)."""
     f_in, f_out = p.c_in, p.c_out
+    first, last = _out_range(p)
     weight = tensors[p.weight]
     if g >= LINEAR_GEMM_MIN_ROWS:
-        _gemm(NO_TRANS, TRANS, g, f_out, f_in, x, f_in, weight, f_in, 0.0, y, f_out)
+        _gemm(NO_TRANS, TRANS, g, last - first, f_in, x, f_in, weight[first * f_in:], f_in,
+              0.0, y[first:], f_out)
     else:   # four weight rows at a time against every row: each input value loaded serves
-        for o in range(0, f_out - 3, 4):  # four multiply-adds (the weights are read once)
+        fours = last - (last - first) % 4   # four multiply-adds (the weights are read once)
+        for o in range(first, fours, 4):
             w0, w1 = weight[o * f_in:(o + 1) * f_in], weight[(o + 1) * f_in:(o + 2) * f_in]
             w2, w3 = weight[(o + 2) * f_in:(o + 3) * f_in], weight[(o + 3) * f_in:(o + 4) * f_in]
             for s in range(g):
                 d0, d1, d2, d3 = _dot4(x[s * f_in:(s + 1) * f_in], w0, w1, w2, w3)
                 y[s * f_out + o], y[s * f_out + o + 1] = d0, d1
                 y[s * f_out + o + 2], y[s * f_out + o + 3] = d2, d3
-        for o in range(f_out - f_out % 4, f_out):
+        for o in range(fours, last):
             weight_row = weight[o * f_in:(o + 1) * f_in]
             for s in range(g):
                 y[s * f_out + o] = _dot(x[s * f_in:(s + 1) * f_in], weight_row)
@@ -856,10 +874,15 @@ def linear_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
         scale, shift = affine[0], affine[1]
         for s in range(g):
             row = y[s * f_out:(s + 1) * f_out]
-            for o in range(f_out):
+            for o in range(first, last):
                 row[o] = row[o] * scale[o] + shift[o]
-    out = y[:g * f_out]
-    _finish(out, out, np.float32(1), np.float32(0), y[:0], kind, slope)
+    if first == 0 and last == f_out:
+        out = y[:g * f_out]
+        _finish(out, out, np.float32(1), np.float32(0), y[:0], kind, slope)
+    else:
+        for s in range(g):
+            out = y[s * f_out + first:s * f_out + last]
+            _finish(out, out, np.float32(1), np.float32(0), y[:0], kind, slope)
 
 
 @njit(**_JIT)
@@ -1077,6 +1100,105 @@ def _run_threads(thread_kernel, program, kernels, tensors, arena, x, out, scratc
 _run_threads_jit = njit(parallel=True, **_JIT)(_run_threads)
 
 
+#: A step of a batch of one is split over threads (each computing a part of its output
+#: channels or features, :func:`run_split`) from this many multiply-adds: the parallel region
+#: it then runs in costs about 3.5 us to start and join on a 2-core AMD EPYC, more than half
+#: of what splitting a smaller step saves. (The MNIST CNN's second conv, 3.6 M, and first
+#: linear layer, 0.4 M, are split; nothing of LeNet-5's.)
+SPLIT_MIN_MACS = 300_000
+#: The step kernels that take a part of their outputs (:func:`_out_range`).
+SPLIT_KERNELS = (KERNEL_CONV_WINOGRAD, KERNEL_LINEAR)
+
+
+def split_parts(program: np.ndarray, n_threads: int) -> np.ndarray:
+    """Each thread's copy of ``program`` for a batch of one split over ``n_threads``
+    (:func:`run_split`), ``(n_threads, steps)``: on each step to split (a kernel of
+    :data:`SPLIT_KERNELS` with at least :data:`SPLIT_MIN_MACS` multiply-adds), thread ``t``'s
+    ``[out_first, out_last)`` is its part of the outputs, whole register blocks of 4
+    channels each (possibly none); the other steps keep ``out_last`` :data:`NONE` (run by
+    thread 0 alone). No step to split: every ``out_last`` is :data:`NONE`, and
+    :func:`run_split` is not worth calling."""
+    parts = np.repeat(program[None, :], n_threads, axis=0)
+    for step, p in enumerate(program):
+        if p["kernel"] not in SPLIT_KERNELS:
+            continue
+        macs = int(p["c_in"]) * int(p["c_out"])
+        if p["kernel"] == KERNEL_CONV_WINOGRAD:
+            macs *= 9 * int(p["conv_h"]) * int(p["conv_w"])
+        if macs < SPLIT_MIN_MACS:
+            continue
+        blocks = -(-int(p["c_out"]) // BLOCK_CHANNELS)
+        bounds = [min(int(p["c_out"]), BLOCK_CHANNELS * (blocks * t // n_threads))
+                  for t in range(n_threads + 1)]
+        for t in range(n_threads):
+            parts[t, step]["out_first"], parts[t, step]["out_last"] = bounds[t], bounds[t + 1]
+    return parts
+
+
+def calls_blas(program: np.ndarray) -> bool:
+    """Whether a step of ``program`` may call BLAS (a convolution as a GEMM; a linear layer
+    calls it only from :data:`LINEAR_GEMM_MIN_ROWS` rows, never in a batch of one)."""
+    return bool(np.isin(program["kernel"], (KERNEL_CONV_GEMM, KERNEL_CONV_SHIFTED)).any())
+
+
+@njit(parallel=True, **_JIT)
+def run_split(program, parts, kernels, tensors, arena, x, out, scratch, packed, n_threads):
+    """A batch of one through every step of ``program``, on thread 0's buffers; each step that
+    ``parts`` splits (``parts[0, step].out_last`` not :data:`NONE`, :func:`split_parts`) in a
+    parallel region where thread ``t`` computes its part of the outputs with its own working
+    space (``scratch[t]``), the others on this thread alone. The region's end is the barrier: the
+    next step reads the whole output."""
+    row = scratch[0]
+    size, rows_size = arena.buffer_size, arena.rows_size
+    cols_at = arena.buffers * size
+    conv_out_at = cols_at + arena.cols_size
+    rows_at = conv_out_at + arena.conv_out_size
+    fixed_at = rows_at + arena.buffers * rows_size
+    empty = row[:0]
+    steps = program.shape[0]
+    final = program[steps - 1]
+    _load_group(x, row[:size], 0, 1)
+    for step in range(steps):
+        p = program[step]
+        residual = empty
+        if step < arena.rows_from:
+            src_at = p.src * size
+            if p.op == FLATTEN:
+                dst_at, dst_size = rows_at + p.dst * rows_size, rows_size
+            else:
+                dst_at, dst_size = p.dst * size, size
+            if p.residual != NONE:
+                residual = row[p.residual * size:(p.residual + 1) * size]
+            src = row[src_at:src_at + size]
+        else:
+            src = row[rows_at + p.src * rows_size:rows_at + (p.src + 1) * rows_size]
+            dst_at, dst_size = rows_at + p.dst * rows_size, rows_size
+        dst = row[dst_at:dst_at + dst_size]
+        if parts[0, step].out_last != NONE:
+            # Only arrays and ints cross into the region (Numba cannot pass a record there).
+            address = kernels[p.kernel]
+            cols_size, conv_out_size = arena.cols_size, arena.conv_out_size
+            fixed_size = arena.fixed_size
+            for t in prange(n_threads):
+                own = scratch[t]
+                kernel = _step_kernel_at(address)
+                kernel(parts[t, step], tensors, src, dst, residual,
+                       own[cols_at:cols_at + cols_size],
+                       own[conv_out_at:conv_out_at + conv_out_size],
+                       own[fixed_at:fixed_at + fixed_size], packed, 1)
+        else:
+            kernel = _step_kernel_at(kernels[p.kernel])
+            kernel(p, tensors, src, dst, residual, row[cols_at:cols_at + arena.cols_size],
+                   row[conv_out_at:conv_out_at + arena.conv_out_size],
+                   row[fixed_at:fixed_at + arena.fixed_size], packed, 1)
+    if final.rows == 0:
+        _store_group(row[final.dst * size:(final.dst + 1) * size], out, 0, 1, final.c_out,
+                     final.h_out * final.w_out, False)
+    else:
+        _store_group(row[rows_at + final.dst * rows_size:rows_at + (final.dst + 1) * rows_size],
+                     out, 0, 1, final.c_out, 1, True)
+
+
 @njit(**_JIT)
 def _no_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Stands in the kernel table for the step kernels a program does not use (never called)."""
@@ -1093,13 +1215,16 @@ class Entries(NamedTuple):
     function pointer. ``kernels(program)`` gives the table of step kernel addresses to
     pass with a program: those it uses, compiled (or loaded from Numba's cache) the first time
     a program uses them, and :func:`_no_step` in the others' places, so that a first call
-    compiles only what its network needs."""
+    compiles only what its network needs. ``split()`` is :func:`run_split`'s entry point
+    (``(program, parts, kernels, tensors, arena, x, out, scratch, packed, n_threads)``),
+    compiled on first use: only a batch of one on several threads needs it."""
 
     refresh: object
     one_thread: object
     threads: object
     thread_pointer: object
     kernels: object
+    split: object
 
 
 def entries(arg_types: tuple) -> Entries:
@@ -1132,6 +1257,17 @@ def entries(arg_types: tuple) -> Entries:
     loop_args = ((types.FunctionType(types.void(*thread_args)),) + thread_args[:-2]
                  + (types.intp,))
     _run_threads_jit.compile(loop_args)
+    split_args = ((program_t, types.Array(program_t.dtype, 2, "C"), table_t) + arg_types[1:]
+                  + (types.intp,))
+
+    compiled_split = []
+
+    def split():
+        if not compiled_split:      # (looking the types up in overloads on every call: ~us)
+            run_split.compile(split_args)
+            compiled_split.append(run_split.overloads[split_args].entry_point)
+        return compiled_split[0]
+
     return Entries(refresh_packed.overloads[refresh_args].entry_point, compiled.entry_point,
                    _run_threads_jit.overloads[loop_args].entry_point,
-                   CompileResultWAP(compiled), kernels)
+                   CompileResultWAP(compiled), kernels, split)
