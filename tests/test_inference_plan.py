@@ -96,6 +96,27 @@ def test_each_stride_one_algorithm_equals_the_layers(threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_blocked_convs_with_the_pooling_in_their_blocks(threads):
+    """Register blocks that finish and pool their own outputs (8 pooled values a block, where
+    a pooled row has at least 8): a ReLU with an odd channel count (a 1-channel block), a row
+    of 17 pooled values (a last block overlapping the one before) and an odd number of rows
+    (the last one dropped); no activation on a row of exactly 8; a row of 4 through the
+    epilogue and the pooling pass."""
+    net = nn.Sequential(
+        nn.Conv2d(2, 5, 3, padding=1, rng=0), nn.ReLU(), nn.MaxPool2d(2),     # 21x34 -> 10x17
+        nn.Conv2d(5, 4, 3, padding=1, rng=1), nn.MaxPool2d(2),                # -> 5x8
+        nn.Conv2d(4, 3, 3, padding=1, rng=2), nn.ReLU(), nn.MaxPool2d(2),     # -> 2x4
+        nn.Flatten(), nn.Linear(3 * 2 * 4, 5, rng=3)).eval()
+    plan = inference.plan_for(net, (2, 21, 34))
+    assert [step.fields["algorithm"] for step in plan.steps[:3]] == [K.BLOCKED] * 3
+    assert [step.fields["pool"] for step in plan.steps[:3]] == [1, 1, 1]
+    rng = np.random.default_rng(8)
+    for n in (1, 3):
+        x = rng.standard_normal((n, 2, 21, 34)).astype(np.float32)
+        _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 def test_winograd_with_a_pooling_on_even_and_odd_outputs(threads):
     """A 2x2 pooling after a Winograd conv: pooled in the output transform where the windows
     are the tiles (even sizes; a LeakyReLU between, the transform's general activation loop),

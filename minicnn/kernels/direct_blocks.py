@@ -114,3 +114,130 @@ block_1x24 = make_block(1, VECTORS)
 #: batch of one's 56 Winograd tiles: 2 x 24 + 8, not 3 x 24).
 block_4x8 = make_block(CHANNELS, 1)
 block_1x8 = make_block(1, 1)
+
+
+def make_pooled_block(channels: int, relu: bool):
+    """An intrinsic computing ``channels`` output channels x 2 wide-grid rows x 16 columns of
+    a convolution (as :func:`make_block`, tap by tap in the same order), their epilogue
+    (``* scale + shift``, then a ReLU where ``relu``) and their 2x2 max pooling, storing 8
+    pooled values per channel::
+
+        block(padded, base, c_in, kh, kw, size, pitch, weight, w_base, k, scale, shift,
+              s_at, out, out_at, out_stride)
+
+    ``out[out_at + r * out_stride + l]`` for ``r < channels`` and lanes ``l < 8`` = the max over
+    ``a, b in {0, 1}`` of ``f(sum(base + a * pitch + 2 l + b))``, ``sum(q)`` the block sums of
+    :func:`make_block` at wide-grid output ``q``, ``f(v) = v * scale[s_at + r] + shift[s_at +
+    r]`` then the ReLU. The operations and their order are those of the plan's epilogue
+    (``_finish``: a multiply, an add, ``v if not v <= 0 else 0 * v``) and pooling (Python's
+    ``max`` of the two columns of each row, then of the two rows), so the values are the
+    same as the separate passes', without writing the unpooled output: the pooling's
+    columns come out of the two 8-lane vectors of a row by two shuffles (even and odd lanes).
+    A pooled row that is not whole blocks of 8 ends with a block overlapping the one before
+    (the same values written twice): a masked store (``vmaskmovps``) took a third of the
+    block's time on Zen 3, a lane-by-lane one more.
+    """
+    vectors = 2
+
+    def typer(typingctx, padded, base, c_in, kh, kw, size, pitch, weight, w_base, k, scale,
+              shift, s_at, out, out_at, out_stride):
+        sig = types.void(padded, base, c_in, kh, kw, size, pitch, weight, w_base, k, scale,
+                         shift, s_at, out, out_at, out_stride)
+
+        def codegen(context, builder, signature, args):
+            (padded_arr, base, c_in, kh, kw, size, pitch, weight_arr, w_base, k, scale_arr,
+             shift_arr, s_at, out_arr, out_at, out_stride) = args
+            def data(index, value):
+                return context.make_array(signature.args[index])(context, builder, value).data
+            padded_ptr, weight_ptr = data(0, padded_arr), data(7, weight_arr)
+            scale_ptr, shift_ptr, out_ptr = data(10, scale_arr), data(11, shift_arr), \
+                data(13, out_arr)
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vector = ir.VectorType(f32, LANES)
+            undefined = ir.Constant(vector, ir.Undefined)
+            splat_mask = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 0)] * LANES)
+            evens = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 2 * i)
+                                                            for i in range(LANES)])
+            odds = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 2 * i + 1)
+                                                           for i in range(LANES)])
+            contract = ("contract",)
+
+            def splat(scalar):
+                return builder.shuffle_vector(
+                    builder.insert_element(undefined, scalar, ir.Constant(i32, 0)),
+                    undefined, splat_mask)
+
+            # slots[(r * 2 + row) * 2 + v]: channel r, grid row base + row * pitch, columns
+            # 8 v .. 8 v + 7
+            slots = []
+            for _ in range(channels * 2 * vectors):
+                slot = cgutils.alloca_once(builder, vector)    # promoted to registers
+                builder.store(ir.Constant(vector, None), slot)
+                slots.append(slot)
+            tap = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+            with cgutils.for_range(builder, c_in) as channel:
+                plane = builder.add(base, builder.mul(channel.index, size))
+                with cgutils.for_range(builder, kh) as kernel_row:
+                    start = builder.add(plane, builder.mul(kernel_row.index, pitch))
+                    with cgutils.for_range(builder, kw) as column:
+                        at = builder.add(start, column.index)
+                        t = builder.load(tap)
+                        inputs = []
+                        for row in range(2):
+                            row_at = builder.add(at, builder.mul(pitch, ir.Constant(i64, row)))
+                            for v in range(vectors):
+                                pointer = builder.bitcast(builder.gep(padded_ptr, [
+                                    builder.add(row_at, ir.Constant(i64, v * LANES))]),
+                                    vector.as_pointer())
+                                value = builder.load(pointer)
+                                value.align = 4
+                                inputs.append(value)
+                        for r in range(channels):
+                            w_at = builder.add(builder.add(w_base, t), builder.mul(
+                                k, ir.Constant(i64, r)))
+                            weight_splat = splat(builder.load(builder.gep(weight_ptr, [w_at])))
+                            for j in range(2 * vectors):
+                                slot = slots[r * 2 * vectors + j]
+                                product = builder.fmul(weight_splat, inputs[j], flags=contract)
+                                builder.store(builder.fadd(builder.load(slot), product,
+                                                           flags=contract), slot)
+                        builder.store(builder.add(t, ir.Constant(i64, 1)), tap)
+            zero = ir.Constant(vector, [ir.Constant(f32, 0.0)] * LANES)
+
+            def larger(a, b):           # Python's max(a, b): b where b > a, else a
+                return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+
+            for r in range(channels):
+                at = builder.add(s_at, ir.Constant(i64, r))
+                scale = splat(builder.load(builder.gep(scale_ptr, [at])))
+                shift = splat(builder.load(builder.gep(shift_ptr, [at])))
+                rows = []
+                for row in range(2):
+                    finished = []
+                    for v in range(vectors):
+                        value = builder.fadd(builder.fmul(
+                            builder.load(slots[(r * 2 + row) * vectors + v]), scale), shift)
+                        if relu:
+                            value = builder.select(builder.fcmp_ordered("<=", value, zero),
+                                                   builder.fmul(zero, value), value)
+                        finished.append(value)
+                    # columns 2 l and 2 l + 1 of the row's 16: even and odd lanes of the pair
+                    rows.append(larger(builder.shuffle_vector(finished[0], finished[1], evens),
+                                       builder.shuffle_vector(finished[0], finished[1], odds)))
+                pooled = larger(rows[0], rows[1])
+                target = builder.add(out_at, builder.mul(out_stride, ir.Constant(i64, r)))
+                pointer = builder.bitcast(builder.gep(out_ptr, [target]), vector.as_pointer())
+                store = builder.store(pooled, pointer)
+                store.align = 4
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(typer)
+
+
+#: Pooled blocks: 2 channels x 2 rows x 16 columns (8 accumulators, 4 input vectors and a
+#: broadcast), with a ReLU or none; 1 channel for an odd channel count.
+POOLED_CHANNELS, POOLED_COLUMNS = 2, 16
+pooled_2_relu, pooled_1_relu = make_pooled_block(2, True), make_pooled_block(1, True)
+pooled_2_plain, pooled_1_plain = make_pooled_block(2, False), make_pooled_block(1, False)
