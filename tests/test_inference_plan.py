@@ -183,6 +183,24 @@ def test_split_parts_share_out_whole_blocks(threads):
     assert (parts["out_last"] != K.NONE).any()
 
 
+@pytest.mark.parametrize("activation", [None, nn.ReLU])
+def test_winograd_pooling_in_register_blocks(activation):
+    """Winograd with a ReLU or no activation before an even-size pooling: the output transform,
+    epilogue and pooling of 8 tiles a register block (winograd_blocks), 25 tiles a sample on
+    the wide grid (the last block part garbage)."""
+    after = [activation()] if activation else []
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, rng=0), nn.ReLU(),
+        nn.Conv2d(16, 12, 3, padding=1, rng=1), *after, nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(12 * 4 * 4, 3, rng=3)).eval()
+    plan = inference.plan_for(net, (3, 8, 8))
+    assert plan.steps[1].fields["algorithm"] == K.WINOGRAD and plan.steps[1].fields["pool"]
+    rng = np.random.default_rng(9)
+    for n in (1, 5):
+        x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+        _close(inference.forward(net, x, n_threads=2, use_plan=True), net(x))
+
+
 def test_softmax_step_and_detector_grid():
     net, shape = _model("mnist-cnn")
     x = np.random.default_rng(3).standard_normal((5,) + shape).astype(np.float32)

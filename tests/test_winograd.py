@@ -191,3 +191,28 @@ def test_a_nan_reaches_at_least_the_windows_it_is_in(rng):
     # ... and only within the 2x2 output tiles whose 4x4 input block holds the NaN.
     rows, cols = np.nonzero(nan_winograd[1].any(axis=0))
     assert rows.min() >= 2 and rows.max() <= 5 and cols.min() >= 2 and cols.max() <= 5
+
+
+@pytest.mark.parametrize("hw", [(14, 14), (13, 11), (8, 8), (3, 5)])
+def test_register_block_input_transform_equals_the_loops(hw, rng):
+    """The float32 input transform in blocks of 8 tiles (winograd_blocks.input_tiles, with
+    the last tiles one at a time: 56, 48, 20 and 6 tiles per plane) gives the loops' V bit
+    for bit, and writes nothing outside its plane's tiles."""
+    from minicnn.kernels import winograd_blocks
+    h, w = hw
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    th, tw = (h + 1) // 2, (w + 1) // 2     # padding 1: outputs of the input's size
+    pitch, per_sample = tw + 1, th * (tw + 1)
+    phases = np.zeros((4, th + 2, pitch), np.float32)
+    rows = np.empty((8, per_sample + 1), np.float32)
+    capacity = 2 * per_sample + 5
+    expected = np.full((16, 3, capacity), 7.0, np.float32)
+    got = expected.copy()
+    for n in range(2):
+        for c in range(3):
+            winograd._split_phases(x, n, c, 1, 1, phases)
+            winograd._input_transform(phases, c, n * per_sample, rows, expected)
+            winograd_blocks.input_tiles(phases.reshape(-1), (th + 2) * pitch, pitch,
+                                        per_sample, got.reshape(-1),
+                                        c * capacity + n * per_sample, 3 * capacity)
+    np.testing.assert_array_equal(got, expected)

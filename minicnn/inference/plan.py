@@ -402,7 +402,7 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size) -> tuple[int, int, in
         per_sample = tiles_h * (tiles_w + 1)        # tiles of one sample, on the wide grid
         capacity = max(1, K.WINOGRAD_TILES // per_sample) * per_sample
         capacity = -(-capacity // K.BLOCK_POSITIONS) * K.BLOCK_POSITIONS   # whole blocks
-        fixed = (4 * (tiles_h + 2) * (tiles_w + 1) + 8 * (per_sample + 1)
+        fixed = (4 * (tiles_h + 2) * (tiles_w + 1)
                  + (16 * c_in + 16 * conv.out_channels + 12) * capacity)
         return K.WINOGRAD, 0, fixed
     pitch = out_w + kw - 1                          # the wide grid of a stride-1 convolution

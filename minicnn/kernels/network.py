@@ -53,7 +53,9 @@ from .direct_blocks import LANES as BLOCK_LANES
 from .direct_blocks import block_1x8, block_1x24, block_4x8, block_4x24
 from .direct_blocks import (POOLED_CHANNELS, POOLED_COLUMNS, pooled_1_plain, pooled_1_relu,
                             pooled_2_plain, pooled_2_relu)
-from .winograd import _input_transform, _output_transform, _split_phases, transform_columns
+from .winograd import _output_transform, _split_phases, transform_columns
+from .winograd_blocks import TILES as WINOGRAD_BLOCK_TILES
+from .winograd_blocks import input_tiles, output_pooled_plain, output_pooled_relu
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -674,15 +676,13 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     # a row of V and M holds a chunk's tiles, rounded up to whole register blocks
     capacity = -(-chunk * per_sample // BLOCK_POSITIONS) * BLOCK_POSITIONS
     # the transformed filters (kept between calls: refresh_packed); working space: the phases
-    # of one plane, Bᵀ d rows, then the chunk's transformed tiles V, products M, Aᵀ M sums
-    # and output rows
+    # of one plane, then the chunk's transformed tiles V, products M, Aᵀ M sums and output
+    # rows
     packed_at = p.packed_at + c_out * c_in * 9
     u = packed[packed_at:packed_at + 16 * c_out * c_in]
     at = 0
     phases = fixed[at:at + 4 * (th + 2) * pitch].reshape((4, th + 2, pitch))
     at += 4 * (th + 2) * pitch
-    rows = fixed[at:at + 8 * (per_sample + 1)].reshape((8, per_sample + 1))
-    at += 8 * (per_sample + 1)
     v_flat = fixed[at:at + 16 * c_in * capacity]
     v = v_flat.reshape((16, c_in, capacity))
     at += 16 * c_in * capacity
@@ -698,7 +698,8 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     at += 8 * capacity
     flat_image = fixed[at:at + 4 * capacity]
     image = flat_image.reshape((2, 2 * capacity))
-    flat_phases = phases.reshape(4 * (th + 2) * pitch)
+    phase_size = (th + 2) * pitch
+    flat_phases = phases.reshape(4 * phase_size)
     for k in range(flat_phases.shape[0]):          # the phases' border cells stay zero
         flat_phases[k] = 0
     planes = x[:c_in * g * h * w].reshape((c_in, g, h, w))
@@ -710,7 +711,8 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
             for slot in range(count):
                 # _split_phases reads x[n, c]: here (channel, sample) of (C, g, H, W)
                 _split_phases(planes, c, s0 + slot, top, left, phases)
-                _input_transform(phases, c, slot * per_sample, rows, v)
+                input_tiles(flat_phases, phase_size, pitch, per_sample, v_flat,
+                            c * capacity + slot * per_sample, c_in * capacity)
         # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles): register blocks of 4
         # channels x 24 tiles over K = C_in (the last block's columns past ``tiles`` are
         # garbage, never read); OpenBLAS on these short, thin products ran at a third of peak
@@ -727,8 +729,19 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
             if tile_pool:
                 # Each tile is a pooling window: its four outputs finished and pooled in
                 # the transform, then each sample's rows of tiles copied into y.
-                _output_pooled(m, co, tiles, affine[0, co], affine[1, co], p.activation,
-                               np.float32(p.slope), sums, flat_image)
+                if p.activation == RELU or p.activation == IDENTITY:
+                    # in registers, 8 tiles a block (m's rows hold whole blocks: the lanes
+                    # past ``tiles`` are garbage, never read back)
+                    for t0 in range(0, tiles, WINOGRAD_BLOCK_TILES):
+                        args = (m_flat, i64(co * capacity), i64(c_out * capacity), i64(t0),
+                                affine[0, co], affine[1, co], flat_image)
+                        if p.activation == RELU:
+                            output_pooled_relu(*args)
+                        else:
+                            output_pooled_plain(*args)
+                else:
+                    _output_pooled(m, co, tiles, affine[0, co], affine[1, co], p.activation,
+                                   np.float32(p.slope), sums, flat_image)
                 for slot in range(count):
                     at = ((co * g + s0 + slot) * th) * tw
                     for ty in range(th):

@@ -60,6 +60,7 @@ from .contracts import PLAIN, RELU_MAXPOOL, RELU_MAXPOOL_VALUES
 from .maxpool2x2 import max_pool_plane, pool_scratch
 from . import parallel
 from .parallel import share as _share
+from .winograd_blocks import input_tiles
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -149,6 +150,17 @@ def _input_transform(phases, c, tile0, rows, v):
         out = v[4 * i + 3, c, tile0:tile0 + tiles]
         for t in range(tiles):
             out[t] = odd[t] - odd1[t]
+
+
+@njit(**_JIT)
+def _input_transform_blocks(phases, c, tile0, rows, v):
+    """:func:`_input_transform` for float32, 8 tiles a register block
+    (:func:`minicnn.kernels.winograd_blocks.input_tiles`): the same ``V``, bit for bit, with
+    no ``Bᵀ d`` rows in memory (``rows`` unused)."""
+    th2, pitch = phases.shape[1], phases.shape[2]
+    channels, capacity = v.shape[1], v.shape[2]
+    input_tiles(phases.reshape(4 * th2 * pitch), th2 * pitch, pitch, rows.shape[1] - 1,
+                v.reshape(16 * channels * capacity), c * capacity + tile0, channels * capacity)
 
 
 @njit(**_JIT)
@@ -300,9 +312,12 @@ def _pointers(dtype):
     array = {ndim: types.Array(real, ndim, "C") for ndim in (1, 2, 3, 4)}
     winners = types.Array(types.int32, 2, "C")
     intp = types.intp
+    # float32 transforms its tiles in register blocks (minicnn.kernels.winograd_blocks: the
+    # same values); float64, the reference dtype of the gradient checks, in the loops above
+    transform = _input_transform_blocks if dtype == np.float32 else _input_transform
     return (
         parallel.pointer(_split_phases, (array[4], intp, intp, intp, intp, array[3])),
-        parallel.pointer(_input_transform, (array[3], intp, intp, array[2], array[3])),
+        parallel.pointer(transform, (array[3], intp, intp, array[2], array[3])),
         parallel.pointer(_output_transform, (array[3], intp, intp, real, types.boolean,
                                              array[2], array[2])),
         parallel.pointer(_write_rows, (array[2], intp, intp, array[2], intp, array[2],

@@ -1,0 +1,181 @@
+"""Winograd F(2x2, 3x3)'s input transform as register blocks of 8 tiles (float32, LLVM vector code).
+
+:func:`minicnn.kernels.winograd._input_transform` writes ``V = Bᵀ d B`` as 24 loops over a
+sample's tiles with an intermediate array (``Bᵀ d`` of the even and odd columns), each loop a
+few dozen values long: every loop pays its vector prologue and scalar tail, and the
+intermediate goes through memory. Here one block takes 8 consecutive tiles of the wide grid
+(8 lanes), loads their 16 input cells as 16 vectors (each a contiguous run of one phase,
+see :func:`~minicnn.kernels.winograd._split_phases`), computes the 16 outputs in registers and
+stores each as one vector. The operations and their order are those of ``_input_transform``
+(``Bᵀ d`` row by row, then the columns), so ``V`` is the same, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: Tiles per block (float32 lanes of a 256-bit vector).
+TILES = 8
+
+
+@intrinsic
+def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
+    """``v[v_at + (4 i + j) * v_stride + t0 + l] = (Bᵀ d B)[i, j]`` for the 8 tiles ``t0 + l``
+    (``l < 8``), ``d`` the tile's 4x4 cells: cell ``(r, q)`` of tile ``t`` is
+    ``phases[(2 (r % 2) + q % 2) * phase_size + t + (r // 2) * pitch + q // 2]`` (a plane's
+    phases, flattened; ``pitch`` tiles per wide-grid row). ``phases`` and ``v`` are 1-D C
+    float32 arrays, the rest int64."""
+    sig = types.void(phases, phase_size, pitch, t0, v, v_at, v_stride)
+
+    def codegen(context, builder, signature, args):
+        phases_arr, phase_size, pitch, t0, v_arr, v_at, v_stride = args
+        phases_ptr = context.make_array(signature.args[0])(context, builder, phases_arr).data
+        v_ptr = context.make_array(signature.args[4])(context, builder, v_arr).data
+        f32, i64 = ir.FloatType(), ir.IntType(64)
+        vector = ir.VectorType(f32, TILES)
+
+        def constant(value):
+            return ir.Constant(i64, value)
+
+        def load(at):
+            pointer = builder.bitcast(builder.gep(phases_ptr, [at]), vector.as_pointer())
+            value = builder.load(pointer)
+            value.align = 4
+            return value
+
+        # d[r][q]: rows of the tile (r), its columns (q)
+        d = []
+        for r in range(4):
+            row = []
+            for q in range(4):
+                phase = 2 * (r % 2) + q % 2
+                at = builder.add(builder.add(builder.mul(phase_size, constant(phase)), t0),
+                                 builder.add(builder.mul(pitch, constant(r // 2)),
+                                             constant(q // 2)))
+                row.append(load(at))
+            d.append(row)
+        # Bᵀ d, as _input_transform: e0 = d0 - d2, e1 = d1 + d2, e2 = d2 - d1, e3 = d1 - d3
+        fsub, fadd = builder.fsub, builder.fadd
+        e = [[fsub(d[0][q], d[2][q]) for q in range(4)],
+             [fadd(d[1][q], d[2][q]) for q in range(4)],
+             [fsub(d[2][q], d[1][q]) for q in range(4)],
+             [fsub(d[1][q], d[3][q]) for q in range(4)]]
+        for i in range(4):
+            # (Bᵀ d) B: columns 0 - 2, 1 + 2, 2 - 1, 1 - 3
+            outputs = (fsub(e[i][0], e[i][2]), fadd(e[i][1], e[i][2]),
+                       fsub(e[i][2], e[i][1]), fsub(e[i][1], e[i][3]))
+            for j, value in enumerate(outputs):
+                at = builder.add(builder.add(v_at, builder.mul(v_stride, constant(4 * i + j))),
+                                 t0)
+                pointer = builder.bitcast(builder.gep(v_ptr, [at]), vector.as_pointer())
+                store = builder.store(value, pointer)
+                store.align = 4
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def input_tiles(phases, phase_size, pitch, tiles, v, v_at, v_stride):
+    """:func:`input_block` for tiles ``[0, tiles)`` of one plane: blocks of 8, then the last
+    tiles one at a time with the same operations."""
+    blocks = tiles - tiles % TILES
+    for t0 in range(0, blocks, TILES):
+        input_block(phases, np.int64(phase_size), np.int64(pitch), np.int64(t0), v,
+                    np.int64(v_at), np.int64(v_stride))
+    for t in range(blocks, tiles):
+        d = np.empty((4, 4), dtype=np.float32)
+        for r in range(4):
+            for q in range(4):
+                d[r, q] = phases[(2 * (r % 2) + q % 2) * phase_size + t + (r // 2) * pitch
+                                 + q // 2]
+        for q in range(4):
+            e0, e1 = d[0, q] - d[2, q], d[1, q] + d[2, q]
+            e2, e3 = d[2, q] - d[1, q], d[1, q] - d[3, q]
+            d[0, q], d[1, q], d[2, q], d[3, q] = e0, e1, e2, e3
+        for i in range(4):
+            at = v_at + 4 * i * v_stride + t
+            v[at] = d[i, 0] - d[i, 2]
+            v[at + v_stride] = d[i, 1] + d[i, 2]
+            v[at + 2 * v_stride] = d[i, 2] - d[i, 1]
+            v[at + 3 * v_stride] = d[i, 1] - d[i, 3]
+
+
+def make_output_pooled_block(relu: bool):
+    """An intrinsic for 8 tiles of one output channel: ``Aᵀ M A`` (the tile's four outputs),
+    each finished (``* scale + shift``, then a ReLU where ``relu``), and their maximum, the
+    2x2 pooling whose windows are the tiles::
+
+        block(m, m_at, m_stride, t0, scale, shift, pooled)
+
+    ``pooled[t0 + l] = max`` over the tile's outputs, for tiles ``t0 + l`` (``l < 8``) whose
+    16 products are ``m[m_at + ξ * m_stride + t0 + l]``; ``scale`` and ``shift`` float32
+    scalars. The same operations in the same order as
+    :func:`minicnn.kernels.network._output_pooled` (``transform_columns``, the epilogue and
+    Python's ``max``), in registers instead of through the 8 rows of ``Aᵀ M``.
+    """
+    def typer(typingctx, m, m_at, m_stride, t0, scale, shift, pooled):
+        sig = types.void(m, m_at, m_stride, t0, scale, shift, pooled)
+
+        def codegen(context, builder, signature, args):
+            m_arr, m_at, m_stride, t0, scale, shift, pooled_arr = args
+            m_ptr = context.make_array(signature.args[0])(context, builder, m_arr).data
+            pooled_ptr = context.make_array(signature.args[6])(context, builder,
+                                                                pooled_arr).data
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vector = ir.VectorType(f32, TILES)
+            undefined = ir.Constant(vector, ir.Undefined)
+            splat_mask = ir.Constant(ir.VectorType(i32, TILES), [ir.Constant(i32, 0)] * TILES)
+            zero = ir.Constant(vector, [ir.Constant(f32, 0.0)] * TILES)
+
+            def splat(scalar):
+                return builder.shuffle_vector(
+                    builder.insert_element(undefined, scalar, ir.Constant(i32, 0)),
+                    undefined, splat_mask)
+
+            def load(xi):
+                at = builder.add(builder.add(m_at, builder.mul(m_stride, ir.Constant(i64, xi))),
+                                 t0)
+                pointer = builder.bitcast(builder.gep(m_ptr, [at]), vector.as_pointer())
+                value = builder.load(pointer)
+                value.align = 4
+                return value
+
+            fadd, fsub = builder.fadd, builder.fsub
+            m = [load(xi) for xi in range(16)]
+            # transform_columns: column j's top (rows 0 + 1 + 2) and bottom (1 - 2 - 3)
+            top = [fadd(fadd(m[j], m[4 + j]), m[8 + j]) for j in range(4)]
+            bottom = [fsub(fsub(m[4 + j], m[8 + j]), m[12 + j]) for j in range(4)]
+            scale_v, shift_v = splat(scale), splat(shift)
+
+            def finish(value):
+                value = fadd(builder.fmul(value, scale_v), shift_v)
+                if relu:        # v if not v <= 0 else 0 * v: NaN stays NaN
+                    value = builder.select(builder.fcmp_ordered("<=", value, zero),
+                                           builder.fmul(zero, value), value)
+                return value
+
+            def larger(a, b):   # Python's max(a, b)
+                return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+
+            a = finish(fadd(fadd(top[0], top[1]), top[2]))
+            b = finish(fsub(fsub(top[1], top[2]), top[3]))
+            c = finish(fadd(fadd(bottom[0], bottom[1]), bottom[2]))
+            d = finish(fsub(fsub(bottom[1], bottom[2]), bottom[3]))
+            result = larger(larger(a, b), larger(c, d))
+            pointer = builder.bitcast(builder.gep(pooled_ptr, [t0]), vector.as_pointer())
+            store = builder.store(result, pointer)
+            store.align = 4
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(typer)
+
+
+output_pooled_relu = make_output_pooled_block(True)
+output_pooled_plain = make_output_pooled_block(False)
