@@ -193,11 +193,12 @@ def test_a_nan_reaches_at_least_the_windows_it_is_in(rng):
     assert rows.min() >= 2 and rows.max() <= 5 and cols.min() >= 2 and cols.max() <= 5
 
 
-@pytest.mark.parametrize("hw", [(14, 14), (13, 11), (8, 8), (3, 5)])
+@pytest.mark.parametrize("hw", [(14, 14), (13, 11), (8, 8), (3, 5), (3, 3)])
 def test_register_block_input_transform_equals_the_loops(hw, rng):
-    """The float32 input transform in blocks of 8 tiles (winograd_blocks.input_tiles, with
-    the last tiles one at a time: 56, 48, 20 and 6 tiles per plane) gives the loops' V bit
-    for bit, and writes nothing outside its plane's tiles."""
+    """The float32 input transform in blocks of 8 tiles (winograd_blocks.input_tiles: 56, 49,
+    20 and 8 tiles per plane, the last block overlapping the one before where they are not
+    whole blocks; 6 tiles one at a time) gives the loops' V bit for bit, and writes nothing
+    outside its plane's tiles."""
     from minicnn.kernels import winograd_blocks
     h, w = hw
     x = rng.standard_normal((2, 3, h, w)).astype(np.float32)

@@ -81,28 +81,41 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
 
 @njit(cache=True, nogil=True)
 def input_tiles(phases, phase_size, pitch, tiles, v, v_at, v_stride):
-    """:func:`input_block` for tiles ``[0, tiles)`` of one plane: blocks of 8, then the last
-    tiles one at a time with the same operations."""
-    blocks = tiles - tiles % TILES
-    for t0 in range(0, blocks, TILES):
-        input_block(phases, np.int64(phase_size), np.int64(pitch), np.int64(t0), v,
-                    np.int64(v_at), np.int64(v_stride))
-    for t in range(blocks, tiles):
-        d = np.empty((4, 4), dtype=np.float32)
-        for r in range(4):
-            for q in range(4):
-                d[r, q] = phases[(2 * (r % 2) + q % 2) * phase_size + t + (r // 2) * pitch
-                                 + q // 2]
-        for q in range(4):
-            e0, e1 = d[0, q] - d[2, q], d[1, q] + d[2, q]
-            e2, e3 = d[2, q] - d[1, q], d[1, q] - d[3, q]
-            d[0, q], d[1, q], d[2, q], d[3, q] = e0, e1, e2, e3
-        for i in range(4):
-            at = v_at + 4 * i * v_stride + t
-            v[at] = d[i, 0] - d[i, 2]
-            v[at + v_stride] = d[i, 1] + d[i, 2]
-            v[at + 2 * v_stride] = d[i, 2] - d[i, 1]
-            v[at + 3 * v_stride] = d[i, 1] - d[i, 3]
+    """:func:`input_block` for tiles ``[0, tiles)`` of one plane: blocks of 8, the last one
+    overlapping the block before where ``tiles`` is not a multiple of 8 (those tiles computed
+    twice, the same values), and fewer than 8 tiles one at a time."""
+    if tiles < TILES:
+        for t in range(tiles):
+            _input_tile(phases, phase_size, pitch, t, v, v_at, v_stride)
+        return
+    for t0 in range(0, tiles, TILES):
+        input_block(phases, np.int64(phase_size), np.int64(pitch),
+                    np.int64(min(t0, tiles - TILES)), v, np.int64(v_at), np.int64(v_stride))
+
+
+@njit(cache=True, nogil=True)
+def _input_tile(phases, phase_size, pitch, t, v, v_at, v_stride):
+    """One tile of :func:`input_block`, with the same operations (for planes of fewer than 8
+    tiles)."""
+    even, odd = phase_size, 2 * phase_size      # offsets of phases (0, 1) and (1, 0)
+    for b in range(2):          # Bᵀ d on the even (q = 0, 2) and odd (q = 1, 3) columns
+        for shift in range(2):
+            at = b * even + t + shift
+            d0, d2 = phases[at], phases[at + pitch]
+            d1, d3 = phases[at + odd], phases[at + odd + pitch]
+            q = 2 * shift + b
+            v[v_at + q * v_stride + t] = d0 - d2                 # rows of Bᵀ d in slots
+            v[v_at + (4 + q) * v_stride + t] = d1 + d2           # (4 i + q) for now
+            v[v_at + (8 + q) * v_stride + t] = d2 - d1
+            v[v_at + (12 + q) * v_stride + t] = d1 - d3
+    for i in range(4):          # (Bᵀ d) B, row i
+        at = v_at + 4 * i * v_stride + t
+        e0, e1 = v[at], v[at + v_stride]
+        e2, e3 = v[at + 2 * v_stride], v[at + 3 * v_stride]
+        v[at] = e0 - e2
+        v[at + v_stride] = e1 + e2
+        v[at + 2 * v_stride] = e2 - e1
+        v[at + 3 * v_stride] = e1 - e3
 
 
 def make_output_pooled_block(relu: bool):
