@@ -53,9 +53,10 @@ from .direct_blocks import LANES as BLOCK_LANES
 from .direct_blocks import block_1x8, block_1x24, block_4x8, block_4x24
 from .direct_blocks import (POOLED_CHANNELS, POOLED_COLUMNS, pooled_1_plain, pooled_1_relu,
                             pooled_2_plain, pooled_2_relu)
-from .winograd import _output_transform, _split_phases, transform_columns
+from .winograd import _split_phases, transform_columns
 from .winograd_blocks import TILES as WINOGRAD_BLOCK_TILES
-from .winograd_blocks import input_tiles, output_pooled_plain, output_pooled_relu
+from .winograd_blocks import (input_tiles, output_block, output_pooled_plain,
+                              output_pooled_relu)
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -697,7 +698,6 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     sums = fixed[at:at + 8 * capacity].reshape((8, capacity))
     at += 8 * capacity
     flat_image = fixed[at:at + 4 * capacity]
-    image = flat_image.reshape((2, 2 * capacity))
     phase_size = (th + 2) * pitch
     flat_phases = phases.reshape(4 * phase_size)
     for k in range(flat_phases.shape[0]):          # the phases' border cells stay zero
@@ -750,7 +750,9 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
                         for tx in range(uint64(tw)):
                             y[dest + tx] = flat_image[source + tx]
                 continue
-            _output_transform(m, co, tiles, zero, False, sums, image)
+            for t0 in range(0, tiles, WINOGRAD_BLOCK_TILES):   # in registers, 8 tiles a block
+                output_block(m_flat, i64(co * capacity), i64(c_out * capacity), i64(t0), zero,
+                             flat_image, i64(2 * capacity))
             # Output row oy of a sample is the transform's row oy % 2, from tile row oy // 2:
             # as two planes of pitch 2 * pitch (even rows, odd rows), each finished like any
             # wide-grid plane.

@@ -192,3 +192,54 @@ def make_output_pooled_block(relu: bool):
 
 output_pooled_relu = make_output_pooled_block(True)
 output_pooled_plain = make_output_pooled_block(False)
+
+
+@intrinsic
+def output_block(typingctx, m, m_at, m_stride, t0, bias, image, row_size):
+    """The output transform of 8 tiles of one output channel, as
+    :func:`minicnn.kernels.winograd._output_transform` (no ReLU) writes it:
+    ``image[a * row_size + 2 (t0 + l) + b] = (Aᵀ M A)[a, b] + bias`` for tiles ``t0 + l``
+    (``l < 8``) whose products are ``m[m_at + ξ * m_stride + t0 + l]``; the same operations in
+    the same order, the two columns of each output row interleaved by two shuffles."""
+    sig = types.void(m, m_at, m_stride, t0, bias, image, row_size)
+
+    def codegen(context, builder, signature, args):
+        m_arr, m_at, m_stride, t0, bias, image_arr, row_size = args
+        m_ptr = context.make_array(signature.args[0])(context, builder, m_arr).data
+        image_ptr = context.make_array(signature.args[5])(context, builder, image_arr).data
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vector = ir.VectorType(f32, TILES)
+        undefined = ir.Constant(vector, ir.Undefined)
+        splat_mask = ir.Constant(ir.VectorType(i32, TILES), [ir.Constant(i32, 0)] * TILES)
+        low = ir.Constant(ir.VectorType(i32, TILES),
+                          [ir.Constant(i32, (l // 2) + TILES * (l % 2)) for l in range(TILES)])
+        high = ir.Constant(ir.VectorType(i32, TILES), [ir.Constant(i32, TILES // 2 + (l // 2)
+                                                                   + TILES * (l % 2))
+                                                       for l in range(TILES)])
+
+        def load(xi):
+            at = builder.add(builder.add(m_at, builder.mul(m_stride, ir.Constant(i64, xi))), t0)
+            value = builder.load(builder.bitcast(builder.gep(m_ptr, [at]), vector.as_pointer()))
+            value.align = 4
+            return value
+
+        fadd, fsub = builder.fadd, builder.fsub
+        m = [load(xi) for xi in range(16)]
+        top = [fadd(fadd(m[j], m[4 + j]), m[8 + j]) for j in range(4)]       # Aᵀ M row 0
+        bottom = [fsub(fsub(m[4 + j], m[8 + j]), m[12 + j]) for j in range(4)]  # and row 1
+        bias_v = builder.shuffle_vector(
+            builder.insert_element(undefined, bias, ir.Constant(i32, 0)), undefined, splat_mask)
+        for a, sums in enumerate((top, bottom)):
+            left = fadd(fadd(fadd(sums[0], sums[1]), sums[2]), bias_v)
+            right = fadd(fsub(fsub(sums[1], sums[2]), sums[3]), bias_v)
+            row_at = builder.add(builder.mul(row_size, ir.Constant(i64, a)),
+                                 builder.mul(t0, ir.Constant(i64, 2)))
+            for half, lanes in enumerate((low, high)):
+                at = builder.add(row_at, ir.Constant(i64, half * TILES))
+                store = builder.store(builder.shuffle_vector(left, right, lanes),
+                                      builder.bitcast(builder.gep(image_ptr, [at]),
+                                                      vector.as_pointer()))
+                store.align = 4
+        return context.get_dummy_value()
+
+    return sig, codegen
