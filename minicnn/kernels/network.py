@@ -269,10 +269,17 @@ def _finish_rows(p, affine, co, s, g, source, pitch, first_row, row_step,
     out_stride = uint64(row_step * ow)
     if residual.shape[0] > 0:
         res = residual[at:at + (n_rows - 1) * row_step * ow + ow]
-        for r in range(rows):
-            for ox in range(width):
-                dest[r * out_stride + ox] = _activate(source[r * stride + ox] * scale + shift
-                                                      + res[r * out_stride + ox], kind, slope)
+        if kind == RELU:        # a residual block's end: its own loop, as in _finish
+            for r in range(rows):
+                for ox in range(width):
+                    v = source[r * stride + ox] * scale + shift + res[r * out_stride + ox]
+                    dest[r * out_stride + ox] = v if not v <= zero else zero * v
+        else:
+            for r in range(rows):
+                for ox in range(width):
+                    dest[r * out_stride + ox] = _activate(
+                        source[r * stride + ox] * scale + shift + res[r * out_stride + ox],
+                        kind, slope)
     elif kind == RELU:
         for r in range(rows):
             for ox in range(width):
