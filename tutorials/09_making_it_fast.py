@@ -996,9 +996,9 @@ floor_us = check_exercise("arithmetic_floor_us", arithmetic_floor_us,
 # %% [markdown]
 # Now the floor of one MNIST CNN image on this machine, against what the model really takes
 # for it: `model(x)` in eval mode, the fused `Conv2d -> ReLU -> MaxPool2d` blocks included, on
-# one thread (the plan below splits a batch by samples, so it runs a batch of one on one
-# thread anyway). We time a loop of calls and divide, so that the clock's own resolution does
-# not matter.
+# one thread (the floor is one core's; the end of this section says what a second thread does
+# for a batch of one). We time a loop of calls and divide, so that the clock's own resolution
+# does not matter.
 
 # %%
 serving_net = models.mnist_cnn(rng=0).eval()
@@ -1200,8 +1200,15 @@ assert threads.get_num_threads() == start_threads
 # before 64, on others only at a few hundred; run the cell again and a crossing may move by a
 # batch size); that the plan's lead shrinks as the batch grows does not. With more threads
 # the plan splits a batch between them as the layers do (`inference.forward(...,
-# n_threads=...)`), but a batch of one has nothing to split, which is why a server that
-# answers one request at a time cares about the left side of this plot.
+# n_threads=...)`). A batch of one has no samples to share out, so the plan splits the work
+# *inside* its biggest steps instead: each thread computes a part of a Winograd convolution's
+# output channels or of a large linear layer's features, in one parallel region per such step
+# (`minicnn.kernels.network.run_split`). Starting and joining a region costs a few
+# microseconds (about 3.5 on the machine this was written on), so only steps of at least
+# 300,000 multiply-adds are split: there the MNIST CNN's batch of one went from about 150 to
+# about 125 us on two threads, and nothing of LeNet-5's is big enough. A second core helps a
+# batch of one far less than a batch of 64, which is why a server that answers one request at
+# a time cares about the left side of this plot.
 
 # %% [markdown]
 # ## Exercise

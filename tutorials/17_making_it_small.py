@@ -807,15 +807,18 @@ if onnxruntime is not None:
 #   only where they use the CPU's integer dot-product instructions and keep the data moving.
 #   On the machine this tutorial was written on (AVX2, no VNNI), ONNX Runtime's int8 graph
 #   ran no faster than its float graph at batch 64, and in most of our runs several times
-#   slower. minicnn's int8 path ran LeNet-5 about 1.2x and the MNIST CNN about 1.7x faster
-#   than its fastest float path there (`inference.forward`, the whole-network plan; the float
-#   time measured above is the layer-by-layer forward, slower still), but not because an
-#   8-bit multiply is cheap: without VNNI its kernels multiply 16-bit pairs (`vpmaddwd`, 16
-#   multiply-adds an instruction, twice float32's 8). The rest came from arithmetic it could skip or fuse, exactly: the max
-#   pooling taken on the int32 sums before requantizing (requantization is monotonic, so
-#   the maximum commutes with it: a quarter of the values requantized), and the 3x3
-#   convolution as *integer* Winograd (the filter transform times 4 has no fractions, and
-#   the output divides back by 4 exactly: 2.25x fewer multiplies, the same integers).
+#   slower. minicnn's int8 path ran LeNet-5 about 1.4x and the MNIST CNN about 1.4-1.5x
+#   faster than its fastest float path there (`inference.forward`, the whole-network plan;
+#   the float time measured above is the layer-by-layer forward, slower still), but not
+#   because an 8-bit multiply is cheap: without VNNI its kernels multiply 16-bit pairs
+#   (`vpmaddwd`, 16 multiply-adds an instruction, twice float32's 8). The rest came from
+#   arithmetic it could skip or fuse, exactly: the max pooling taken on the int32 sums before
+#   requantizing (requantization is monotonic, so the maximum commutes with it: a quarter of
+#   the values requantized), the 3x3 convolution as *integer* Winograd (the filter transform
+#   times 4 has no fractions, and the output divides back by 4 exactly: 2.25x fewer
+#   multiplies, the same integers), and LeNet-5's first conv (one input channel, 6 outputs)
+#   with output positions rather than channels in the vector lanes, so that no lane
+#   multiplies a channel that is not there.
 #   Your machine's numbers are above; measure before you claim a speed-up.
 #
 # ## Summary
