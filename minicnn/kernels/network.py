@@ -49,14 +49,13 @@ from .blas import NO_TRANS, TRANS
 from .blas import gemm as _gemm
 from .direct_blocks import CHANNELS as BLOCK_CHANNELS
 from .direct_blocks import POSITIONS as BLOCK_POSITIONS
-from .direct_blocks import LANES as BLOCK_LANES
-from .direct_blocks import block_1x8, block_1x24, block_4x8, block_4x24
+from .direct_blocks import block_1x24, block_4x24
 from .direct_blocks import (POOLED_CHANNELS, POOLED_COLUMNS, pooled_1_plain, pooled_1_relu,
                             pooled_2_plain, pooled_2_relu)
 from .winograd import _split_phases, transform_columns
 from .winograd_blocks import TILES as WINOGRAD_BLOCK_TILES
 from .winograd_blocks import (input_tiles, output_block, output_pooled_plain,
-                              output_pooled_relu)
+                              output_pooled_relu, products)
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -646,27 +645,6 @@ def _winograd_filters(weight, c_out, c_in, u):
 WINOGRAD_TILES = 196
 
 
-def _make_product_rows(block_wide, block_narrow):
-    """A compiled function computing a block's output channels of one Winograd product
-    ``M[ξ] = U[ξ] @ V[ξ]`` for tiles ``[0, tiles)``: blocks of 24 tiles (``block_wide``), the
-    rest in blocks of 8 (``block_narrow``; a batch of one has 56 tiles: 2 x 24 + 8)."""
-    @njit(**_JIT)
-    def product_rows(v, v_at, c_in, capacity, u, u_at, m, m_at, tiles):
-        i64 = np.int64
-        blocks = tiles - tiles % BLOCK_POSITIONS
-        for q in range(0, blocks, BLOCK_POSITIONS):
-            block_wide(v, i64(v_at + q), c_in, i64(1), i64(1), capacity, i64(0), u, u_at, c_in,
-                       m, i64(m_at + q), capacity)
-        for q in range(blocks, tiles, BLOCK_LANES):
-            block_narrow(v, i64(v_at + q), c_in, i64(1), i64(1), capacity, i64(0), u, u_at,
-                         c_in, m, i64(m_at + q), capacity)
-    return product_rows
-
-
-_product_rows_4 = _make_product_rows(block_4x24, block_4x8)
-_product_rows_1 = _make_product_rows(block_1x24, block_1x8)
-
-
 @njit(**_JIT)
 def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Winograd's F(2x2, 3x3) (:mod:`minicnn.kernels.winograd`, whose input and output
@@ -699,7 +677,6 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     at += 16 * c_out * capacity
     i64 = np.int64
     first, last = _out_range(p)       # the output channels computed here
-    whole = last - (last - first) % BLOCK_CHANNELS
     # A 2x2 pooling over even output sizes, with no residual: its windows are the tiles.
     tile_pool = p.pool == 1 and residual.shape[0] == 0 and oh % 2 == 0 and ow % 2 == 0
     sums = fixed[at:at + 8 * capacity].reshape((8, capacity))
@@ -723,15 +700,10 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles): register blocks of 4
         # channels x 24 tiles over K = C_in (the last block's columns past ``tiles`` are
         # garbage, never read); OpenBLAS on these short, thin products ran at a third of peak
-        for xi in range(16):
-            for co in range(first, whole, BLOCK_CHANNELS):
-                _product_rows_4(v_flat, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
-                                i64((xi * c_out + co) * c_in), m_flat,
-                                i64((xi * c_out + co) * capacity), i64(tiles))
-            for co in range(whole, last):
-                _product_rows_1(v_flat, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
-                                i64((xi * c_out + co) * c_in), m_flat,
-                                i64((xi * c_out + co) * capacity), i64(tiles))
+        # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles) for this call's
+        # output channels, in register blocks (the last block's columns past ``tiles`` are
+        # garbage, never read)
+        products(v_flat, u, m_flat, c_in, c_out, capacity, tiles, first, last)
         for co in range(first, last):
             if tile_pool:
                 # Each tile is a pooling window: its four outputs finished and pooled in

@@ -60,7 +60,8 @@ from .contracts import PLAIN, RELU_MAXPOOL, RELU_MAXPOOL_VALUES
 from .maxpool2x2 import max_pool_plane, pool_scratch
 from . import parallel
 from .parallel import share as _share
-from .winograd_blocks import input_tiles
+from .winograd_blocks import input_tiles, products
+from .direct_blocks import POSITIONS as PRODUCT_TILES
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -236,10 +237,31 @@ class WinogradForwardArgs(NamedTuple):
     epilogue: int           #: an epilogue mode of :mod:`minicnn.kernels.contracts`
     pooled: np.ndarray      #: (N, C_out, H_out//2, W_out//2) pooled output, or empty
     argmax: np.ndarray      #: int32 winners of the pooling, or empty
+    products: object        #: :func:`_products_blocks` (float32) or :func:`_products_gemm`
     split_phases: object    #: :func:`_split_phases`, a pointer
     input_transform: object     #: :func:`_input_transform`, a pointer
     output_transform: object    #: :func:`_output_transform`, a pointer
     write_rows: object      #: :func:`_write_rows`, a pointer
+
+
+@njit(**_JIT)
+def _products_gemm(v, u, m, tiles):
+    """``M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles)``, 16 GEMMs (float64)."""
+    channels, capacity, c_out = v.shape[1], v.shape[2], m.shape[1]
+    for xi in range(16):
+        _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, tiles, channels, u[xi], channels, v[xi],
+              capacity, 0.0, m[xi], capacity)
+
+
+@njit(**_JIT)
+def _products_blocks(v, u, m, tiles):
+    """:func:`_products_gemm` for float32, in register blocks
+    (:func:`minicnn.kernels.winograd_blocks.products`; OpenBLAS ran these thin products at
+    about a third of the blocks' speed). The columns of ``m`` past ``tiles`` up to the next
+    multiple of 8 are written with garbage, never read."""
+    channels, capacity, c_out = v.shape[1], v.shape[2], m.shape[1]
+    products(v.reshape(v.size), u.reshape(u.size), m.reshape(m.size), channels, c_out,
+             capacity, tiles, 0, c_out)
 
 
 @njit(**_JIT)
@@ -266,7 +288,8 @@ def forward_chunk(args, plan, thread, n_threads):
     pitch = tiles_w + 1
     per_sample = tiles_h * pitch            # wide-grid tiles of one sample
     group = max(1, TILES_PER_GROUP // per_sample)
-    capacity = group * per_sample
+    # rows of V and M rounded up to whole register blocks of tiles (args.products)
+    capacity = -(-group * per_sample // PRODUCT_TILES) * PRODUCT_TILES
     # One zero row more than the padded plane needs: the loads for the last wide-grid tile
     # (garbage) run one element past the plane's last row (:func:`_input_transform`).
     phases = np.zeros((4, tiles_h + 2, pitch), dtype=x.dtype)
@@ -284,10 +307,7 @@ def forward_chunk(args, plan, thread, n_threads):
             for c in range(channels):
                 args.split_phases(x, n0 + slot, c, top, left, phases)
                 args.input_transform(phases, c, slot * per_sample, rows, v)
-        for xi in range(16):
-            # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles)
-            _gemm(blas.NO_TRANS, blas.NO_TRANS, c_out, tiles, channels, u[xi], channels,
-                  v[xi], capacity, 0.0, m[xi], capacity)
+        args.products(v, u, m, tiles)       # M[ξ] (C_out, tiles) = U[ξ] @ V[ξ]
         for co in range(c_out):
             b = bias[co] if has_bias else zero
             args.output_transform(m, co, tiles, b, rectify, sums, image)
@@ -307,15 +327,19 @@ def forward_chunk(args, plan, thread, n_threads):
 
 @functools.lru_cache(maxsize=None)
 def _pointers(dtype):
-    """The four passes of :func:`forward_chunk` for ``dtype``, as function pointers."""
+    """The five passes of :func:`forward_chunk` for ``dtype``, as function pointers."""
     real = numba.from_dtype(dtype)
     array = {ndim: types.Array(real, ndim, "C") for ndim in (1, 2, 3, 4)}
     winners = types.Array(types.int32, 2, "C")
     intp = types.intp
-    # float32 transforms its tiles in register blocks (minicnn.kernels.winograd_blocks: the
-    # same values); float64, the reference dtype of the gradient checks, in the loops above
+    # float32 transforms its tiles and multiplies in register blocks
+    # (minicnn.kernels.winograd_blocks: the same transforms; the products' sums in another
+    # order than OpenBLAS's); float64, the reference dtype of the gradient checks, in the
+    # loops above and OpenBLAS
     transform = _input_transform_blocks if dtype == np.float32 else _input_transform
+    product = _products_blocks if dtype == np.float32 else _products_gemm
     return (
+        parallel.pointer(product, (array[3], array[3], array[3], intp)),
         parallel.pointer(_split_phases, (array[4], intp, intp, intp, intp, array[3])),
         parallel.pointer(transform, (array[3], intp, intp, array[2], array[3])),
         parallel.pointer(_output_transform, (array[3], intp, intp, real, types.boolean,
@@ -326,6 +350,6 @@ def _pointers(dtype):
 
 def arguments(x, u, bias, has_bias, y, epilogue, pooled, argmax) -> WinogradForwardArgs:
     """:func:`forward_chunk`'s ``args`` (for :func:`minicnn.kernels.parallel.run`), with the
-    four passes compiled for ``x``'s dtype."""
+    five passes compiled for ``x``'s dtype."""
     return WinogradForwardArgs(x, u, bias, has_bias, y, epilogue, pooled, argmax,
                                *_pointers(x.dtype))

@@ -18,6 +18,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .direct_blocks import CHANNELS, LANES, POSITIONS, block_1x8, block_1x24, block_4x8, block_4x24
+
 #: Tiles per block (float32 lanes of a 256-bit vector).
 TILES = 8
 
@@ -243,3 +245,46 @@ def output_block(typingctx, m, m_at, m_stride, t0, bias, image, row_size):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _make_product_rows(block_wide, block_narrow):
+    """A compiled function computing a block's output channels of one Winograd product
+    ``M[ξ] = U[ξ] @ V[ξ]`` for tiles ``[0, tiles)``: blocks of 24 tiles (``block_wide``), the
+    rest in blocks of 8 (``block_narrow``; a batch of one has 56 tiles: 2 x 24 + 8)."""
+    @njit(cache=True, nogil=True)
+    def product_rows(v, v_at, c_in, capacity, u, u_at, m, m_at, tiles):
+        i64 = np.int64
+        blocks = tiles - tiles % POSITIONS
+        for q in range(0, blocks, POSITIONS):
+            block_wide(v, i64(v_at + q), c_in, i64(1), i64(1), capacity, i64(0), u, u_at, c_in,
+                       m, i64(m_at + q), capacity)
+        for q in range(blocks, tiles, LANES):
+            block_narrow(v, i64(v_at + q), c_in, i64(1), i64(1), capacity, i64(0), u, u_at,
+                         c_in, m, i64(m_at + q), capacity)
+    return product_rows
+
+
+_product_rows_4 = _make_product_rows(block_4x24, block_4x8)
+_product_rows_1 = _make_product_rows(block_1x24, block_1x8)
+
+
+@njit(cache=True, nogil=True)
+def products(v, u, m, c_in, c_out, capacity, tiles, first, last):
+    """The 16 products ``M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles)`` for
+    output channels ``[first, last)``, in register blocks of 4 channels x 24 tiles
+    (:mod:`minicnn.kernels.direct_blocks`, K = C_in innermost), the last channels one at a
+    time. ``v`` (16 x C_in x capacity), ``u`` (16 x C_out x C_in) and ``m`` (16 x C_out x
+    capacity) are flat float32; ``capacity`` a multiple of 24 (the last block of a row writes
+    its columns past ``tiles``: garbage, never read). OpenBLAS ran these short, thin products
+    at about a third of the blocks' speed."""
+    i64 = np.int64
+    whole = last - (last - first) % CHANNELS
+    for xi in range(16):
+        for co in range(first, whole, CHANNELS):
+            _product_rows_4(v, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
+                            i64((xi * c_out + co) * c_in), m, i64((xi * c_out + co) * capacity),
+                            i64(tiles))
+        for co in range(whole, last):
+            _product_rows_1(v, i64(xi * c_in * capacity), i64(c_in), i64(capacity), u,
+                            i64((xi * c_out + co) * c_in), m, i64((xi * c_out + co) * capacity),
+                            i64(tiles))
