@@ -476,8 +476,10 @@ assert np.allclose(winograd_tile, direct_tile)
 
 # %% [markdown]
 # minicnn runs the forward pass of 3x3 stride-1 layers with at least
-# `onepool.WINOGRAD_MIN_CHANNELS` input channels this way (`minicnn/kernels/winograd.py`);
-# backward stays on the shift path, the gradient of the same convolution. Two layout details
+# `onepool.WINOGRAD_MIN_CHANNELS` input channels this way (`minicnn/kernels/winograd.py`).
+# The input gradient of such a layer (padding 1) is itself a 3x3 convolution, of the output
+# gradient with the filters flipped and transposed, and runs the same way; the weight gradient
+# stays on the shift path. Two layout details
 # decided whether it paid, and both are the lessons of this tutorial again:
 #
 # - **The GEMM's operand layout.** With the transformed tiles stored channels-last
