@@ -110,7 +110,9 @@ def test_forward_matches_torch_and_the_shift_path(case, dtype, n_threads, rng, m
     y_shift, _ = with_threads(n_threads, onepool.conv2d_forward, x, weight, bias, (1, 1), pads,
                               (1, 1))
     assert_close(y, y_shift, "winograd against the shift path", dtype)
-    # Backward is the shift path's either way: the same gradients from either forward's ctx.
+    # The weight and bias gradients are the shift path's either way: the same from either
+    # forward's ctx (these layers have fewer than 32 output channels, so the input gradient
+    # is the shift path's too; test_input_gradient_as_a_winograd_forward covers the rest).
     dy = rng.standard_normal(y.shape).astype(dtype)
     grads = with_threads(n_threads, onepool.conv2d_backward, dy, ctx)
     monkeypatch.setattr(onepool, "USE_WINOGRAD", True)
@@ -119,6 +121,60 @@ def test_forward_matches_torch_and_the_shift_path(case, dtype, n_threads, rng, m
     for got, want in zip(grads, with_threads(n_threads, onepool.conv2d_backward, dy, ctx_again)):
         if want is not None:
             np.testing.assert_array_equal(got, want)
+
+
+#: (batch, C_in, C_out, (H, W)) with padding 1 and at least 32 output channels: the input
+#: gradient runs as a Winograd forward of the output gradient.
+BACKWARD_GRID = [(3, 16, 32, (9, 7)), (1, 12, 40, (14, 14)), (5, 32, 33, (4, 5))]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", BACKWARD_GRID, ids=str)
+def test_input_gradient_as_a_winograd_forward(case, dtype, n_threads, rng, monkeypatch):
+    """dX of a 3x3 padding-1 layer with >= 32 output channels: the convolution of dY with the
+    flipped, transposed filters, by Winograd; held to PyTorch and to the shift path's dX at
+    the float tolerance, with the weight and bias gradients the shift path's bit for bit;
+    through the fused ReLU and pooling as through the plain layer."""
+    n, c_in, c_out, (h, w) = case
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    weight = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    pads = (1, 1, 1, 1)
+    y, ctx = with_threads(n_threads, onepool.conv2d_forward, x, weight, bias, (1, 1), pads,
+                          (1, 1))
+    assert onepool._winograd_input_grad_applies(ctx.plan, x.shape, c_out)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = with_threads(n_threads, onepool.conv2d_backward, dy, ctx)
+    xt, wt = to_torch(x).requires_grad_(True), to_torch(weight).requires_grad_(True)
+    torch.nn.functional.conv2d(xt, wt, to_torch(bias), padding=1).backward(to_torch(dy))
+    assert_close(dx, to_numpy(xt.grad), "winograd dx", dtype)
+    assert_close(dw, to_numpy(wt.grad), "dw", dtype)
+    monkeypatch.setattr(onepool, "USE_WINOGRAD", False)
+    shift = with_threads(n_threads, onepool.conv2d_backward, dy, ctx)
+    assert_close(dx, shift[0], "winograd dx against the shift path", dtype)
+    np.testing.assert_array_equal(dw, shift[1])
+    np.testing.assert_array_equal(db, shift[2])
+    monkeypatch.setattr(onepool, "USE_WINOGRAD", True)
+    if min(h, w) < 2:
+        return
+    # fused ReLU + pooling: the same as the plain backward of the ReLU and pooling's gradient
+    y, pooled, argmax, ctx = with_threads(n_threads, onepool.conv2d_relu_forward, x, weight,
+                                          bias, (1, 1), pads, (1, 1), maxpool=True)
+    d_pooled = rng.standard_normal(pooled.shape).astype(dtype)
+    fused = with_threads(n_threads, onepool.conv2d_relu_backward, d_pooled, ctx, y,
+                         pooled=pooled, argmax=argmax)
+    dz = np.zeros_like(y)
+    rows, cols = argmax // y.shape[3], argmax % y.shape[3]
+    nn_, cc = np.indices(pooled.shape[:2])
+    for i in range(pooled.shape[2]):
+        for j in range(pooled.shape[3]):
+            keep = pooled[:, :, i, j] > 0
+            dz[nn_, cc, rows[:, :, i, j], cols[:, :, i, j]] = np.where(
+                keep, d_pooled[:, :, i, j], 0)
+    plain = with_threads(n_threads, onepool.conv2d_backward, dz, ctx)
+    for got, want in zip(fused, plain):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
