@@ -95,8 +95,11 @@ WEIGHT_GRAD_SLAB = 256
 #: 16 GEMMs with K = C_in on transformed 4x4 tiles, 2.25x fewer multiplies). Measured
 #: forward at 1 thread, batch 64, OpenBLAS's AVX-512 kernels on a Zen 4 core: 16->16 at
 #: 28x28 a tie (2.8 ms each way), MNIST conv2 32->64 at 14x14 5.4 -> 4.0 ms, CIFAR 64->64 at
-#: 32x32 53 -> 34 ms, 128->128 at 16x16 53 -> 32 ms.
-WINOGRAD_MIN_CHANNELS = 32
+#: 32x32 53 -> 34 ms, 128->128 at 16x16 53 -> 32 ms. With the products in register blocks
+#: (:mod:`minicnn.kernels.winograd_blocks`) 16 channels pay too: ResNet-20's training step
+#: (16-channel stage: forward, and the input gradient of layers with 16 outputs) on a 2-core
+#: AVX2 EPYC, batch 64, 223 -> 214 ms at 2 threads, 353 -> 336 at 1 (32 before).
+WINOGRAD_MIN_CHANNELS = 16
 
 #: Switch the Winograd forward off (``False``) to time the shift path's forward instead; the
 #: results agree to float32 rounding, not bit for bit (tutorial 09 compares them).
