@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
+from ..kernels import batchnorm
 from ._checks import as_dtype, check_input
 from .module import Module, Parameter
 
@@ -53,13 +55,20 @@ class _BatchNorm(Module):
             if count < 2 and self.training:
                 raise ValueError(f"{name}: training needs more than one value per channel, got "
                                  f"input shape {x.shape}")
-            mean = x.mean(axis=axes, dtype=x.dtype)
-            var = x.var(axis=axes, dtype=x.dtype)
+            fast = self._fast(x)
+            if fast is not None:
+                y, x_hat, mean, var, inv_std, gamma = fast
+            else:
+                mean = x.mean(axis=axes, dtype=x.dtype)
+                var = x.var(axis=axes, dtype=x.dtype)
             if self.training and self.track_running_stats:
                 m = self.momentum
                 self.running_mean[...] = (1 - m) * self.running_mean + m * mean
                 self.running_var[...] = (1 - m) * self.running_var + m * var * (count / (count - 1))
                 self.num_batches_tracked[...] += 1
+            if fast is not None:
+                self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape, True)
+                return self._output(y)
         else:
             mean = as_dtype(self.running_mean, x.dtype)
             var = as_dtype(self.running_var, x.dtype)
@@ -69,8 +78,24 @@ class _BatchNorm(Module):
         y = x_hat * gamma.reshape(shape)
         if self.affine:
             y += as_dtype(self.bias.data, x.dtype).reshape(shape)
-        self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape)
+        self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape, False)
         return self._output(y)
+
+    def _fast(self, x):
+        """Batch statistics by :mod:`minicnn.kernels.batchnorm` (one parallel loop over the
+        channels) where the numba backend is the default and ``x`` has values beyond the
+        channel axis: ``(y, x_hat, mean, var, inv_std, gamma)``; else None (NumPy above, the
+        definition)."""
+        if (x.ndim < 3 or x.dtype not in (np.float32, np.float64)
+                or kernels.get_default_backend() != "numba"):
+            return None
+        flat = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+        gamma = (as_dtype(self.weight.data, x.dtype) if self.affine
+                 else np.ones(x.shape[1], dtype=x.dtype))
+        beta = (as_dtype(self.bias.data, x.dtype) if self.affine
+                else np.zeros(x.shape[1], dtype=x.dtype))
+        y, x_hat, mean, var, inv_std = batchnorm.forward(flat, gamma, beta, self.eps)
+        return y.reshape(x.shape), x_hat, mean, var, inv_std, gamma
 
     def _empty_batch(self, x, use_batch_stats, axes, shape) -> np.ndarray:
         """A batch of 0 samples, as PyTorch: an empty output, running statistics unchanged
@@ -79,7 +104,7 @@ class _BatchNorm(Module):
             self.num_batches_tracked[...] += 1
         ones = np.ones(self.num_features, dtype=x.dtype)
         gamma = as_dtype(self.weight.data, x.dtype) if self.affine else ones
-        self._cache = (x.copy(), ones, gamma, use_batch_stats, axes, shape)
+        self._cache = (x.copy(), ones, gamma, use_batch_stats, axes, shape, False)
         return self._output(x.copy())
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -87,7 +112,14 @@ class _BatchNorm(Module):
         ``dx = inv_std / n * (n * dx̂ - Σ dx̂ - x̂ Σ(dx̂ x̂))`` with ``dx̂ = dy * gamma``;
         with running statistics they are constants and ``dx = dy * gamma * inv_std``."""
         dy = self._check_dy(dy, self._cache)
-        x_hat, inv_std, gamma, use_batch_stats, axes, shape = self._cache
+        x_hat, inv_std, gamma, use_batch_stats, axes, shape, fast = self._cache
+        if fast:            # forward ran minicnn.kernels.batchnorm: its backward, the same formula
+            dx, dgamma, dbeta = batchnorm.backward(dy.reshape(x_hat.shape), x_hat, gamma,
+                                                   inv_std)
+            if self.affine:
+                self.weight.accumulate_grad(dgamma)
+                self.bias.accumulate_grad(dbeta)
+            return dx.reshape(dy.shape)
         if self.affine:
             self.weight.accumulate_grad((dy * x_hat).sum(axis=axes))
             self.bias.accumulate_grad(dy.sum(axis=axes))
