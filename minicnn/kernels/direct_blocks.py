@@ -20,11 +20,38 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .ir_helpers import for_each_tap, python_max, splat, zeroed_slots
 
 #: float32 lanes per vector (256 bits).
 LANES = 8
+
+
+def _multiply_add_taps(builder, padded_ptr, weight_ptr, base, c_in, kh, kw, size, pitch,
+                       w_base, k, channels, offsets, slots):
+    """The inner loops of a block, tap by tap (:func:`~minicnn.kernels.ir_helpers.for_each_tap`):
+    load the input vectors at the tap's offset plus each of ``offsets``, and for each output
+    channel ``r`` add ``weight[w_base + r * k + tap]`` times each of them to ``slots[r *
+    len(offsets) + o]`` (a multiply and an add, contracted to an FMA)."""
+    i64 = ir.IntType(64)
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    contract = ("contract",)
+    with for_each_tap(builder, base, c_in, kh, kw, size, pitch) as (at, tap):
+        inputs = []
+        for offset in offsets:
+            pointer = builder.bitcast(builder.gep(padded_ptr, [builder.add(at, offset)]),
+                                      vector.as_pointer())
+            value = builder.load(pointer)
+            value.align = 4
+            inputs.append(value)
+        for r in range(channels):
+            w_at = builder.add(builder.add(w_base, tap), builder.mul(k, ir.Constant(i64, r)))
+            weight = splat(builder, builder.load(builder.gep(weight_ptr, [w_at])), LANES)
+            for o, value in enumerate(inputs):
+                slot = slots[r * len(inputs) + o]
+                product = builder.fmul(weight, value, flags=contract)
+                builder.store(builder.fadd(builder.load(slot), product, flags=contract), slot)
 
 
 def make_block(channels: int, vectors: int):
@@ -50,45 +77,12 @@ def make_block(channels: int, vectors: int):
             padded_ptr = context.make_array(signature.args[0])(context, builder, padded_arr).data
             weight_ptr = context.make_array(signature.args[7])(context, builder, weight_arr).data
             sums_ptr = context.make_array(signature.args[10])(context, builder, sums_arr).data
-            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-            vector = ir.VectorType(f32, LANES)
-            undefined = ir.Constant(vector, ir.Undefined)
-            splat_mask = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 0)] * LANES)
-            contract = ("contract",)
-            slots = []
-            for _ in range(channels * vectors):
-                slot = cgutils.alloca_once(builder, vector)    # promoted to registers
-                builder.store(ir.Constant(vector, None), slot)
-                slots.append(slot)
-            tap = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
-            with cgutils.for_range(builder, c_in) as channel:
-                plane = builder.add(base, builder.mul(channel.index, size))
-                with cgutils.for_range(builder, kh) as row:
-                    start = builder.add(plane, builder.mul(row.index, pitch))
-                    with cgutils.for_range(builder, kw) as column:
-                        at = builder.add(start, column.index)
-                        t = builder.load(tap)
-                        inputs = []
-                        for v in range(vectors):
-                            pointer = builder.bitcast(
-                                builder.gep(padded_ptr, [builder.add(at, ir.Constant(
-                                    i64, v * LANES))]), vector.as_pointer())
-                            value = builder.load(pointer)
-                            value.align = 4
-                            inputs.append(value)
-                        for r in range(channels):
-                            w_at = builder.add(builder.add(w_base, t), builder.mul(
-                                k, ir.Constant(i64, r)))
-                            scalar = builder.load(builder.gep(weight_ptr, [w_at]))
-                            splat = builder.shuffle_vector(
-                                builder.insert_element(undefined, scalar, ir.Constant(i32, 0)),
-                                undefined, splat_mask)
-                            for v in range(vectors):
-                                slot = slots[r * vectors + v]
-                                product = builder.fmul(splat, inputs[v], flags=contract)
-                                builder.store(builder.fadd(builder.load(slot), product,
-                                                           flags=contract), slot)
-                        builder.store(builder.add(t, ir.Constant(i64, 1)), tap)
+            i64 = ir.IntType(64)
+            vector = ir.VectorType(ir.FloatType(), LANES)
+            slots = zeroed_slots(builder, vector, channels * vectors)
+            _multiply_add_taps(builder, padded_ptr, weight_ptr, base, c_in, kh, kw, size, pitch,
+                               w_base, k, channels,
+                               [ir.Constant(i64, v * LANES) for v in range(vectors)], slots)
             for r in range(channels):
                 row_at = builder.add(s_base, builder.mul(s_stride, ir.Constant(i64, r)))
                 for v in range(vectors):
@@ -147,6 +141,7 @@ def make_pooled_block(channels: int, relu: bool):
         def codegen(context, builder, signature, args):
             (padded_arr, base, c_in, kh, kw, size, pitch, weight_arr, w_base, k, scale_arr,
              shift_arr, s_at, out_arr, out_at, out_stride) = args
+
             def data(index, value):
                 return context.make_array(signature.args[index])(context, builder, value).data
             padded_ptr, weight_ptr = data(0, padded_arr), data(7, weight_arr)
@@ -154,63 +149,23 @@ def make_pooled_block(channels: int, relu: bool):
                 data(13, out_arr)
             f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
             vector = ir.VectorType(f32, LANES)
-            undefined = ir.Constant(vector, ir.Undefined)
-            splat_mask = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 0)] * LANES)
             evens = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 2 * i)
                                                             for i in range(LANES)])
             odds = ir.Constant(ir.VectorType(i32, LANES), [ir.Constant(i32, 2 * i + 1)
                                                            for i in range(LANES)])
-            contract = ("contract",)
-
-            def splat(scalar):
-                return builder.shuffle_vector(
-                    builder.insert_element(undefined, scalar, ir.Constant(i32, 0)),
-                    undefined, splat_mask)
-
             # slots[(r * 2 + row) * 2 + v]: channel r, grid row base + row * pitch, columns
             # 8 v .. 8 v + 7
-            slots = []
-            for _ in range(channels * 2 * vectors):
-                slot = cgutils.alloca_once(builder, vector)    # promoted to registers
-                builder.store(ir.Constant(vector, None), slot)
-                slots.append(slot)
-            tap = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
-            with cgutils.for_range(builder, c_in) as channel:
-                plane = builder.add(base, builder.mul(channel.index, size))
-                with cgutils.for_range(builder, kh) as kernel_row:
-                    start = builder.add(plane, builder.mul(kernel_row.index, pitch))
-                    with cgutils.for_range(builder, kw) as column:
-                        at = builder.add(start, column.index)
-                        t = builder.load(tap)
-                        inputs = []
-                        for row in range(2):
-                            row_at = builder.add(at, builder.mul(pitch, ir.Constant(i64, row)))
-                            for v in range(vectors):
-                                pointer = builder.bitcast(builder.gep(padded_ptr, [
-                                    builder.add(row_at, ir.Constant(i64, v * LANES))]),
-                                    vector.as_pointer())
-                                value = builder.load(pointer)
-                                value.align = 4
-                                inputs.append(value)
-                        for r in range(channels):
-                            w_at = builder.add(builder.add(w_base, t), builder.mul(
-                                k, ir.Constant(i64, r)))
-                            weight_splat = splat(builder.load(builder.gep(weight_ptr, [w_at])))
-                            for j in range(2 * vectors):
-                                slot = slots[r * 2 * vectors + j]
-                                product = builder.fmul(weight_splat, inputs[j], flags=contract)
-                                builder.store(builder.fadd(builder.load(slot), product,
-                                                           flags=contract), slot)
-                        builder.store(builder.add(t, ir.Constant(i64, 1)), tap)
+            slots = zeroed_slots(builder, vector, channels * 2 * vectors)
+            offsets = [builder.add(builder.mul(pitch, ir.Constant(i64, row)),
+                                   ir.Constant(i64, v * LANES))
+                       for row in range(2) for v in range(vectors)]
+            _multiply_add_taps(builder, padded_ptr, weight_ptr, base, c_in, kh, kw, size, pitch,
+                               w_base, k, channels, offsets, slots)
             zero = ir.Constant(vector, [ir.Constant(f32, 0.0)] * LANES)
-
-            def larger(a, b):           # Python's max(a, b): b where b > a, else a
-                return builder.select(builder.fcmp_ordered(">", b, a), b, a)
-
             for r in range(channels):
                 at = builder.add(s_at, ir.Constant(i64, r))
-                scale = splat(builder.load(builder.gep(scale_ptr, [at])))
-                shift = splat(builder.load(builder.gep(shift_ptr, [at])))
+                scale = splat(builder, builder.load(builder.gep(scale_ptr, [at])), LANES)
+                shift = splat(builder, builder.load(builder.gep(shift_ptr, [at])), LANES)
                 rows = []
                 for row in range(2):
                     finished = []
@@ -222,9 +177,10 @@ def make_pooled_block(channels: int, relu: bool):
                                                    builder.fmul(zero, value), value)
                         finished.append(value)
                     # columns 2 l and 2 l + 1 of the row's 16: even and odd lanes of the pair
-                    rows.append(larger(builder.shuffle_vector(finished[0], finished[1], evens),
-                                       builder.shuffle_vector(finished[0], finished[1], odds)))
-                pooled = larger(rows[0], rows[1])
+                    rows.append(python_max(
+                        builder, builder.shuffle_vector(finished[0], finished[1], evens),
+                        builder.shuffle_vector(finished[0], finished[1], odds)))
+                pooled = python_max(builder, rows[0], rows[1])
                 target = builder.add(out_at, builder.mul(out_stride, ir.Constant(i64, r)))
                 pointer = builder.bitcast(builder.gep(out_ptr, [target]), vector.as_pointer())
                 store = builder.store(pooled, pointer)

@@ -14,6 +14,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .ir_helpers import multiply_add_pairs, splat_pair
+
 _LANES = 16                  # int16 lanes per load (256 bits)
 
 
@@ -53,13 +55,6 @@ def make_block(block_positions: int, block_vectors: int, accumulate: bool = Fals
             lanes = _LANES // 2
             half, full = ir.VectorType(i32, lanes), ir.VectorType(i32, _LANES)
             narrow = ir.VectorType(i16, _LANES)
-            evens = ir.Constant(ir.VectorType(i32, lanes),
-                                [ir.Constant(i32, 2 * i) for i in range(lanes)])
-            odds = ir.Constant(ir.VectorType(i32, lanes),
-                               [ir.Constant(i32, 2 * i + 1) for i in range(lanes)])
-            splat_mask = ir.Constant(ir.VectorType(i32, lanes), [ir.Constant(i32, 0)] * lanes)
-            undefined_full = ir.Constant(full, ir.Undefined)
-            undefined_half = ir.Constant(half, ir.Undefined)
             targets = []                   # where each accumulator is stored at the end
             for j in range(block_positions):
                 for v in range(block_vectors):
@@ -101,15 +96,9 @@ def make_block(block_positions: int, block_vectors: int, accumulate: bool = Fals
                         pointer = builder.bitcast(builder.gep(c_ptr, [at]), i32.as_pointer())
                         word = builder.load(pointer)
                         word.align = 2
-                        splat = builder.shuffle_vector(
-                            builder.insert_element(undefined_half, word, ir.Constant(i32, 0)),
-                            undefined_half, splat_mask)
-                        window = builder.sext(builder.bitcast(splat, narrow), full)
+                        window = splat_pair(builder, word)
                         for v in range(block_vectors):
-                            product = builder.mul(weights[v], window, flags=["nsw"])
-                            pairs = builder.add(
-                                builder.shuffle_vector(product, undefined_full, evens),
-                                builder.shuffle_vector(product, undefined_full, odds))
+                            pairs = multiply_add_pairs(builder, weights[v], window)
                             slot = sums[j * block_vectors + v]
                             builder.store(builder.add(builder.load(slot), pairs), slot)
             for target, slot in zip(targets, sums):

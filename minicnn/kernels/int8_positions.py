@@ -29,6 +29,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .ir_helpers import multiply_add_pairs, splat_pair, zeroed_slots
+
 #: Output columns per block (8 even + 8 odd lanes) and the pooled columns they give.
 COLUMNS, POOLED_COLUMNS = 16, 8
 
@@ -57,23 +59,11 @@ def make_pooled_block(group: int):
             x_ptr = context.make_array(signature.args[3])(context, builder, x_arr).data
             acc_ptr = context.make_array(signature.args[8])(context, builder, acc_arr).data
             i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            lanes = 8
-            half_vec, full = ir.VectorType(i32, lanes), ir.VectorType(i32, 2 * lanes)
-            narrow = ir.VectorType(i16, 2 * lanes)
-            evens = ir.Constant(half_vec, [ir.Constant(i32, 2 * i) for i in range(lanes)])
-            odds = ir.Constant(half_vec, [ir.Constant(i32, 2 * i + 1) for i in range(lanes)])
-            splat_mask = ir.Constant(half_vec, [ir.Constant(i32, 0)] * lanes)
-            undefined_full = ir.Constant(full, ir.Undefined)
-            undefined_half = ir.Constant(half_vec, ir.Undefined)
+            half_vec, full = ir.VectorType(i32, 8), ir.VectorType(i32, 16)
+            narrow = ir.VectorType(i16, 16)
             # slots[c][2 * r + s]: channel c, output row r of the two, even (0) / odd (1) columns
-            slots = []
-            for _ in range(group):
-                channel = []
-                for _ in range(4):
-                    slot = cgutils.alloca_once(builder, half_vec)   # registers, after mem2reg
-                    builder.store(ir.Constant(half_vec, None), slot)
-                    channel.append(slot)
-                slots.append(channel)
+            flat = zeroed_slots(builder, half_vec, 4 * group)
+            slots = [flat[4 * c:4 * c + 4] for c in range(group)]
             pair_stride = builder.mul(rows, ir.Constant(i64, 2))   # int16 between pairs
             with cgutils.for_range(builder, kh) as kernel_row:
                 row_at = builder.add(x_offset, builder.mul(kernel_row.index, x_pitch))
@@ -88,10 +78,7 @@ def make_pooled_block(group: int):
                         pointer = builder.bitcast(builder.gep(w_ptr, [at]), i32.as_pointer())
                         word = builder.load(pointer)
                         word.align = 2
-                        splat = builder.shuffle_vector(
-                            builder.insert_element(undefined_half, word, ir.Constant(i32, 0)),
-                            undefined_half, splat_mask)
-                        weights.append(builder.sext(builder.bitcast(splat, narrow), full))
+                        weights.append(splat_pair(builder, word))
                     for r in range(2):
                         for s in range(2):
                             at = builder.add(builder.add(row_at, column), builder.add(
@@ -102,10 +89,7 @@ def make_pooled_block(group: int):
                             value.align = 2
                             inputs = builder.sext(value, full)
                             for c in range(group):
-                                product = builder.mul(weights[c], inputs, flags=["nsw"])
-                                pairs = builder.add(
-                                    builder.shuffle_vector(product, undefined_full, evens),
-                                    builder.shuffle_vector(product, undefined_full, odds))
+                                pairs = multiply_add_pairs(builder, weights[c], inputs)
                                 slot = slots[c][2 * r + s]
                                 builder.store(builder.add(builder.load(slot), pairs), slot)
             for c in range(group):

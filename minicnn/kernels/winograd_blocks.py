@@ -19,6 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .direct_blocks import CHANNELS, LANES, POSITIONS, block_1x8, block_1x24, block_4x8, block_4x24
+from .ir_helpers import python_max, splat
 
 #: Tiles per block (float32 lanes of a 256-bit vector).
 TILES = 8
@@ -141,16 +142,9 @@ def make_output_pooled_block(relu: bool):
             m_ptr = context.make_array(signature.args[0])(context, builder, m_arr).data
             pooled_ptr = context.make_array(signature.args[6])(context, builder,
                                                                 pooled_arr).data
-            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            f32, i64 = ir.FloatType(), ir.IntType(64)
             vector = ir.VectorType(f32, TILES)
-            undefined = ir.Constant(vector, ir.Undefined)
-            splat_mask = ir.Constant(ir.VectorType(i32, TILES), [ir.Constant(i32, 0)] * TILES)
             zero = ir.Constant(vector, [ir.Constant(f32, 0.0)] * TILES)
-
-            def splat(scalar):
-                return builder.shuffle_vector(
-                    builder.insert_element(undefined, scalar, ir.Constant(i32, 0)),
-                    undefined, splat_mask)
 
             def load(xi):
                 at = builder.add(builder.add(m_at, builder.mul(m_stride, ir.Constant(i64, xi))),
@@ -165,7 +159,7 @@ def make_output_pooled_block(relu: bool):
             # transform_columns: column j's top (rows 0 + 1 + 2) and bottom (1 - 2 - 3)
             top = [fadd(fadd(m[j], m[4 + j]), m[8 + j]) for j in range(4)]
             bottom = [fsub(fsub(m[4 + j], m[8 + j]), m[12 + j]) for j in range(4)]
-            scale_v, shift_v = splat(scale), splat(shift)
+            scale_v, shift_v = splat(builder, scale, TILES), splat(builder, shift, TILES)
 
             def finish(value):
                 value = fadd(builder.fmul(value, scale_v), shift_v)
@@ -174,14 +168,11 @@ def make_output_pooled_block(relu: bool):
                                            builder.fmul(zero, value), value)
                 return value
 
-            def larger(a, b):   # Python's max(a, b)
-                return builder.select(builder.fcmp_ordered(">", b, a), b, a)
-
             a = finish(fadd(fadd(top[0], top[1]), top[2]))
             b = finish(fsub(fsub(top[1], top[2]), top[3]))
             c = finish(fadd(fadd(bottom[0], bottom[1]), bottom[2]))
             d = finish(fsub(fsub(bottom[1], bottom[2]), bottom[3]))
-            result = larger(larger(a, b), larger(c, d))
+            result = python_max(builder, python_max(builder, a, b), python_max(builder, c, d))
             pointer = builder.bitcast(builder.gep(pooled_ptr, [t0]), vector.as_pointer())
             store = builder.store(result, pointer)
             store.align = 4
@@ -211,8 +202,6 @@ def output_block(typingctx, m, m_at, m_stride, t0, bias, image, row_size):
         image_ptr = context.make_array(signature.args[5])(context, builder, image_arr).data
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
         vector = ir.VectorType(f32, TILES)
-        undefined = ir.Constant(vector, ir.Undefined)
-        splat_mask = ir.Constant(ir.VectorType(i32, TILES), [ir.Constant(i32, 0)] * TILES)
         low = ir.Constant(ir.VectorType(i32, TILES),
                           [ir.Constant(i32, (l // 2) + TILES * (l % 2)) for l in range(TILES)])
         high = ir.Constant(ir.VectorType(i32, TILES), [ir.Constant(i32, TILES // 2 + (l // 2)
@@ -229,8 +218,7 @@ def output_block(typingctx, m, m_at, m_stride, t0, bias, image, row_size):
         m = [load(xi) for xi in range(16)]
         top = [fadd(fadd(m[j], m[4 + j]), m[8 + j]) for j in range(4)]       # Aᵀ M row 0
         bottom = [fsub(fsub(m[4 + j], m[8 + j]), m[12 + j]) for j in range(4)]  # and row 1
-        bias_v = builder.shuffle_vector(
-            builder.insert_element(undefined, bias, ir.Constant(i32, 0)), undefined, splat_mask)
+        bias_v = splat(builder, bias, TILES)
         for a, sums in enumerate((top, bottom)):
             left = fadd(fadd(fadd(sums[0], sums[1]), sums[2]), bias_v)
             right = fadd(fsub(fsub(sums[1], sums[2]), sums[3]), bias_v)
