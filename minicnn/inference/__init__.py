@@ -30,6 +30,7 @@ What it promises:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from typing import NamedTuple
@@ -253,13 +254,10 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
         kernels = plan.__dict__["_kernels"] = entry.kernels(program)
     entry.refresh(program, tensors, packed)
     if parts is not None:
-        if hold_blas:
-            # OpenBLAS's own threads and the region's waiting thread on the same cores: one
-            # ResNet-20 call took 16 ms (p99 128) instead of 1.9. BLAS on this thread only.
-            with _threads.blas_single_threaded():
-                entry.split()(program, parts, kernels, tensors, arena, x, out, scratch, packed,
-                              threads)
-        else:
+        # Where a step calls BLAS, OpenBLAS's own threads and the region's waiting thread on
+        # the same cores made one ResNet-20 call take 16 ms (p99 128) instead of 1.9: BLAS is
+        # held at this thread only.
+        with (_threads.blas_single_threaded() if hold_blas else contextlib.nullcontext()):
             entry.split()(program, parts, kernels, tensors, arena, x, out, scratch, packed,
                           threads)
     elif threads == 1:

@@ -527,9 +527,8 @@ def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
         scale, shift = affine[0], affine[1]
         for s in range(g):
             _pad_sample(x, padded, s, g, c_in, h, w, size, pitch, top, left)
-            for co in range(c_out):
-                if co < pairs and co % POOLED_CHANNELS:
-                    continue
+            co = 0
+            while co < c_out:          # pairs of channels, then the last one alone
                 for i in range(pooled_h):
                     for b in range(blocks):
                         first = min(8 * b, pooled_w - 8)        # the first pooled column
@@ -547,6 +546,7 @@ def conv_blocked_step(p, tensors, x, y, residual, work, conv_out, fixed, packed,
                             pooled_1_relu(*args)
                         else:
                             pooled_1_plain(*args)
+                co += POOLED_CHANNELS if co < pairs else 1
         return
     for s in range(g):
         _pad_sample(x, padded, s, g, c_in, h, w, size, pitch, top, left)

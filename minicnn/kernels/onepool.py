@@ -645,7 +645,7 @@ def _input_grad_winograd(dz, ctx, n_threads):
     with the filters flipped and transposed (``W'[ci, co, i, j] = W[co, ci, 2 - i, 2 - j]``),
     run by :func:`minicnn.kernels.winograd.forward_chunk`: 2.25x fewer multiply-adds than the
     shift path's nine GEMMs ``W_tapᵀ @ dY`` (MNIST conv2's backward at batch 64, one thread:
-    13.7 -> 12.0 ms). It rounds differently from them (within the float32 tolerance every
+    13.7 -> 12.9 ms). It rounds differently from them (within the float32 tolerance every
     backend is held to)."""
     c_out, c_in = ctx.weight_shape[0], ctx.weight_shape[1]
     # the tap-major weights (kH*kW, C_out, C_in), taps reversed, as (C_in, C_out, 3, 3)
@@ -854,11 +854,10 @@ def _backward(dy, ctx, need_input_grad, prologue, y, pooled, argmax):
         # gradient (the shift path, without its input gradient) from the same planes.
         if prologue == RELU_MAXPOOL:
             dz = np.empty(y.shape, dtype=x.dtype)
-            with _threads.blas_single_threaded():
-                parallel.run(_gradient_planes_chunk,
-                             GradientPlanesArgs(dy, y, pooled, argmax, dz,
-                                                np.zeros((n_threads, c_out), dtype=x.dtype)),
-                             parallel.NO_PLAN, n_threads, x.dtype)
+            parallel.run(_gradient_planes_chunk,
+                         GradientPlanesArgs(dy, y, pooled, argmax, dz,
+                                            np.zeros((n_threads, c_out), dtype=x.dtype)),
+                         parallel.NO_PLAN, n_threads, x.dtype)
             dy, y, prologue = dz, dz, PLAIN
             pooled = np.empty((0, 0, 0, 0), dtype=x.dtype)
             argmax = np.empty((0, 0, 0, 0), dtype=np.int32)
