@@ -250,8 +250,9 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
     program, tensors = prepared.program, prepared.tensors
     entry = _entry_points((program, tensors, arena, x, out, scratch, packed))
     kernels = plan.__dict__.get("_kernels")
-    if kernels is None:     # the addresses of the step kernels it calls (compiled on first use)
-        kernels = plan.__dict__["_kernels"] = entry.kernels(program)
+    if kernels is None:     # the addresses of the step kernels it calls (compiled on first use,
+        # with the entries this call needs: together, on several cores where the cache is empty)
+        kernels = plan.__dict__["_kernels"] = entry.kernels(program, split=parts is not None)
     entry.refresh(program, tensors, packed)
     if parts is not None:
         # Where a step calls BLAS, OpenBLAS's own threads and the region's waiting thread on

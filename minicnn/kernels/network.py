@@ -45,6 +45,7 @@ from numba.core import cgutils
 from numba.core.types.function_type import CompileResultWAP
 from numba.extending import intrinsic
 
+from . import parallel_compile
 from .blas import NO_TRANS, TRANS
 from .blas import gemm as _gemm
 from .direct_blocks import CHANNELS as BLOCK_CHANNELS
@@ -58,6 +59,11 @@ from .winograd_blocks import (input_tiles, output_block, output_pooled_plain,
                               output_pooled_relu, products)
 
 _JIT = dict(cache=True, nogil=True)
+#: The helpers the step kernels and entries call (``_``-named, never called from Python): no
+#: wrappers to call them from Python or C (0.9 s less of a cold start), and not cached on their
+#: own, since each caller's cached code holds them (and two processes compiling a shared
+#: helper into one cache at once could corrupt it: :mod:`.parallel_compile`).
+_INNER = dict(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 # What a step does (``program.op``).
 CONV, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, LINEAR, AFFINE, ACTIVATION, SOFTMAX = range(9)
@@ -138,7 +144,7 @@ class Arena(NamedTuple):
     rows_from: int
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _out_range(p):
     """The output channels (or features) ``[first, last)`` this call of step ``p`` computes:
     all of them, or a thread's part where a batch of one is split (:func:`run_split`)."""
@@ -150,7 +156,7 @@ def _out_range(p):
 # --------------------------------------------------------------------------------------------
 # Epilogue pieces, applied to one value
 # --------------------------------------------------------------------------------------------
-@njit(**_JIT)
+@njit(**_INNER)
 def _activate(v, kind, slope):
     if kind == RELU:
         return v if v > 0 else v * 0           # v * 0 keeps a NaN a NaN, as the layer does
@@ -166,7 +172,7 @@ def _activate(v, kind, slope):
     return v
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _affine_of(p, tensors, channels):
     """``affine (2, channels)``: per channel the ``scale`` and ``shift`` with ``epilogue(acc)
     = acc * scale + shift``: the bias, then the batch norm's running statistics and affine
@@ -200,7 +206,7 @@ def _affine_of(p, tensors, channels):
     return affine
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _finish(dest, src, scale, shift, residual, kind, slope):
     """``dest[i] = activation(src[i] * scale + shift + residual[i])`` (``residual`` empty for
     none; ``dest`` may be ``src``): the epilogue of one row of one channel, in one pass.
@@ -231,7 +237,7 @@ def _finish(dest, src, scale, shift, residual, kind, slope):
             dest[i] = _activate(src[i] * scale + shift, kind, slope)
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _epilogue_rows(p, affine, y, residual, n_channels, length):
     """In place on ``y`` viewed as ``(n_channels, length)``: bias / batch norm, the residual
     (same layout, or an empty array), the activation."""
@@ -244,7 +250,7 @@ def _epilogue_rows(p, affine, y, residual, n_channels, length):
         _finish(row, row, scale, shift, res, kind, slope)
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _finish_rows(p, affine, co, s, g, source, pitch, first_row, row_step,
                  n_rows, target, residual):
     """Rows ``first_row, first_row + row_step, ...`` (``n_rows`` of them) of output channel
@@ -303,7 +309,7 @@ def _finish_rows(p, affine, co, s, g, source, pitch, first_row, row_step,
 # ``x`` and output ``y``, ``residual`` (empty for none), working space ``work`` (grows with the
 # group), ``conv_out`` (an unpooled convolution output), ``fixed`` (does not grow with it),
 # ``packed`` (what the plan keeps between calls) and the group's size ``g``.
-@njit(**_JIT)
+@njit(**_INNER)
 def _unroll(x, cols, c_first, c_count, g, h, w, kh, kw, sh, sw, top, left, oh, ow):
     """im2col of channels ``[c_first, c_first + c_count)`` of ``x (C, g, h, w)`` into
     ``cols (c_count*kh*kw, g*oh*ow)``: row ``(c, i, j)``, column ``(sample, oy, ox)``.
@@ -345,14 +351,14 @@ def _unroll(x, cols, c_first, c_count, g, h, w, kh, kw, sh, sw, top, left, oh, o
                                 cols[uint64(out + ox)] = x[uint64(start + ox * sw)]
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _max_pool_2x2(y, out, channels, g, h, w):
     """2x2, stride-2 max pooling of ``y (channels, g, h, w)`` into ``out (channels, g, h//2,
     w//2)`` (a last odd row or column is dropped, as PyTorch's floor mode)."""
     _max_pool_2x2_grid(y, out, channels, g, h, w, w)
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _max_pool_2x2_grid(y, out, channels, g, h, w, pitch):
     """:func:`_max_pool_2x2` of planes laid out ``pitch`` columns a row (``pitch >= w``; the
     columns past ``w`` are not read): ``y (channels, g, h, pitch)``."""
@@ -369,7 +375,7 @@ def _max_pool_2x2_grid(y, out, channels, g, h, w, pitch):
                 dst[oy * pw + ox] = m
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _conv_gemm(p, tensors, x, target, cols, g):
     """``target (C_out, g*oh*ow) = W (C_out, C_in*kh*kw) @ unrolled x``, per group of
     channels."""
@@ -405,7 +411,7 @@ def conv_gemm_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g)
 
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _pad_planes(x, padded, planes, h, w, top, left, pitch, size):
     """Every input plane of a group, ``x (planes, h, w)``, into zero-padded planes of
     ``size`` elements, ``pitch`` columns a row, the input at ``(top, left)``.
@@ -425,7 +431,7 @@ def _pad_planes(x, padded, planes, h, w, top, left, pitch, size):
                 dest[ix] = src[ix]
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _pad_sample(x, padded, s, g, c_in, h, w, size, pitch, top, left):
     """Sample ``s`` of ``x (C, g, h, w)`` into the interiors of its padded planes (``size``
     elements each, ``pitch`` columns a row, the input at ``(top, left)``; the borders are
@@ -616,7 +622,7 @@ def conv_direct_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, 
         _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _winograd_filters(weight, c_out, c_in, u):
     """``U = G g Gᵀ`` of every filter, ``(C_out, C_in, 3, 3)`` -> ``u (16, C_out, C_in)``, as
     :func:`minicnn.kernels.winograd.transform_weights` (from the live weights, each call)."""
@@ -748,36 +754,25 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         _max_pool_2x2(conv_out[first * plane:], y[first * pooled:], last - first, g, oh, ow)
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _output_pooled(m, co, count, scale, shift, kind, slope, sums, pooled):
     """For tiles ``t < count`` of channel ``co`` (``m`` is (16, C_out, tiles)): the four
     outputs of ``Aᵀ M A``, each finished (``* scale + shift``, the activation), and their
     maximum, ``pooled[t]``: the 2x2 max pooling whose windows are the tiles (even output
     sizes). The same values as the output transform, the epilogue and :func:`_max_pool_2x2`
     one after another (the same operations on each value, the maximum in the same order), in
-    one pass instead of three. ``sums`` (8, tiles) is scratch for ``Aᵀ M``."""
+    one pass instead of three. ``sums`` (8, tiles) is scratch for ``Aᵀ M``. For the
+    activations other than ReLU and identity (those two run in register blocks:
+    :func:`~minicnn.kernels.winograd_blocks.output_pooled_relu`)."""
     transform_columns(m, co, count, sums)
     s0, s1, s2, s3 = sums[0], sums[1], sums[2], sums[3]
     r0, r1, r2, r3 = sums[4], sums[5], sums[6], sums[7]
-    zero = np.float32(0)
-    if kind == RELU:
-        for t in range(count):
-            a = (s0[t] + s1[t] + s2[t]) * scale + shift
-            b = (s1[t] - s2[t] - s3[t]) * scale + shift
-            c = (r0[t] + r1[t] + r2[t]) * scale + shift
-            d = (r1[t] - r2[t] - r3[t]) * scale + shift
-            a = a if not a <= zero else zero * a     # as _finish: NaN stays NaN
-            b = b if not b <= zero else zero * b
-            c = c if not c <= zero else zero * c
-            d = d if not d <= zero else zero * d
-            pooled[t] = max(max(a, b), max(c, d))
-    else:
-        for t in range(count):
-            a = _activate((s0[t] + s1[t] + s2[t]) * scale + shift, kind, slope)
-            b = _activate((s1[t] - s2[t] - s3[t]) * scale + shift, kind, slope)
-            c = _activate((r0[t] + r1[t] + r2[t]) * scale + shift, kind, slope)
-            d = _activate((r1[t] - r2[t] - r3[t]) * scale + shift, kind, slope)
-            pooled[t] = max(max(a, b), max(c, d))
+    for t in range(count):
+        a = _activate((s0[t] + s1[t] + s2[t]) * scale + shift, kind, slope)
+        b = _activate((s1[t] - s2[t] - s3[t]) * scale + shift, kind, slope)
+        c = _activate((r0[t] + r1[t] + r2[t]) * scale + shift, kind, slope)
+        d = _activate((r1[t] - r2[t] - r3[t]) * scale + shift, kind, slope)
+        pooled[t] = max(max(a, b), max(c, d))
 
 
 @njit(**_JIT)
@@ -848,7 +843,7 @@ def flatten_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
                 dst[p] = src[p]
 
 
-@njit(fastmath=True, **_JIT)
+@njit(fastmath=True, **_INNER)
 def _dot(a, b):
     """``sum(a * b)`` in any order (``fastmath``: vector lanes of partial sums)."""
     total = np.float32(0)
@@ -857,7 +852,7 @@ def _dot(a, b):
     return total
 
 
-@njit(fastmath=True, **_JIT)
+@njit(fastmath=True, **_INNER)
 def _dot4(a, b0, b1, b2, b3):
     """``(sum(a * b0), ..., sum(a * b3))``, in any order."""
     t0 = t1 = t2 = t3 = np.float32(0)
@@ -950,7 +945,7 @@ def softmax_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
 # --------------------------------------------------------------------------------------------
 # A group's samples in and out of a thread's buffers
 # --------------------------------------------------------------------------------------------
-@njit(**_JIT)
+@njit(**_INNER)
 def _load_group(x, buffer, first, g):
     """Samples ``[first, first + g)`` of ``x (N, C, H, W)`` into ``buffer`` as ``(C, g, H, W)``."""
     channels, h, w = x.shape[1], x.shape[2], x.shape[3]
@@ -962,7 +957,7 @@ def _load_group(x, buffer, first, g):
                     dst[i * w + j] = x[first + s, c, i, j]
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _store_group(buffer, out, first, g, channels, plane, rows):
     """The last step's output for samples ``[first, first + g)`` into ``out (N, C*H*W)``, from
     rows ``(g, C)`` or from ``(C, g, H, W)``."""
@@ -1082,7 +1077,7 @@ def run_thread(program, kernels, tensors, arena, x, out, scratch, packed, thread
                      out, first, share, final.c_out, 1, True)
 
 
-@njit(**_JIT)
+@njit(**_INNER)
 def _equal(a, b):
     """Whether ``a == b`` everywhere (a NaN is never equal). Counted without a branch per
     element, which LLVM vectorises (an early exit on the first difference does not: 12 us
@@ -1235,70 +1230,121 @@ def _no_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Stands in the kernel table for the step kernels a program does not use (never called)."""
 
 
-class Entries(NamedTuple):
+def argument_types() -> tuple:
+    """The Numba types of what :func:`minicnn.inference.forward` passes the entries:
+    ``(program, tensors, arena, x, out, scratch, packed)`` (a :data:`STEP_DTYPE` array, a
+    typed list of float32 vectors, an :class:`Arena`, C-contiguous float32 ``x (N, C, H, W)``,
+    ``out (N, features)``, ``scratch (threads, size)`` and ``packed``)."""
+    return (numba.typeof(np.zeros(1, dtype=STEP_DTYPE)), types.ListType(_VECTOR),
+            numba.typeof(Arena(*(0,) * len(Arena._fields))),
+            types.Array(types.float32, 4, "C"), types.Array(types.float32, 2, "C"),
+            types.Array(types.float32, 2, "C"), _VECTOR)
+
+
+def entry_signatures(arg_types: tuple) -> dict:
+    """Each compiled unit's argument types, by its name in this module, for entries taking
+    ``arg_types`` (:func:`argument_types`'s order): the step kernels (and :func:`_no_step`),
+    :func:`refresh_packed`, :func:`run_thread`, its parallel loop ``_run_threads_jit`` and
+    :func:`run_split`."""
+    program_t = arg_types[0]
+    table_t = types.Array(types.int64, 1, "C")
+    thread_args = (program_t, table_t) + arg_types[1:] + (types.intp, types.intp)
+    signatures = {kernel.__name__: STEP_KERNEL_TYPE.signature.args
+                  for kernel in STEP_KERNELS + (_no_step,)}
+    signatures.update(
+        refresh_packed=(program_t, arg_types[1], arg_types[6]),
+        run_thread=thread_args,
+        _run_threads_jit=((types.FunctionType(types.void(*thread_args)),) + thread_args[:-2]
+                          + (types.intp,)),
+        run_split=((program_t, types.Array(program_t.dtype, 2, "C"), table_t) + arg_types[1:]
+                   + (types.intp,)))
+    return signatures
+
+
+def canonical_signatures() -> dict:
+    """:func:`entry_signatures` for :func:`argument_types` (what a compile worker builds,
+    :mod:`.parallel_compile`)."""
+    return entry_signatures(argument_types())
+
+
+#: Seconds each unit takes to compile with an empty cache, alone in a new process, on a 2-core
+#: AMD EPYC (Zen 3, AVX2): how :mod:`.parallel_compile` shares a cold start's compiling out.
+COMPILE_SECONDS = {
+    "conv_winograd_step": 6.2, "conv_blocked_step": 3.6, "conv_shifted_step": 2.6,
+    "conv_gemm_step": 3.8, "conv_direct_step": 2.5, "linear_step": 1.9, "pool_step": 0.7,
+    "adaptive_avg_pool_step": 0.5, "flatten_step": 0.4, "affine_step": 1.1,
+    "softmax_step": 0.5, "_no_step": 0.2, "refresh_packed": 1.0, "run_thread": 1.4,
+    "_run_threads_jit": 0.7, "run_split": 1.7}
+
+
+class Entries:
     """A network's compiled entry points, for one set of argument types (:func:`entries`),
-    called without Numba's per-call type dispatch.
+    called without Numba's per-call type dispatch. Compiled (or loaded from Numba's cache) on
+    first use, all that a call needs at once (:mod:`.parallel_compile`: on several cores where
+    the cache is empty), so that a first call compiles only what its network needs.
 
-    ``refresh(program, tensors, packed)`` is :func:`refresh_packed`;
-    ``one_thread(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)`` is
-    :func:`run_thread`; ``threads(thread_pointer, program, kernels, ..., packed, n_threads)``
-    runs it on ``n_threads`` threads, ``thread_pointer`` being :func:`run_thread` as a
-    function pointer. ``kernels(program)`` gives the table of step kernel addresses to
-    pass with a program: those it uses, compiled (or loaded from Numba's cache) the first time
-    a program uses them, and :func:`_no_step` in the others' places, so that a first call
-    compiles only what its network needs. ``split()`` is :func:`run_split`'s entry point
-    (``(program, parts, kernels, tensors, arena, x, out, scratch, packed, n_threads)``),
-    compiled on first use: only a batch of one on several threads needs it."""
+    Attributes (after :meth:`kernels`)
+    ----------------------------------
+    refresh : ``(program, tensors, packed)``, :func:`refresh_packed`.
+    one_thread : ``(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)``,
+        :func:`run_thread`.
+    threads : ``(thread_pointer, program, kernels, ..., packed, n_threads)``, running
+        :func:`run_thread` on ``n_threads`` threads.
+    thread_pointer : :func:`run_thread` as a function pointer, for ``threads``.
+    """
 
-    refresh: object
-    one_thread: object
-    threads: object
-    thread_pointer: object
-    kernels: object
-    split: object
+    def __init__(self, arg_types: tuple):
+        self.signatures = entry_signatures(arg_types)
+        self.refresh = self.one_thread = self.threads = self.thread_pointer = None
+        self._addresses: dict = {}
+        self._split = None
+
+    def kernels(self, program: np.ndarray, split: bool = False) -> np.ndarray:
+        """The table of step kernel addresses to pass with ``program``: those it uses, and
+        :func:`_no_step` in the others' places. Compiles (or loads) them, the entries
+        if not yet done, and :func:`run_split` where ``split`` (a batch of one on several
+        threads will run), together."""
+        used = set(program["kernel"].tolist())
+        wanted = [kernel if index in used else _no_step
+                  for index, kernel in enumerate(STEP_KERNELS)]
+        names = {kernel.__name__ for kernel in wanted if kernel not in self._addresses}
+        if self.refresh is None:
+            names |= {"refresh_packed", "run_thread", "_run_threads_jit"}
+        if split and self._split is None:
+            names.add("run_split")
+        if names:
+            parallel_compile.compile_units(__name__, {name: self.signatures[name]
+                                                      for name in names}, COMPILE_SECONDS)
+        for kernel in wanted:
+            if kernel not in self._addresses:
+                compiled = kernel.overloads[self.signatures[kernel.__name__]]
+                self._addresses[kernel] = CompileResultWAP(compiled).__wrapper_address__()
+        if self.refresh is None:
+            self.refresh = refresh_packed.overloads[self.signatures["refresh_packed"]].entry_point
+            compiled = run_thread.overloads[self.signatures["run_thread"]]
+            self.one_thread, self.thread_pointer = compiled.entry_point, CompileResultWAP(compiled)
+            self.threads = _run_threads_jit.overloads[
+                self.signatures["_run_threads_jit"]].entry_point
+        return np.array([self._addresses[kernel] for kernel in wanted], dtype=np.int64)
+
+    def split(self):
+        """:func:`run_split`'s entry point (``(program, parts, kernels, tensors, arena, x,
+        out, scratch, packed, n_threads)``), compiled on first use: only a batch of one on
+        several threads needs it."""
+        if self._split is None:     # (looking the types up in overloads on every call: ~us)
+            args = self.signatures["run_split"]
+            if args not in run_split.overloads:
+                parallel_compile.compile_units(__name__, {"run_split": args})
+            self._split = run_split.overloads[args].entry_point
+        return self._split
 
 
 def entries(arg_types: tuple) -> Entries:
-    """Compile (or load from Numba's cache) the entry points of a network for arguments of
-    these types: ``(program, tensors, arena, x, out, scratch, packed)``."""
-    program_t, tensors_t, arena_t, x_t, out_t, scratch_t, packed_t = arg_types
+    """The entry points of a network for arguments of these types: ``(program, tensors,
+    arena, x, out, scratch, packed)`` (:func:`argument_types`), compiled on first use."""
+    program_t, tensors_t = arg_types[0], arg_types[1]
     step_args = STEP_KERNEL_TYPE.signature.args
-    if (program_t.dtype, tensors_t, packed_t) != (step_args[0], step_args[1], step_args[8]):
+    if (program_t.dtype, tensors_t, arg_types[6]) != (step_args[0], step_args[1], step_args[8]):
         raise TypeError(f"network kernels take a STEP_DTYPE program, a typed list of float32 "
                         f"vectors and a float32 vector, not {arg_types}")
-    addresses = {}
-
-    def address(kernel) -> int:
-        if kernel not in addresses:
-            kernel.compile(step_args)
-            addresses[kernel] = CompileResultWAP(kernel.overloads[step_args]).__wrapper_address__()
-        return addresses[kernel]
-
-    def kernels(program: np.ndarray) -> np.ndarray:
-        used = set(program["kernel"].tolist())
-        return np.array([address(kernel if index in used else _no_step)
-                         for index, kernel in enumerate(STEP_KERNELS)], dtype=np.int64)
-
-    refresh_args = (program_t, tensors_t, packed_t)
-    refresh_packed.compile(refresh_args)
-    table_t = types.Array(types.int64, 1, "C")
-    thread_args = (program_t, table_t) + arg_types[1:] + (types.intp, types.intp)
-    run_thread.compile(thread_args)
-    compiled = run_thread.overloads[thread_args]
-    loop_args = ((types.FunctionType(types.void(*thread_args)),) + thread_args[:-2]
-                 + (types.intp,))
-    _run_threads_jit.compile(loop_args)
-    split_args = ((program_t, types.Array(program_t.dtype, 2, "C"), table_t) + arg_types[1:]
-                  + (types.intp,))
-
-    compiled_split = []
-
-    def split():
-        if not compiled_split:      # (looking the types up in overloads on every call: ~us)
-            run_split.compile(split_args)
-            compiled_split.append(run_split.overloads[split_args].entry_point)
-        return compiled_split[0]
-
-    return Entries(refresh_packed.overloads[refresh_args].entry_point, compiled.entry_point,
-                   _run_threads_jit.overloads[loop_args].entry_point,
-                   CompileResultWAP(compiled), kernels, split)
+    return Entries(arg_types)
