@@ -247,3 +247,21 @@ def test_run_script_wraps_the_same_entry_point():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--backends" in done.stdout
+
+
+def test_compile_table_shows_each_workload():
+    """The compile report has the layers' table, then the plan's where the results have it
+    (reports written before the plan workload existed still render)."""
+    from minicnn.bench.report import _compile_table
+
+    def side(first):
+        return {"import_s": 0.3, "first_call_s": first, "second_call_s": 0.001,
+                "process_wall_s": first + 0.6, "cache_files": 7}
+
+    layers = {"what": "layers", "cold": side(13.0), "warm": side(0.25)}
+    old = _compile_table(layers)
+    assert sum("cold (empty" in line for line in old) == 1
+    both = _compile_table(dict(layers, plan={"what": "the plan", "cold": side(8.9),
+                                             "warm": side(0.5)}))
+    assert sum("cold (empty" in line for line in both) == 2
+    assert "What: the plan." in both and "| 8.90 |" in " ".join(both)
