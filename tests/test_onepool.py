@@ -13,7 +13,7 @@ import pytest
 
 import minicnn
 from minicnn import nn
-from minicnn.kernels import blas, numba_backend, onepool, threads
+from minicnn.kernels import blas, numba_backend, onepool, threads, weight_grad
 from torch_oracle import GRADCHECK_TOL, assert_close, to_numpy, to_torch
 
 torch = pytest.importorskip("torch")
@@ -38,6 +38,8 @@ GRID = [
     (6, 12, 2, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 5)),    # 1x1
     (7, 12, 3, 3, (1, 1), (1, 2, 1, 0), (1, 1), True, (9, 10)),    # asymmetric gaps
     (5, 12, 3, 1, (1, 1), (1, 1, 2, 1), (1, 1), True, (4, 5)),     # output outgrows the stack
+    (5, 12, 6, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (20, 22)),   # long grid: three_taps dW
+    (3, 12, 9, 3, (1, 1), (2, 2, 1, 1), (2, 1), False, (18, 20)),  # three_taps, dilated rows
 ]
 
 
@@ -108,6 +110,26 @@ def test_the_grid_reaches_both_paths():
         if shift and chunk > onepool.SHIFT_GROUP:
             paths.add("partial group")
     assert paths == {True, False, "partial group", "stack refused", "too much waste"}
+
+
+def test_the_grid_reaches_both_weight_gradients_of_the_shift_path():
+    """3x3 shift-path layers take their weight gradient as running sums where a group's grid
+    is long enough (weight_grad.three_taps), else as copies and GEMMs: the grid needs both,
+    and running sums over a number of output channels that is not a multiple of four."""
+    seen = set()
+    for n, cin, cout, k, stride, pads, dilation, _, (h, w) in GRID:
+        kh, kw = (k, k) if isinstance(k, int) else k
+        x = np.zeros((n, cin, h, w), np.float32)
+        _, ctx = onepool.conv2d_forward(x, np.zeros((cout, cin, kh, kw), np.float32), None,
+                                        stride, pads, dilation)
+        p = ctx.plan
+        if not p.stacked or kw != 3 or p.dw != 1:
+            continue
+        span = ((p.group - 1) * p.block + p.out_h - 1) * p.pitch + p.out_w
+        long_enough = span >= weight_grad.MIN_SPAN
+        seen.add(("three taps" if long_enough else "GEMM", cout % 4 != 0, p.dh))
+    assert {kind for kind, _, _ in seen} == {"three taps", "GEMM"}
+    assert ("three taps", True, 1) in seen and ("three taps", True, 2) in seen
 
 
 def test_the_grid_reaches_both_strided_copy_loops():

@@ -49,7 +49,7 @@ import numba
 import numpy as np
 from numba import njit, types
 
-from . import blas, parallel, pointwise, winograd
+from . import blas, parallel, pointwise, weight_grad, winograd
 from .blas import gemm as _gemm
 from .contracts import (PLAIN, RELU, RELU_MAXPOOL, RELU_MAXPOOL_VALUES,  # noqa: F401
                         ConvPlan, conv_plan, with_stacked_layout)
@@ -496,12 +496,15 @@ def _backward_shift_chunk(args, plan, thread, n_threads):
     """Backward of :func:`_forward_shift_chunk`, the same groups.
 
     The weight gradient goes into this thread's ``dw_partial[thread]``, *transposed* per tap
-    (kH*kW, C_in, C_out): slab by slab of grid positions, the taps' shifted inputs are
-    unrolled into ``cols`` (kH*kW*C_in, slab) and one GEMM adds ``cols @ dY[:, slab]ᵀ``. One
-    GEMM with ``M = kH*kW*C_in`` instead of ``kH*kW`` with ``M = C_out, N = C_in`` packs ``dY``
-    once instead of once per tap: MNIST conv2's weight gradient 4.7 -> 3.2 ms at one thread
-    (benchmarks/RESULTS.md). The bias gradient goes into ``db_partial[thread]``, and
-    ``dX_tap += W_tapᵀ @ dY`` into this thread's buffer, then unstacked into ``dx``."""
+    (kH*kW, C_in, C_out). Kernels whose rows are three taps at dilation 1 (3x3), on a grid of
+    at least :data:`~minicnn.kernels.weight_grad.MIN_SPAN` positions a group, take it as
+    running sums (:func:`minicnn.kernels.weight_grad.three_taps`: no copy, no GEMM; 1.16-1.6x
+    faster). Others, slab by slab of grid positions: the taps' shifted inputs are unrolled
+    into ``cols`` (kH*kW*C_in, slab) and one GEMM adds ``cols @ dY[:, slab]ᵀ``. One GEMM with
+    ``M = kH*kW*C_in`` instead of ``kH*kW`` with ``M = C_out, N = C_in`` packs ``dY`` once
+    instead of once per tap: MNIST conv2's weight gradient 4.7 -> 3.2 ms at one thread
+    (benchmarks/RESULTS.md). The bias gradient goes into ``db_partial[thread]``, and ``dX_tap
+    += W_tapᵀ @ dY`` into this thread's buffer, then unstacked into ``dx``."""
     x, dy, w_taps, dx, y = args.x, args.dy, args.weights, args.dx, args.y
     need_input_grad = args.need_input_grad
     kh, kw, dh, dw, row0, col0 = plan.kh, plan.kw, plan.dh, plan.dw, plan.row0, plan.col0
@@ -514,7 +517,11 @@ def _backward_shift_chunk(args, plan, thread, n_threads):
     dxbuf = np.empty((channels if need_input_grad else 0, channel_length), dtype=x.dtype)
     grid = np.zeros((c_out, group * block * pitch), dtype=x.dtype)
     slab = WEIGHT_GRAD_SLAB
-    cols = np.empty((kh * kw * channels, slab), dtype=x.dtype)
+    # Kernel rows of three taps on a long enough grid (a whole group's): running sums instead
+    # of the copy and GEMM, for every group
+    three_taps = (kw == 3 and dw == 1
+                  and ((group - 1) * block + out_h - 1) * pitch + out_w >= weight_grad.MIN_SPAN)
+    cols = np.empty((0 if three_taps else kh * kw * channels, slab), dtype=x.dtype)
     for n0 in range(first, last, group):
         count = min(group, last - n0)
         for slot in range(count):
@@ -522,12 +529,15 @@ def _backward_shift_chunk(args, plan, thread, n_threads):
             args.read_grad(dy, n0 + slot, grid, slot * block * pitch, pitch, dbias,
                            args.prologue, y, args.pooled, args.argmax)
         span = ((count - 1) * block + out_h - 1) * pitch + out_w
-        for start in range(0, span, slab):
-            length = min(slab, span - start)
-            _unroll_slab(xbuf, start, length, kh, kw, dh, dw, row0, col0, pitch, cols)
-            # dWᵀ (kH*kW*C_in, C_out) += cols (kH*kW*C_in, length) @ dY[:, slab]ᵀ
-            _gemm(blas.NO_TRANS, blas.TRANS, kh * kw * channels, c_out, length, cols, slab,
-                  grid[0, start:], grid.shape[1], 1.0, dw_transposed, c_out)
+        if three_taps:
+            weight_grad.three_taps(xbuf, grid, span, kh, dh, row0, col0, pitch, dw_transposed)
+        else:
+            for start in range(0, span, slab):
+                length = min(slab, span - start)
+                _unroll_slab(xbuf, start, length, kh, kw, dh, dw, row0, col0, pitch, cols)
+                # dWᵀ (kH*kW*C_in, C_out) += cols (kH*kW*C_in, length) @ dY[:, slab]ᵀ
+                _gemm(blas.NO_TRANS, blas.TRANS, kh * kw * channels, c_out, length, cols, slab,
+                      grid[0, start:], grid.shape[1], 1.0, dw_transposed, c_out)
         if need_input_grad:
             # The first tap's GEMM overwrites its span (beta 0); only the rest is zeroed.
             first_offset = _tap_offset(0, kw, dh, dw, row0, col0, pitch)
