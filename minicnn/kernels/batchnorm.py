@@ -14,6 +14,11 @@ iteration of a parallel loop that makes the passes over that channel's values al
 
 Sums in float64 round less than NumPy's float32 pairwise sums; the results agree with the
 layer's NumPy to float32 tolerance, not bit for bit (tested against it and PyTorch).
+
+A residual block's end runs in the same pass (:class:`minicnn.nn.BasicBlock`): the forward
+adds a residual and applies a ReLU as it writes ``y`` (the same values bit for bit as the add
+and the ReLU after it), and the backward takes the gradient through that ReLU as it reads it
+(one pass fewer over the batch for each).
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ _JIT = dict(cache=True, nogil=True, parallel=True, fastmath={"reassoc"})
 
 
 @njit(**_JIT)
-def _forward(x, gamma, beta, eps, mean, var, inv_std, x_hat, y):
+def _forward(x, gamma, beta, eps, mean, var, inv_std, x_hat, y, residual, relu):
     """``x (N, C, L)``: per channel ``mean``, biased ``var``, ``inv_std = 1 / sqrt(var +
     eps)`` (in x's dtype, as the layer computes it), ``x_hat`` and ``y = x_hat * gamma +
-    beta``."""
+    beta`` (then ``+ residual`` where that is not empty, then a ReLU where ``relu``:
+    :func:`_finish_row`)."""
     n, channels, length = x.shape
     count = n * length
     for c in prange(channels):
@@ -50,29 +56,69 @@ def _forward(x, gamma, beta, eps, mean, var, inv_std, x_hat, y):
         var[c] = squares / count
         inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
         # in x's dtype from here, as the layer computes them
-        centre, scale, g, b = mean[c], inv_std[c], gamma[c], beta[c]
         for s in range(n):
-            row, hat, out = x[s, c], x_hat[s, c], y[s, c]
-            for k in range(length):
+            res = residual[s, c] if residual.shape[0] > 0 else x[s, c, :0]   # (empty: none)
+            _finish_row(x[s, c], x_hat[s, c], y[s, c], res, mean[c], inv_std[c], gamma[c],
+                        beta[c], relu)
+
+
+@njit(cache=True, nogil=True)
+def _finish_row(row, hat, out, res, centre, scale, g, b, relu):
+    """``hat = (row - centre) * scale``, ``out = hat * g + b`` (``+ res`` where ``res`` is not
+    empty), then ``max(out, 0)`` where ``relu`` (NaN kept, as :class:`minicnn.nn.ReLU`). No
+    fast-math here: each value rounds exactly as the layers one after another would (batch
+    norm, the add, the ReLU), so a fused block equals the unfused one bit for bit."""
+    zero = row.dtype.type(0)
+    if res.shape[0] > 0:
+        if relu:
+            for k in range(row.shape[0]):
                 value = (row[k] - centre) * scale
                 hat[k] = value
-                out[k] = value * g + b
+                v = value * g + b + res[k]
+                out[k] = v if not v < zero else zero
+        else:
+            for k in range(row.shape[0]):
+                value = (row[k] - centre) * scale
+                hat[k] = value
+                out[k] = value * g + b + res[k]
+    elif relu:
+        for k in range(row.shape[0]):
+            value = (row[k] - centre) * scale
+            hat[k] = value
+            v = value * g + b
+            out[k] = v if not v < zero else zero
+    else:
+        for k in range(row.shape[0]):
+            value = (row[k] - centre) * scale
+            hat[k] = value
+            out[k] = value * g + b
 
 
 @njit(**_JIT)
-def _backward(dy, x_hat, gamma, inv_std, dx, dgamma, dbeta, means):
+def _backward(dy, x_hat, gamma, inv_std, dx, dgamma, dbeta, means, relu_out):
     """Per channel ``dbeta = Σ dy``, ``dgamma = Σ dy x̂`` and ``dx`` (see the module
-    docstring); ``means (C, 2)`` scratch in dy's dtype (the two means, rounded to it)."""
+    docstring); ``means (C, 2)`` scratch in dy's dtype (the two means, rounded to it). Where
+    ``relu_out`` is not empty, ``dy`` is first taken through the ReLU that produced it
+    (zero where ``relu_out <= 0``, as :class:`minicnn.nn.ReLU`'s backward)."""
     n, channels, length = dy.shape
     count = n * length
+    masked = relu_out.shape[0] > 0
+    zero = dy.dtype.type(0)
     for c in prange(channels):
         total = 0.0
         weighted = 0.0
         for s in range(n):
             grad, hat = dy[s, c], x_hat[s, c]
-            for k in range(length):
-                total += grad[k]
-                weighted += grad[k] * hat[k]
+            if masked:
+                after = relu_out[s, c]
+                for k in range(length):
+                    through = zero if after[k] <= zero else grad[k]
+                    total += through
+                    weighted += through * hat[k]
+            else:
+                for k in range(length):
+                    total += grad[k]
+                    weighted += grad[k] * hat[k]
         dbeta[c] = total
         dgamma[c] = weighted
         g, scale = gamma[c], inv_std[c]
@@ -81,28 +127,42 @@ def _backward(dy, x_hat, gamma, inv_std, dx, dgamma, dbeta, means):
         mean_dx_hat, mean_dx_hat_x_hat = means[c, 0], means[c, 1]
         for s in range(n):
             grad, hat, out = dy[s, c], x_hat[s, c], dx[s, c]
-            for k in range(length):
-                out[k] = (grad[k] * g - mean_dx_hat - hat[k] * mean_dx_hat_x_hat) * scale
+            if masked:
+                after = relu_out[s, c]
+                for k in range(length):
+                    through = zero if after[k] <= zero else grad[k]
+                    out[k] = (through * g - mean_dx_hat - hat[k] * mean_dx_hat_x_hat) * scale
+            else:
+                for k in range(length):
+                    out[k] = (grad[k] * g - mean_dx_hat - hat[k] * mean_dx_hat_x_hat) * scale
 
 
-def forward(x, gamma, beta, eps):
+def forward(x, gamma, beta, eps, residual=None, relu=False):
     """Training batch norm of ``x (N, C, L)`` (C-contiguous float32 or float64) with batch
-    statistics: ``(y, x_hat, mean, var, inv_std)``, ``var`` the biased variance."""
+    statistics: ``(y, x_hat, mean, var, inv_std)``, ``var`` the biased variance. With
+    ``residual`` (same shape and dtype) ``y`` is ``bn(x) + residual``; with ``relu`` it then
+    goes through a ReLU: a residual block's end in the same pass."""
     n, channels, _ = x.shape
     dtype = x.dtype
     mean, var = np.empty(channels, dtype), np.empty(channels, dtype)
     inv_std = np.empty(channels, dtype)
     x_hat, y = np.empty_like(x), np.empty_like(x)
+    residual = (np.empty((0, 0, 0), dtype) if residual is None
+                else np.ascontiguousarray(residual, dtype).reshape(x.shape))
     _forward(x, np.ascontiguousarray(gamma, dtype), np.ascontiguousarray(beta, dtype),
-             dtype.type(eps), mean, var, inv_std, x_hat, y)
+             dtype.type(eps), mean, var, inv_std, x_hat, y, residual, bool(relu))
     return y, x_hat, mean, var, inv_std
 
 
-def backward(dy, x_hat, gamma, inv_std):
-    """``(dx, dgamma, dbeta)`` for :func:`forward`'s ``x_hat`` and ``inv_std``."""
+def backward(dy, x_hat, gamma, inv_std, relu_out=None):
+    """``(dx, dgamma, dbeta)`` for :func:`forward`'s ``x_hat`` and ``inv_std``; with
+    ``relu_out`` (the output of a ReLU right after the batch norm), ``dy`` is the gradient at
+    that ReLU's output and goes back through it first."""
     channels = dy.shape[1]
     dx = np.empty_like(dy)
     dgamma, dbeta = np.empty(channels, dy.dtype), np.empty(channels, dy.dtype)
+    relu_out = (np.empty((0, 0, 0), dy.dtype) if relu_out is None
+                else np.ascontiguousarray(relu_out, dy.dtype).reshape(x_hat.shape))
     _backward(np.ascontiguousarray(dy), x_hat, np.ascontiguousarray(gamma, dy.dtype), inv_std,
-              dx, dgamma, dbeta, np.empty((channels, 2), dy.dtype))
+              dx, dgamma, dbeta, np.empty((channels, 2), dy.dtype), relu_out)
     return dx, dgamma, dbeta

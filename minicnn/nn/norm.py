@@ -61,11 +61,7 @@ class _BatchNorm(Module):
             else:
                 mean = x.mean(axis=axes, dtype=x.dtype)
                 var = x.var(axis=axes, dtype=x.dtype)
-            if self.training and self.track_running_stats:
-                m = self.momentum
-                self.running_mean[...] = (1 - m) * self.running_mean + m * mean
-                self.running_var[...] = (1 - m) * self.running_var + m * var * (count / (count - 1))
-                self.num_batches_tracked[...] += 1
+            self._track(mean, var, count)
             if fast is not None:
                 self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape, True)
                 return self._output(y)
@@ -81,11 +77,20 @@ class _BatchNorm(Module):
         self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape, False)
         return self._output(y)
 
-    def _fast(self, x):
+    def _track(self, mean, var, count: int) -> None:
+        """In training, fold the batch's ``mean`` and biased ``var`` (of ``count`` values per
+        channel) into the running statistics."""
+        if self.training and self.track_running_stats:
+            m = self.momentum
+            self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+            self.running_var[...] = (1 - m) * self.running_var + m * var * (count / (count - 1))
+            self.num_batches_tracked[...] += 1
+
+    def _fast(self, x, residual=None, relu=False):
         """Batch statistics by :mod:`minicnn.kernels.batchnorm` (one parallel loop over the
         channels) where the numba backend is the default and ``x`` has values beyond the
         channel axis: ``(y, x_hat, mean, var, inv_std, gamma)``; else None (NumPy above, the
-        definition)."""
+        definition). ``residual`` and ``relu``: see :meth:`_fused_forward`."""
         if (x.ndim < 3 or x.dtype not in (np.float32, np.float64)
                 or kernels.get_default_backend() != "numba"):
             return None
@@ -94,8 +99,51 @@ class _BatchNorm(Module):
                  else np.ones(x.shape[1], dtype=x.dtype))
         beta = (as_dtype(self.bias.data, x.dtype) if self.affine
                 else np.zeros(x.shape[1], dtype=x.dtype))
-        y, x_hat, mean, var, inv_std = batchnorm.forward(flat, gamma, beta, self.eps)
+        y, x_hat, mean, var, inv_std = batchnorm.forward(flat, gamma, beta, self.eps,
+                                                         residual, relu)
         return y.reshape(x.shape), x_hat, mean, var, inv_std, gamma
+
+    def _fused_forward(self, x, residual, relu) -> np.ndarray | None:
+        """``relu(self(x) + residual)`` (``residual`` None: ``relu(self(x))``) in one pass of
+        the fast kernel, for a block that ends in this batch norm and the :class:`ReLU`
+        ``relu`` (:class:`~minicnn.nn.BasicBlock`). Each layer keeps what its own forward
+        would have kept (this one its statistics and ``x̂``, ``relu`` its output), so each
+        one's ``backward`` still works on its own; the values are the same bit for bit as
+        the layers one after another. Returns None, having changed nothing, where the fast
+        kernel would not run this batch norm on ``x`` (not training with batch statistics,
+        another backend, an empty batch, a ``residual`` of another shape): the caller then
+        runs the layers."""
+        x = check_input(type(self).__name__, x, self._ranks, self.num_features, self._layout)
+        count = x.size // x.shape[1] if x.shape[0] else 0
+        if (not self.training or count < 2
+                or (residual is not None and (residual.shape != x.shape
+                                              or residual.dtype != x.dtype))):
+            return None
+        fast = self._fast(x, residual, True)
+        if fast is None:
+            return None
+        y, x_hat, mean, var, inv_std, gamma = fast
+        self._track(mean, var, count)
+        axes, shape = self._axes_and_shape(x)
+        self._cache = (x_hat, inv_std, gamma, True, axes, shape, True)
+        self._output(y)         # (the shape and dtype of this layer's own output: the same)
+        return relu._remember(y)
+
+    def _backward_through_relu(self, dy: np.ndarray, relu) -> np.ndarray:
+        """``self.backward(relu.backward(dy))`` in one pass, after :meth:`_fused_forward`
+        without a residual (``dy`` is the gradient at ``relu``'s output)."""
+        dy = relu._check_dy(dy, relu._y)
+        self._require_forward(self._cache)
+        x_hat, inv_std, gamma, _, _, _, fast = self._cache
+        if not fast:
+            raise RuntimeError(f"{type(self).__name__}: backward through a ReLU needs the "
+                               f"fused forward before it")
+        dx, dgamma, dbeta = batchnorm.backward(dy.reshape(x_hat.shape), x_hat, gamma, inv_std,
+                                               relu_out=relu._y)
+        if self.affine:
+            self.weight.accumulate_grad(dgamma)
+            self.bias.accumulate_grad(dbeta)
+        return dx.reshape(dy.shape)
 
     def _empty_batch(self, x, use_batch_stats, axes, shape) -> np.ndarray:
         """A batch of 0 samples, as PyTorch: an empty output, running statistics unchanged
