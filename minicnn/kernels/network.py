@@ -53,7 +53,7 @@ from .direct_blocks import POSITIONS as BLOCK_POSITIONS
 from .direct_blocks import block_1x24, block_4x24
 from .direct_blocks import (POOLED_CHANNELS, POOLED_COLUMNS, pooled_1_plain, pooled_1_relu,
                             pooled_2_plain, pooled_2_relu)
-from .winograd import _split_phases, transform_columns
+from .winograd import _split_phases, filters_into, transform_columns
 from .winograd_blocks import TILES as WINOGRAD_BLOCK_TILES
 from .winograd_blocks import (input_tiles, output_block, output_pooled_plain,
                               output_pooled_relu, products)
@@ -622,29 +622,6 @@ def conv_direct_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, 
         _max_pool_2x2(conv_out, y, p.c_out, g, p.conv_h, p.conv_w)
 
 
-@njit(**_INNER)
-def _winograd_filters(weight, c_out, c_in, u):
-    """``U = G g Gᵀ`` of every filter, ``(C_out, C_in, 3, 3)`` -> ``u (16, C_out, C_in)``, as
-    :func:`minicnn.kernels.winograd.transform_weights` (from the live weights, each call)."""
-    half = np.float32(0.5)
-    gg = np.empty((4, 3), dtype=np.float32)
-    for co in range(c_out):
-        for c in range(c_in):
-            f = weight[(co * c_in + c) * 9:(co * c_in + c + 1) * 9]
-            for j in range(3):          # G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2
-                g0, g1, g2 = f[j], f[3 + j], f[6 + j]
-                gg[0, j] = g0
-                gg[1, j] = (g0 + g1 + g2) * half
-                gg[2, j] = (g0 - g1 + g2) * half
-                gg[3, j] = g2
-            for i in range(4):          # (G g) Gᵀ
-                c0, c1, c2 = gg[i, 0], gg[i, 1], gg[i, 2]
-                u[(4 * i + 0) * c_out * c_in + co * c_in + c] = c0
-                u[(4 * i + 1) * c_out * c_in + co * c_in + c] = (c0 + c1 + c2) * half
-                u[(4 * i + 2) * c_out * c_in + co * c_in + c] = (c0 - c1 + c2) * half
-                u[(4 * i + 3) * c_out * c_in + co * c_in + c] = c2
-
-
 #: Wide-grid tiles per Winograd GEMM (as :data:`minicnn.kernels.winograd.TILES_PER_GROUP`):
 #: a group's samples are transformed this many tiles' worth at a time, so that the
 #: transformed tiles stay in cache while the 16 GEMMs are long enough.
@@ -1109,7 +1086,7 @@ def refresh_packed(program, tensors, packed):
             continue
         for k in range(size):
             copy[k] = weight[k]
-        _winograd_filters(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
+        filters_into(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
 
 
 def _run_threads(thread_kernel, program, kernels, tensors, arena, x, out, scratch, packed,

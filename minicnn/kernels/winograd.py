@@ -74,18 +74,48 @@ TILES_PER_GROUP = 196
 
 def transform_weights(weight):
     """``U = G g Gᵀ`` for every (output, input) channel pair: ``(C_out, C_in, 3, 3)`` ->
-    ``(16, C_out, C_in)``, C-contiguous, position ``ξ = 4*i + j`` of the 4x4 tile first."""
-    g0, g1, g2 = weight[:, :, 0, :], weight[:, :, 1, :], weight[:, :, 2, :]
-    half = weight.dtype.type(0.5)
-    rows = (g0, (g0 + g1 + g2) * half, (g0 - g1 + g2) * half, g2)     # G g: (C_out, C_in, 3)
-    u = np.empty((16,) + weight.shape[:2], dtype=weight.dtype)
-    for i, row in enumerate(rows):
-        c0, c1, c2 = row[..., 0], row[..., 1], row[..., 2]
-        u[4 * i + 0] = c0
-        u[4 * i + 1] = (c0 + c1 + c2) * half
-        u[4 * i + 2] = (c0 - c1 + c2) * half
-        u[4 * i + 3] = c2
+    ``(16, C_out, C_in)``, C-contiguous, position ``ξ = 4*i + j`` of the 4x4 tile first
+    (:func:`filters_into`)."""
+    c_out, c_in = weight.shape[0], weight.shape[1]
+    u = np.empty((16, c_out, c_in), dtype=weight.dtype)
+    filters_into(np.ascontiguousarray(weight).reshape(-1), c_out, c_in, u.reshape(-1))
     return u
+
+
+@njit(**_JIT)
+def filters_into(weight, c_out, c_in, u):
+    """``U = G g Gᵀ`` of every filter, flat: ``weight`` (C_out * C_in * 9, as (C_out, C_in, 3,
+    3)) -> ``u`` (16 * C_out * C_in, as (16, C_out, C_in)). ``G g`` takes each column of a
+    filter ``g`` (three taps ``g0, g1, g2`` down it) to ``g0, (g0 + g1 + g2) / 2, (g0 - g1 +
+    g2) / 2, g2``; ``(G g) Gᵀ`` does the same along each row.
+
+    Each filter's 16 values are first written together (one cache line), then copied out to
+    the 16 planes a plane at a time: written straight to 16 planes 16 KB apart (as NumPy's
+    version did, slice by slice) 64 x 64 filters took 0.19 ms against 0.08, and ResNet-20's
+    training step makes 32 such transforms (each Winograd forward and input gradient
+    transforms the live weights)."""
+    plane = c_out * c_in
+    half = u.dtype.type(0.5)
+    by_filter = np.empty((plane, 16), dtype=u.dtype)
+    for k in range(plane):
+        at = k * 9
+        t = by_filter[k]
+        for j in range(3):          # G g, column j: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2
+            g0, g1, g2 = weight[at + j], weight[at + 3 + j], weight[at + 6 + j]
+            t[j] = g0
+            t[4 + j] = (g0 + g1 + g2) * half
+            t[8 + j] = (g0 - g1 + g2) * half
+            t[12 + j] = g2
+        for i in range(4):          # (G g) Gᵀ, row i, in place (its column 3 is free)
+            c0, c1, c2 = t[4 * i], t[4 * i + 1], t[4 * i + 2]
+            t[4 * i + 1] = (c0 + c1 + c2) * half
+            t[4 * i + 2] = (c0 - c1 + c2) * half
+            t[4 * i + 3] = c2
+    out = u[:16 * plane].reshape((16, plane))
+    for xi in range(16):
+        row = out[xi]
+        for k in range(plane):
+            row[k] = by_filter[k, xi]
 
 
 @njit(**_JIT)
