@@ -92,7 +92,9 @@ class BasicBlock(Module):
         else:
             d_body = self.bn1.backward(self.relu.backward(d_body))
         dx = self.conv1.backward(d_body, need_input_grad)
-        if self.downsample is None:
-            return dx + d_sum if need_input_grad else None
-        d_short = self.downsample.backward(d_sum, need_input_grad)
-        return dx + d_short if need_input_grad else None
+        d_short = d_sum if self.downsample is None else self.downsample.backward(
+            d_sum, need_input_grad)
+        if not need_input_grad:
+            return None
+        # dx is conv1's own new array: add into it (one pass, no new array of the input's size)
+        return np.add(dx, d_short, out=dx)
