@@ -90,16 +90,23 @@ def test_matches_torch(case, dtype, n_threads, rng):
     np.testing.assert_array_equal(dweight_again, dweight)
 
 
-def test_the_grid_reaches_both_paths():
-    """The parity grid must exercise the shift path and the unroll path (and the thresholds
-    that choose between them), or it proves only one of them."""
-    paths = set()
-    for n, cin, cout, k, stride, pads, dilation, _, (h, w) in GRID:
+def _grid_plans():
+    """``(case, kh, kw, plan)`` for every GRID case: the plan its forward made."""
+    for case in GRID:
+        n, cin, cout, k, stride, pads, dilation, _, (h, w) = case
         kh, kw = (k, k) if isinstance(k, int) else k
         x = np.zeros((n, cin, h, w), np.float32)
         _, ctx = onepool.conv2d_forward(x, np.zeros((cout, cin, kh, kw), np.float32), None,
                                         stride, pads, dilation)
-        shift = ctx.plan.stacked                # True: the shift path; False: unroll
+        yield case, kh, kw, ctx.plan
+
+
+def test_the_grid_reaches_both_paths():
+    """The parity grid must exercise the shift path and the unroll path (and the thresholds
+    that choose between them), or it proves only one of them."""
+    paths = set()
+    for (n, cin, cout, k, stride, pads, dilation, _, (h, w)), kh, kw, plan in _grid_plans():
+        shift = plan.stacked                    # True: the shift path; False: unroll
         paths.add(shift)
         if stride == (1, 1) and cin >= onepool.SHIFT_MIN_CHANNELS and not shift:
             top, bottom, left, right = pads
@@ -117,12 +124,8 @@ def test_the_grid_reaches_both_weight_gradients_of_the_shift_path():
     is long enough (weight_grad.three_taps), else as copies and GEMMs: the grid needs both,
     and running sums over a number of output channels that is not a multiple of four."""
     seen = set()
-    for n, cin, cout, k, stride, pads, dilation, _, (h, w) in GRID:
-        kh, kw = (k, k) if isinstance(k, int) else k
-        x = np.zeros((n, cin, h, w), np.float32)
-        _, ctx = onepool.conv2d_forward(x, np.zeros((cout, cin, kh, kw), np.float32), None,
-                                        stride, pads, dilation)
-        p = ctx.plan
+    for case, _, kw, p in _grid_plans():
+        cout = case[2]
         if not p.stacked or kw != 3 or p.dw != 1:
             continue
         span = ((p.group - 1) * p.block + p.out_h - 1) * p.pitch + p.out_w
