@@ -49,7 +49,10 @@ print(json.dumps({
 def _run_driver(tmp_path, env_extra, pythonpath_has_fixture):
     (tmp_path / "compile_fixture.py").write_text(FIXTURE)
     (tmp_path / "driver.py").write_text(DRIVER)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env_extra)
+    (tmp_path / "tmp").mkdir()
+    # TMPDIR: the worker's private cache folder is made there (and must be gone afterwards)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               TMPDIR=str(tmp_path / "tmp"), **env_extra)
     if pythonpath_has_fixture:
         env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path)],
@@ -65,7 +68,7 @@ def test_a_workers_unit_is_loaded_from_the_cache_it_hands_over(tmp_path):
     # was compiled by the worker: this process loaded it from the cache, compiled nothing.
     assert report["hits"] == {"twice": 0, "square": 1}
     assert report["warnings"] == []
-    assert not list(tmp_path.glob("minicnn-compile-*"))
+    assert list((tmp_path / "tmp").iterdir()) == []      # the worker's folder was removed
 
 
 def test_no_workers_when_told(tmp_path):
@@ -82,6 +85,8 @@ def test_a_failing_worker_costs_only_time(tmp_path):
     assert report["hits"] == {"twice": 0, "square": 0}
     assert len(report["warnings"]) == 1
     assert "square" in report["warnings"][0] and "compiled in this one" in report["warnings"][0]
+    assert "ModuleNotFoundError" in report["warnings"][0]     # the worker's last error line
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_units_are_shared_biggest_first_to_the_least_loaded():

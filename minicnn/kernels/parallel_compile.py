@@ -38,6 +38,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 #: Seconds a worker spends before it compiles anything (starting Python and importing Numba and
 #: minicnn; about 0.6 s on a 2-core AMD EPYC), counted against it when the units are shared out.
@@ -73,10 +74,17 @@ def worker_count() -> int:
     return max(0, min(MAX_WORKERS, cores - 1))
 
 
-def _cache_files(dispatcher, args):
-    """``(index path, data path or None, index is current)`` of ``dispatcher``'s compiled
-    code for ``args`` in Numba's cache, or ``None`` where the cache's layout is not the one
-    this module knows (or the dispatcher is not cached)."""
+class CacheFiles(NamedTuple):
+    """Where Numba's cache keeps a dispatcher's compiled code for one signature."""
+
+    index: Path             #: the function's index file
+    data: Path | None       #: the signature's data file, None where the index has none
+    current: bool           #: the index exists and matches the function's source
+
+
+def _cache_files(dispatcher, args) -> CacheFiles | None:
+    """:class:`CacheFiles` of ``dispatcher``'s compiled code for ``args``, or None where the
+    cache's layout is not the one this module knows (or the dispatcher is not cached)."""
     cache = getattr(dispatcher, "_cache", None)
     cache_file = getattr(cache, "_cache_file", None)
     try:
@@ -87,7 +95,7 @@ def _cache_files(dispatcher, args):
         data_path = Path(cache_file._data_path(data_name)) if data_name else None
     except Exception:   # another Numba, a NullCache, an unreadable index: no worker for it
         return None
-    return index_path, data_path, bool(index)
+    return CacheFiles(index_path, data_path, bool(index))
 
 
 def _share(units: dict, seconds: dict, workers: int, own: float):
@@ -129,7 +137,7 @@ def compile_units(module_name: str, units: dict, seconds: dict | None = None) ->
         canonical = module.canonical_signatures()
         for name, args in todo.items():
             files = _cache_files(getattr(module, name), args)
-            if (files is not None and files[1] is None and not files[2]
+            if (files is not None and files.data is None and not files.current
                     and canonical.get(name) == args):
                 handed[name] = args     # not in the cache at all: worth compiling elsewhere
     started = []
@@ -163,10 +171,12 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(
             [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", __name__, module_name, *names],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                env=env, text=True)
+            # stderr to a file: a pipe nobody reads until the end could fill and stall it
+            with open(Path(folder) / "stderr.txt", "w") as errors:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", __name__, module_name, *names],
+                    stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL,
+                    env=env, text=True)
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)
             return None
@@ -175,14 +185,15 @@ class _Worker:
     def finish(self, module) -> None:
         """Wait for the worker, then copy what it compiled into this process's cache."""
         try:
-            out, err = self.process.communicate(timeout=WORKER_TIMEOUT_SECONDS)
+            out, _ = self.process.communicate(timeout=WORKER_TIMEOUT_SECONDS)
+            err = (Path(self.folder) / "stderr.txt").read_text(errors="replace")
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.communicate()
             out, err = "", "timed out"
         try:
             if self.process.returncode != 0:
-                last = (err or "").strip().splitlines()[-1:] or ["no message"]
+                last = err.strip().splitlines()[-1:] or ["no message"]
                 warnings.warn(f"compiling {', '.join(self.names)} in a second process failed "
                               f"({last[0]}); compiled in this one instead", RuntimeWarning,
                               stacklevel=3)
@@ -201,9 +212,9 @@ class _Worker:
             return
         dispatcher = getattr(module, name)
         files = _cache_files(dispatcher, module.canonical_signatures()[name])
-        if files is None or files[2]:       # this cache has an index of its own: keep it
+        if files is None or files.current:  # this cache has an index of its own: keep it
             return
-        index_path = files[0]
+        index_path = files.index
         source_index, source_data = Path(report["index"]), Path(report["data"])
         if (source_index.name != index_path.name
                 or not Path(self.folder) in source_index.parents
@@ -229,9 +240,9 @@ def _work(module_name: str, names: list) -> int:
         args = signatures[name]
         dispatcher.compile(args)
         files = _cache_files(dispatcher, args)
-        if files is None or files[1] is None:
+        if files is None or files.data is None:
             continue        # not cached (nothing to hand over): the caller compiles it
-        print(json.dumps({"name": name, "index": str(files[0]), "data": str(files[1])}),
+        print(json.dumps({"name": name, "index": str(files.index), "data": str(files.data)}),
               flush=True)
     return 0
 
