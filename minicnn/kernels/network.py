@@ -61,8 +61,7 @@ from .winograd_blocks import (input_tiles, output_block, output_pooled_plain,
 _JIT = dict(cache=True, nogil=True)
 #: The helpers the step kernels and entries call (``_``-named, never called from Python): no
 #: wrappers to call them from Python or C (0.9 s less of a cold start), and not cached on their
-#: own, since each caller's cached code holds them (and two processes compiling a shared
-#: helper into one cache at once could corrupt it: :mod:`.parallel_compile`).
+#: own, since each caller's cached code holds them.
 _INNER = dict(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 # What a step does (``program.op``).
