@@ -135,6 +135,34 @@ def test_winograd_with_a_pooling_on_even_and_odd_outputs(threads):
         _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd4_steps_equal_the_layers(threads):
+    """F(4x4, 3x3) where a 3x3 conv has 64 input channels and an output of at least 8x8 with
+    no pooling after it: whole tiles (8x8, ReLU), partial tiles on both sides (9x13), no
+    padding (10x14 -> 8x12, no activation), a LeakyReLU (the epilogue's general loop); a
+    pooled one, or one under 8x8, stays F(2x2, 3x3). The plan's group grows to the chunk the
+    F(4x4, 3x3) steps want, and batches of 1, 3 (fewer tiles a sample than a register block:
+    one block reading past them) and 19 (groups and a part) all match."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1, rng=0), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, rng=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=0, rng=2),
+        nn.Conv2d(64, 64, 3, padding=1, rng=3), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+        nn.Flatten()).eval()
+    rng = np.random.default_rng(11)
+    for size in ((8, 8), (9, 13), (10, 14)):
+        plan = inference.plan_for(net, (3,) + size)
+        third = K.WINOGRAD4 if min(size) - 2 >= 8 else K.WINOGRAD
+        assert [step.fields["algorithm"] for step in plan.steps[1:4]] == [
+            K.WINOGRAD4, third, K.WINOGRAD], size
+        assert plan.min_group == max(
+            K.WINOGRAD4_TILES // (-(-f["conv_h"] // 4) * (-(-f["conv_w"] // 4) + 1))
+            for f in (step.fields for step in plan.steps) if f.get("algorithm") == K.WINOGRAD4)
+        for n in (1, 3, 19):
+            x = rng.standard_normal((n, 3) + size).astype(np.float32)
+            _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
+
+
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_a_batch_of_one_split_over_threads_equals_one_thread(name):
     """At batch 1 on two threads the big steps are split by output channel or feature
@@ -237,14 +265,18 @@ def test_weight_changes_are_seen():
     _close(inference.forward(net, x, use_plan=True), net(x))
 
 
-def test_winograd_filters_follow_a_nan_and_its_repair():
-    """The Winograd step keeps transformed filters beside a copy of the filters: a NaN written
-    into a filter (never equal to anything) and then repaired must both be seen."""
-    net, shape = _model("mnist-cnn")
-    assert any(step.fields["algorithm"] == K.WINOGRAD
+@pytest.mark.parametrize("name, algorithm, layer", [("mnist-cnn", K.WINOGRAD, 1),
+                                                    ("resnet20", K.WINOGRAD4, -2)])
+def test_winograd_filters_follow_a_nan_and_its_repair(name, algorithm, layer):
+    """The Winograd steps (F(2x2, 3x3) and F(4x4, 3x3)) keep transformed filters beside a copy
+    of the filters: a NaN written into a filter (never equal to anything) and then repaired
+    must both be seen."""
+    net, shape = _model(name)
+    conv = [m for m in net.modules() if isinstance(m, nn.Conv2d)][layer]
+    assert any(step.fields.get("algorithm") == algorithm
+               and f"-> {conv.out_channels}x" in step.describe()
                for step in inference.plan_for(net, shape).steps)
     x = np.random.default_rng(5).standard_normal((3,) + shape).astype(np.float32)
-    conv = [m for m in net.modules() if isinstance(m, nn.Conv2d)][1]
     inference.forward(net, x, use_plan=True)
     saved = conv.weight.data[0, 0, 1, 1]
     conv.weight.data[0, 0, 1, 1] = np.nan

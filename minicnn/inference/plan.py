@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import kernels, nn
-from ..kernels import blas
+from ..kernels import blas, winograd4
 from ..kernels import network as K
 
 
@@ -117,6 +117,10 @@ class NetworkPlan:
         ``fixed_size``, per thread, the largest working space that does not grow with the
         number of samples; ``packed_size`` what the plan keeps between calls (Winograd
         steps' filters and their transforms, :func:`minicnn.kernels.network.refresh_packed`).
+    min_group : int
+        The fewest samples a thread should carry through the spatial steps at once: an F(4x4,
+        3x3) step's GEMMs want a chunk of :data:`~minicnn.kernels.network.WINOGRAD4_TILES`
+        tiles (:func:`minicnn.inference.group_size`).
     rows_from : int
         The first step after the flatten (the number of steps when there is none): steps
         from here on run on a thread's whole share of the batch at once.
@@ -138,6 +142,7 @@ class NetworkPlan:
     rows_from: int = 0
     fixed_size: int = 0
     packed_size: int = 0
+    min_group: int = 1
     fallback: str | None = None
     warn: bool = False
 
@@ -240,17 +245,23 @@ class _Builder:
             names.append(f"{pool_name} MaxPool2d")
             fields["pool"] = 1
             pooled = (out_h // 2, out_w // 2)
-        algorithm, per_sample, fixed = _algorithm(conv, c, (h, w), (out_h, out_w))
+        algorithm, per_sample, fixed = _algorithm(conv, c, (h, w), (out_h, out_w),
+                                                  pooled=bool(fields.get("pool")))
         if fields.get("pool"):
             # the blocked step keeps its unpooled output on its wide grid (kW - 1 more columns)
             width = out_w + kw - 1 if algorithm == K.BLOCKED else out_w
             self.plan.conv_out_size = max(self.plan.conv_out_size,
                                           conv.out_channels * out_h * width)
         fields["algorithm"] = algorithm
-        if algorithm == K.WINOGRAD:
+        if algorithm in (K.WINOGRAD, K.WINOGRAD4):
             fields["packed_at"] = self.plan.packed_size
-            # the filters' copy (9 per pair of channels), then their transform (16)
-            self.plan.packed_size += (9 + 16) * conv.out_channels * c
+            # the filters' copy (9 per pair of channels), then their transform (16 or 36)
+            positions = 16 if algorithm == K.WINOGRAD else winograd4.POSITIONS
+            self.plan.packed_size += (9 + positions) * conv.out_channels * c
+        if algorithm == K.WINOGRAD4:
+            tiles_h, _, pitch = winograd4.tiles_of(out_h, out_w)
+            self.plan.min_group = max(self.plan.min_group,
+                                      K.WINOGRAD4_TILES // (tiles_h * pitch))
         self.plan.cols_size = max(self.plan.cols_size, per_sample)
         self.plan.fixed_size = max(self.plan.fixed_size, fixed)
         busy = () if residual == K.NONE else (residual,)
@@ -372,6 +383,11 @@ class _Builder:
 #: channels (its 16 GEMMs have ``K = C_in``; below, the direct multiply-adds win).
 WINOGRAD_MIN_CHANNELS = 16
 
+#: Winograd's F(4x4, 3x3) instead, where no pooling follows (F(2x2, 3x3) pools inside its
+#: output transform) and the output is at least this many rows and columns.
+WINOGRAD4_MIN_SIZE = 8
+WINOGRAD4_MIN_CHANNELS = 64
+
 #: Grouped convolutions (depthwise ones included) run as direct multiply-adds
 #: (:data:`~minicnn.kernels.network.DIRECT`) where their stride is 1: a GEMM per group of a
 #: few channels is mostly call overhead. Ordinary convolutions with few input channels do
@@ -388,9 +404,11 @@ BLOCKED_MAX_K = 160
 BLOCKED_MAX_INPUT = 4096
 
 
-def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size) -> tuple[int, int, int]:
-    """How the plan computes ``conv``, and its working space in float32 elements: per sample
-    (grows with the group) and fixed (per thread)."""
+def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size,
+               pooled: bool = False) -> tuple[int, int, int]:
+    """How the plan computes ``conv`` (``pooled``: a 2x2 max pooling follows it), and its
+    working space in float32 elements: per sample (grows with the group) and fixed (per
+    thread)."""
     h, w = size
     out_h, out_w = out_size
     kh, kw = conv.kernel_size
@@ -398,6 +416,15 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size) -> tuple[int, int, in
     stride_one = conv.stride == (1, 1)
     if (stride_one and (kh, kw) == (3, 3) and conv.groups == 1 and c_in >= WINOGRAD_MIN_CHANNELS
             and top == bottom == left == right and top in (0, 1)):
+        if (not pooled and min(out_h, out_w) >= WINOGRAD4_MIN_SIZE
+                and c_in >= WINOGRAD4_MIN_CHANNELS):
+            tiles_h, tiles_w, pitch = winograd4.tiles_of(out_h, out_w)
+            per_sample = tiles_h * pitch
+            capacity = max(1, K.WINOGRAD4_TILES // per_sample) * per_sample + winograd4.TILES
+            capacity = -(-capacity // K.BLOCK_POSITIONS) * K.BLOCK_POSITIONS
+            fixed = (winograd4.phases_size(tiles_h, pitch)
+                     + (winograd4.POSITIONS * (c_in + conv.out_channels) + 16) * capacity)
+            return K.WINOGRAD4, 0, fixed
         tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
         per_sample = tiles_h * (tiles_w + 1)        # tiles of one sample, on the wide grid
         capacity = max(1, K.WINOGRAD_TILES // per_sample) * per_sample

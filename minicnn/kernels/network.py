@@ -45,7 +45,7 @@ from numba.core import cgutils
 from numba.core.types.function_type import CompileResultWAP
 from numba.extending import intrinsic
 
-from . import parallel_compile
+from . import parallel_compile, winograd4
 from .blas import NO_TRANS, TRANS
 from .blas import gemm as _gemm
 from .direct_blocks import CHANNELS as BLOCK_CHANNELS
@@ -77,9 +77,11 @@ ACTIVATION_NAMES = ("identity", "relu", "leaky-relu", "sigmoid", "tanh")
 # (on the wide grid for stride 1, :func:`conv_shifted_step`; on the output grid otherwise);
 # shifted multiply-adds, one output plane at a time (grouped and depthwise convolutions);
 # Winograd's F(2x2, 3x3) (3x3, stride 1, padding 0 or 1, many input channels); register
-# blocks on the wide grid (stride 1, few input channels: :mod:`minicnn.kernels.direct_blocks`).
-GEMM, DIRECT, WINOGRAD, BLOCKED = range(4)
-ALGORITHM_NAMES = ("gemm", "direct", "winograd", "blocked")
+# blocks on the wide grid (stride 1, few input channels: :mod:`minicnn.kernels.direct_blocks`);
+# Winograd's F(4x4, 3x3) (as F(2x2, 3x3), where no pooling follows:
+# :mod:`minicnn.kernels.winograd4`).
+GEMM, DIRECT, WINOGRAD, BLOCKED, WINOGRAD4 = range(5)
+ALGORITHM_NAMES = ("gemm", "direct", "winograd", "blocked", "winograd-4x4")
 
 #: ``program.*`` fields that name no tensor hold this.
 NONE = -1
@@ -308,6 +310,46 @@ def _finish_rows(p, affine, co, s, g, source, pitch, first_row, row_step,
 # ``x`` and output ``y``, ``residual`` (empty for none), working space ``work`` (grows with the
 # group), ``conv_out`` (an unpooled convolution output), ``fixed`` (does not grow with it),
 # ``packed`` (what the plan keeps between calls) and the group's size ``g``.
+@njit(**_INNER)
+def _finish_tiles4(p, affine, co, s0, count, g, image, row_size, per_sample, pitch, target,
+                   residual):
+    """Output channel ``co`` of samples ``[s0, s0 + count)`` from F(4x4, 3x3)'s output
+    transform (:func:`minicnn.kernels.winograd4.output_block`: output row ``oy`` of the
+    chunk's sample ``slot`` starts at ``image[(oy % 4) * row_size + 4 * (slot * per_sample +
+    (oy // 4) * pitch)]``) into ``target`` ``(C_out, g, oh, ow)``, with the epilogue of
+    :func:`_finish_rows`, in one call (a call per sample and row phase cost more than its
+    arithmetic on 8x8 planes: 16 values each)."""
+    oh, ow = p.conv_h, p.conv_w
+    kind, slope = p.activation, np.float32(p.slope)
+    scale, shift = affine[0, co], affine[1, co]
+    zero = np.float32(0)
+    plane = uint64(oh * ow)
+    width, tile_row = uint64(ow), uint64(4 * pitch)
+    has_residual = residual.shape[0] > 0
+    for slot in range(uint64(count)):
+        dest_at = uint64((co * g + s0) * oh * ow) + slot * plane
+        for oy in range(uint64(oh)):
+            src = (oy % 4) * uint64(row_size) + uint64(4 * per_sample) * slot \
+                + (oy // 4) * tile_row
+            dest = dest_at + oy * width
+            if has_residual and kind == RELU:       # a residual block's end
+                for ox in range(width):
+                    v = image[src + ox] * scale + shift + residual[dest + ox]
+                    target[dest + ox] = v if not v <= zero else zero * v
+            elif has_residual:
+                for ox in range(width):
+                    target[dest + ox] = _activate(
+                        image[src + ox] * scale + shift + residual[dest + ox], kind, slope)
+            elif kind == RELU:
+                for ox in range(width):
+                    v = image[src + ox] * scale + shift
+                    target[dest + ox] = v if not v <= zero else zero * v
+            else:
+                for ox in range(width):
+                    target[dest + ox] = _activate(image[src + ox] * scale + shift, kind,
+                                                  slope)
+
+
 @njit(**_INNER)
 def _unroll(x, cols, c_first, c_count, g, h, w, kh, kw, sh, sw, top, left, oh, ow):
     """im2col of channels ``[c_first, c_first + c_count)`` of ``x (C, g, h, w)`` into
@@ -685,7 +727,7 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles) for this call's
         # output channels, in register blocks (the last block's columns past ``tiles`` are
         # garbage, never read)
-        products(v_flat, u, m_flat, c_in, c_out, capacity, tiles, first, last)
+        products(v_flat, u, m_flat, c_in, c_out, capacity, tiles, first, last, 16)
         for co in range(first, last):
             if tile_pool:
                 # Each tile is a pooling window: its four outputs finished and pooled in
@@ -728,6 +770,62 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     if p.pool == 1 and not tile_pool:
         plane, pooled = g * oh * ow, g * (oh // 2) * (ow // 2)
         _max_pool_2x2(conv_out[first * plane:], y[first * pooled:], last - first, g, oh, ow)
+
+
+#: Wide-grid tiles per F(4x4, 3x3) GEMM (:func:`conv_winograd4_step`): as
+#: :data:`WINOGRAD_TILES`, fewer, since each tile carries 36 transformed values, not 16.
+WINOGRAD4_TILES = 96
+
+
+@njit(**_JIT)
+def conv_winograd4_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
+    """Winograd's F(4x4, 3x3) (:mod:`minicnn.kernels.winograd4`), a few samples at a time:
+    their planes split into 16 phases and every tile transformed, 36 GEMMs ``M[ξ] = U[ξ] @
+    V[ξ]``, the output transform, then the epilogue into ``y``. As :func:`conv_winograd_step`,
+    with 4x4 output tiles and no pooling (the plan keeps F(2x2, 3x3), which pools inside its
+    output transform, where a pooling follows)."""
+    affine = _affine_of(p, tensors, p.c_out)
+    c_in, c_out = p.c_in, p.c_out
+    oh, ow = p.conv_h, p.conv_w
+    th, tw = (oh + 3) // 4, (ow + 3) // 4
+    pitch = tw + 1
+    per_sample = th * pitch
+    chunk = max(1, WINOGRAD4_TILES // per_sample)
+    # a row of V and M holds a chunk's tiles and a block's slack (a plane of fewer than 8
+    # tiles is transformed as one whole block), rounded up to whole register blocks
+    capacity = -(-(chunk * per_sample + winograd4.TILES) // BLOCK_POSITIONS) * BLOCK_POSITIONS
+    packed_at = p.packed_at + c_out * c_in * 9
+    u = packed[packed_at:packed_at + 36 * c_out * c_in]
+    phase_size = (th + 2) * pitch
+    at = 0
+    n_phases = winograd4.PHASES * phase_size + winograd4.TILES + pitch   # phases_size()
+    phases = fixed[at:at + n_phases]
+    at += n_phases
+    v = fixed[at:at + 36 * c_in * capacity]
+    at += 36 * c_in * capacity
+    m = fixed[at:at + 36 * c_out * capacity]
+    at += 36 * c_out * capacity
+    image = fixed[at:at + 16 * capacity]
+    i64 = np.int64
+    first, last = _out_range(p)       # the output channels computed here
+    for k in range(n_phases):         # the phases' padding cells stay zero
+        phases[k] = 0
+    planes = x[:c_in * g * p.h_in * p.w_in].reshape((c_in, g, p.h_in, p.w_in))
+    for s0 in range(0, g, chunk):
+        count = min(chunk, g - s0)
+        tiles = count * per_sample
+        for c in range(c_in):
+            for slot in range(count):
+                winograd4.split_phases(planes, c, s0 + slot, p.top, p.left, phases,
+                                       phase_size, pitch)
+                winograd4.input_tiles(phases, phase_size, pitch, per_sample, v,
+                                      c * capacity + slot * per_sample, c_in * capacity)
+        products(v, u, m, c_in, c_out, capacity, tiles, first, last, 36)
+        for co in range(first, last):
+            winograd4.output_tiles(m, i64(co * capacity), i64(c_out * capacity), tiles, image,
+                                   i64(4 * capacity))
+            _finish_tiles4(p, affine, co, s0, count, g, image, 4 * capacity, per_sample,
+                           pitch, y, residual)
 
 
 @njit(**_INNER)
@@ -947,10 +1045,10 @@ def _store_group(buffer, out, first, g, channels, plane, rows):
 #: The step kernels, by the index a step's ``kernel`` field holds (:func:`kernel_for`).
 STEP_KERNELS = (conv_gemm_step, conv_shifted_step, conv_direct_step, conv_winograd_step,
                 conv_blocked_step, pool_step, adaptive_avg_pool_step, flatten_step, linear_step,
-                affine_step, softmax_step)
+                affine_step, softmax_step, conv_winograd4_step)
 (KERNEL_CONV_GEMM, KERNEL_CONV_SHIFTED, KERNEL_CONV_DIRECT, KERNEL_CONV_WINOGRAD,
  KERNEL_CONV_BLOCKED, KERNEL_POOL, KERNEL_ADAPTIVE_AVGPOOL, KERNEL_FLATTEN, KERNEL_LINEAR,
- KERNEL_AFFINE, KERNEL_SOFTMAX) = range(len(STEP_KERNELS))
+ KERNEL_AFFINE, KERNEL_SOFTMAX, KERNEL_CONV_WINOGRAD4) = range(len(STEP_KERNELS))
 
 
 def kernel_for(op: int, algorithm: int, sh: int, sw: int) -> int:
@@ -958,6 +1056,8 @@ def kernel_for(op: int, algorithm: int, sh: int, sw: int) -> int:
     if op == CONV:
         if algorithm == WINOGRAD:
             return KERNEL_CONV_WINOGRAD
+        if algorithm == WINOGRAD4:
+            return KERNEL_CONV_WINOGRAD4
         if algorithm == DIRECT:
             return KERNEL_CONV_DIRECT
         if algorithm == BLOCKED:
@@ -1068,7 +1168,7 @@ def _equal(a, b):
 def refresh_packed(program, tensors, packed):
     """Bring what the plan keeps between calls up to date with the live weights: for each
     Winograd step, ``packed[packed_at:]`` holds a copy of the filters it was made from, then
-    their transform ``U`` (16 x C_out x C_in). Comparing the copy with the live filters is a
+    their transform ``U`` (16 x C_out x C_in; 36 x C_out x C_in for F(4x4, 3x3)). Comparing the copy with the live filters is a
     few microseconds; transforming them again, 80 us on MNIST's second layer, happens only
     when they changed (an optimiser step, an edit, ``load_state_dict``). A NaN in a filter
     never compares equal, so such filters are simply transformed on every call."""
@@ -1085,7 +1185,11 @@ def refresh_packed(program, tensors, packed):
             continue
         for k in range(size):
             copy[k] = weight[k]
-        filters_into(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
+        if p.algorithm == WINOGRAD4:
+            winograd4.filters_into(weight, c_out, c_in,
+                                   packed[at + size:at + size + 36 * c_out * c_in])
+        else:
+            filters_into(weight, c_out, c_in, packed[at + size:at + size + 16 * c_out * c_in])
 
 
 def _run_threads(thread_kernel, program, kernels, tensors, arena, x, out, scratch, packed,
@@ -1109,7 +1213,7 @@ _run_threads_jit = njit(parallel=True, **_JIT)(_run_threads)
 #: linear layer, 0.4 M, are split; nothing of LeNet-5's.)
 SPLIT_MIN_MACS = 300_000
 #: The step kernels that take a part of their outputs (:func:`_out_range`).
-SPLIT_KERNELS = (KERNEL_CONV_WINOGRAD, KERNEL_LINEAR)
+SPLIT_KERNELS = (KERNEL_CONV_WINOGRAD, KERNEL_CONV_WINOGRAD4, KERNEL_LINEAR)
 
 
 def split_parts(program: np.ndarray, n_threads: int) -> np.ndarray:
@@ -1125,7 +1229,7 @@ def split_parts(program: np.ndarray, n_threads: int) -> np.ndarray:
         if p["kernel"] not in SPLIT_KERNELS:
             continue
         macs = int(p["c_in"]) * int(p["c_out"])
-        if p["kernel"] == KERNEL_CONV_WINOGRAD:
+        if p["kernel"] in (KERNEL_CONV_WINOGRAD, KERNEL_CONV_WINOGRAD4):
             macs *= 9 * int(p["conv_h"]) * int(p["conv_w"])
         if macs < SPLIT_MIN_MACS:
             continue
@@ -1246,7 +1350,7 @@ def canonical_signatures() -> dict:
 #: Seconds each unit takes to compile with an empty cache, alone in a new process, on a 2-core
 #: AMD EPYC (Zen 3, AVX2): how :mod:`.parallel_compile` shares a cold start's compiling out.
 COMPILE_SECONDS = {
-    "conv_winograd_step": 6.2, "conv_blocked_step": 3.6, "conv_shifted_step": 2.6,
+    "conv_winograd_step": 6.2, "conv_winograd4_step": 5.2, "conv_blocked_step": 3.6, "conv_shifted_step": 2.6,
     "conv_gemm_step": 3.8, "conv_direct_step": 2.5, "linear_step": 1.9, "pool_step": 0.7,
     "adaptive_avg_pool_step": 0.5, "flatten_step": 0.4, "affine_step": 1.1,
     "softmax_step": 0.5, "_no_step": 0.2, "refresh_packed": 1.0, "run_thread": 1.4,

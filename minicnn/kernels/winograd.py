@@ -291,7 +291,7 @@ def _products_blocks(v, u, m, tiles):
     multiple of 8 are written with garbage, never read."""
     channels, capacity, c_out = v.shape[1], v.shape[2], m.shape[1]
     products(v.reshape(v.size), u.reshape(u.size), m.reshape(m.size), channels, c_out,
-             capacity, tiles, 0, c_out)
+             capacity, tiles, 0, c_out, 16)
 
 
 @njit(**_JIT)

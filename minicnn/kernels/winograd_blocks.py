@@ -236,15 +236,16 @@ def output_block(typingctx, m, m_at, m_stride, t0, bias, image, row_size):
 
 
 @njit(cache=True, nogil=True)
-def products(v, u, m, c_in, c_out, capacity, tiles, first, last):
-    """The 16 products ``M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles)`` for
+def products(v, u, m, c_in, c_out, capacity, tiles, first, last, positions):
+    """The ``positions`` products ``M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in,
+    tiles)`` (16 for F(2x2, 3x3), 36 for F(4x4, 3x3), :mod:`minicnn.kernels.winograd4`) for
     output channels ``[first, last)``, in register blocks of 4 channels x 24 tiles
     (:mod:`minicnn.kernels.direct_blocks`, K = C_in innermost), the last channels one at a
-    time, the last tiles in blocks of 8 (a batch of one has 56 tiles: 2 x 24 + 8). ``v`` (16 x
-    C_in x capacity), ``u`` (16 x C_out x C_in) and ``m`` (16 x C_out x capacity) are flat
-    float32; ``capacity`` a multiple of 24 (the last block of a row writes its columns past
-    ``tiles``: garbage, never read). OpenBLAS ran these short, thin products at about a third
-    of the blocks' speed.
+    time, the last tiles in blocks of 8 (a batch of one has 56 tiles: 2 x 24 + 8). ``v``
+    (positions x C_in x capacity), ``u`` (positions x C_out x C_in) and ``m`` (positions x
+    C_out x capacity) are flat float32; ``capacity`` a multiple of 24 (the last block of a row
+    writes its columns past ``tiles``: garbage, never read). OpenBLAS ran these short, thin
+    products at about a third of the blocks' speed.
 
     The tile blocks are the outer loop: one block's inputs (C_in x 24 floats, 6 KB for 64
     channels) stay in L1 while every channel block reads them. With the channel blocks outer,
@@ -254,7 +255,7 @@ def products(v, u, m, c_in, c_out, capacity, tiles, first, last):
     whole = last - (last - first) % CHANNELS
     wide = tiles - tiles % POSITIONS
     one = i64(1)
-    for xi in range(16):
+    for xi in range(positions):
         v_at = xi * c_in * capacity
         for q in range(0, wide, POSITIONS):
             for co in range(first, whole, CHANNELS):

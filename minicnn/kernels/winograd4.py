@@ -1,0 +1,277 @@
+"""Winograd's F(4x4, 3x3) for the inference plan: a 3x3, stride-1 convolution with 4x fewer
+multiplies than the direct sum (F(2x2, 3x3), :mod:`minicnn.kernels.winograd`, saves 2.25x).
+
+A 4x4 block of outputs reads a 6x6 block of input ``d``; with the 3x3 filter ``g``,
+
+    Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+
+where (interpolation points 0, ±1, ±2 and ∞; Lavin and Gray, 2016)
+
+    Bᵀ = [4  0 -5  0  1  0]    G = [ 1/4     0     0  ]    Aᵀ = [1  1  1  1  1  0]
+         [0 -4 -4  1  1  0]        [-1/6  -1/6  -1/6  ]         [0  1 -1  2 -2  0]
+         [0  4 -4 -1  1  0]        [-1/6   1/6  -1/6  ]         [0  1  1  4  4  0]
+         [0 -2 -1  2  1  0]        [1/24  1/12   1/6  ]         [0  1 -1  8 -8  1]
+         [0  2 -1 -2  1  0]        [1/24 -1/12   1/6  ]
+         [0  4  0 -5  0  1]        [ 0     0     1    ]
+
+Over many channels the 36 elementwise products become 36 GEMMs ``M[ξ] (C_out, tiles) = U[ξ]
+(C_out, C_in) @ V[ξ] (C_in, tiles)``: 36 multiply-adds per 16 outputs and channel pair where
+the direct sum takes 144 and F(2x2, 3x3) 64. The price is rounding: the transforms multiply
+by up to 8 and divide by 24, so float32 results differ from the direct sum by more than
+F(2x2, 3x3)'s (measured on ResNet-20's convolutions: about 1e-6 of the output's scale against
+2e-7), well inside the float32 tolerance every backend is held to.
+
+Layout, as F(2x2, 3x3)'s (:mod:`minicnn.kernels.winograd`, read that first): each padded
+input plane is split into *phases*, here 16 (rows and columns modulo 4), so that cell ``(i,
+j)`` of every tile is one contiguous shift of one phase: tile ``t = ty * pitch + tx`` on the
+*wide* grid of ``pitch = tw + 1`` tiles a row reads phase ``(i % 4, j % 4)`` at ``t + (i //
+4) * pitch + j // 4``. Each register block (:func:`input_block`, :func:`output_block`) takes 8
+consecutive tiles as the 8 lanes of a vector. The output transform writes the four columns of
+each tile's output rows side by side, so that output row ``4 ty + a`` comes out in order on a
+grid of ``4 * pitch`` columns (the last four garbage).
+
+The arithmetic uses FMAs (``contract``), in the transforms' usual factored form (the rows of
+``Bᵀ`` share ``d3 - 4 d1`` and ``d4 - 4 d2``, ``d3 - d1`` and ``d4 - d2``; those of ``Aᵀ``
+share ``m1 ± m2`` and ``m3 ± m4``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+
+#: Tiles per register block (float32 lanes of a 256-bit vector).
+TILES = 8
+#: Positions ξ of a transformed tile (6 x 6), each one GEMM.
+POSITIONS = 36
+#: Phases of a padded plane (rows and columns modulo 4).
+PHASES = 16
+
+_CONTRACT = ("contract",)
+
+
+def tiles_of(out_h: int, out_w: int) -> tuple[int, int, int]:
+    """``(tiles_h, tiles_w, pitch)`` of an ``out_h x out_w`` output: 4x4 tiles, and the wide
+    grid's tiles per row (one garbage column)."""
+    tiles_h, tiles_w = -(-out_h // 4), -(-out_w // 4)
+    return tiles_h, tiles_w, tiles_w + 1
+
+
+def phases_size(tiles_h: int, pitch: int) -> int:
+    """Floats the 16 phases of one plane take (:func:`split_phases`): ``tiles_h + 2`` rows of
+    ``pitch`` each, and one block's slack after the last (a block of 8 tiles on a plane of
+    fewer reads past it; those lanes are garbage, never read back)."""
+    return PHASES * (tiles_h + 2) * pitch + TILES + pitch
+
+
+@njit(cache=True, nogil=True)
+def filters_into(weight, c_out, c_in, u):
+    """``U = G g Gᵀ`` of every filter, flat: ``weight`` (C_out * C_in * 9, as (C_out, C_in,
+    3, 3)) -> ``u`` (36 * C_out * C_in, as (36, C_out, C_in)). Computed in float64 and rounded
+    once (the sixths and twenty-fourths are not exact in float32)."""
+    plane = c_out * c_in
+    by_filter = np.empty(36)
+    gg = np.empty(18)
+    out = u[:36 * plane].reshape((36, plane))
+    for k in range(plane):
+        at = k * 9
+        for j in range(3):          # G g, column j: 6 rows
+            g0 = np.float64(weight[at + j])
+            g1 = np.float64(weight[at + 3 + j])
+            g2 = np.float64(weight[at + 6 + j])
+            gg[j] = g0 / 4
+            gg[3 + j] = -(g0 + g1 + g2) / 6
+            gg[6 + j] = -(g0 - g1 + g2) / 6
+            gg[9 + j] = g0 / 24 + g1 / 12 + g2 / 6
+            gg[12 + j] = g0 / 24 - g1 / 12 + g2 / 6
+            gg[15 + j] = g2
+        for i in range(6):          # (G g) Gᵀ, row i
+            c0, c1, c2 = gg[3 * i], gg[3 * i + 1], gg[3 * i + 2]
+            t = by_filter[6 * i:6 * i + 6]
+            t[0] = c0 / 4
+            t[1] = -(c0 + c1 + c2) / 6
+            t[2] = -(c0 - c1 + c2) / 6
+            t[3] = c0 / 24 + c1 / 12 + c2 / 6
+            t[4] = c0 / 24 - c1 / 12 + c2 / 6
+            t[5] = c2
+        for xi in range(36):
+            out[xi, k] = by_filter[xi]
+
+
+@njit(cache=True, nogil=True)
+def split_phases(planes, c, s, top, left, phases, phase_size, pitch):
+    """The zero-padded plane ``P`` of channel ``c``, sample ``s`` of ``planes`` (C, G, H, W)
+    as its 16 phases: ``phases[(4 r + q) * phase_size + a * pitch + b] = P[4 a + r, 4 b +
+    q]``. Writes only the cells that hold an input value: the others (the padding, the
+    slack) must be zero before the first call and stay so."""
+    height, width = planes.shape[2], planes.shape[3]
+    for h in range(height):
+        row = h + top
+        src = planes[c, s, h]
+        base = (row % 4) * 4 * phase_size + (row // 4) * pitch
+        for q in range(4):
+            # input columns w with (w + left) % 4 == q, from w0, at phase column (w0+left)//4
+            w0 = (q - left) % 4
+            at = base + q * phase_size + (w0 + left) // 4
+            for k in range((width - w0 + 3) // 4):
+                phases[at + k] = src[w0 + 4 * k]
+
+
+def _input_rows(builder, d):
+    """``Bᵀ d`` of one column ``d`` (6 vectors), factored: 6 rows."""
+    fadd = lambda a, b: builder.fadd(a, b, flags=_CONTRACT)
+    fsub = lambda a, b: builder.fsub(a, b, flags=_CONTRACT)
+    fmul = lambda a, k: builder.fmul(a, ir.Constant(a.type, [ir.Constant(ir.FloatType(), k)]
+                                                    * a.type.count), flags=_CONTRACT)
+    d0, d1, d2, d3, d4, d5 = d
+    minus_4d1, minus_4d2 = fmul(d1, -4.0), fmul(d2, -4.0)
+    a = fadd(d3, minus_4d1)               # d3 - 4 d1
+    b = fadd(d4, minus_4d2)               # d4 - 4 d2
+    c = fsub(d3, d1)
+    e = fsub(d4, d2)
+    two_c = fmul(c, 2.0)
+    return (fadd(fadd(fmul(d0, 4.0), fmul(d2, -5.0)), d4),
+            fadd(b, a), fsub(b, a),
+            fadd(e, two_c), fsub(e, two_c),
+            fadd(fadd(fmul(d1, 4.0), fmul(d3, -5.0)), d5))
+
+
+@intrinsic
+def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
+    """``v[v_at + (6 i + j) * v_stride + t0 + l] = (Bᵀ d B)[i, j]`` for the 8 tiles ``t0 + l``
+    (``l < 8``), ``d`` the tile's 6x6 cells: cell ``(r, q)`` of tile ``t`` is ``phases[(4 (r %
+    4) + q % 4) * phase_size + t + (r // 4) * pitch + q // 4]`` (:func:`split_phases`).
+    ``phases`` and ``v`` are 1-D C float32 arrays, the rest int64."""
+    sig = types.void(phases, phase_size, pitch, t0, v, v_at, v_stride)
+
+    def codegen(context, builder, signature, args):
+        phases_arr, phase_size, pitch, t0, v_arr, v_at, v_stride = args
+        phases_ptr = context.make_array(signature.args[0])(context, builder, phases_arr).data
+        v_ptr = context.make_array(signature.args[4])(context, builder, v_arr).data
+        i64 = ir.IntType(64)
+        vector = ir.VectorType(ir.FloatType(), TILES)
+
+        def constant(value):
+            return ir.Constant(i64, value)
+
+        def load(at):
+            pointer = builder.bitcast(builder.gep(phases_ptr, [at]), vector.as_pointer())
+            value = builder.load(pointer)
+            value.align = 4
+            return value
+
+        # Bᵀ d column by column (6 loads each), then (Bᵀ d) B row by row
+        columns = []
+        for q in range(6):
+            d = []
+            for r in range(6):
+                at = builder.add(
+                    builder.add(builder.mul(phase_size, constant(4 * (r % 4) + q % 4)), t0),
+                    builder.add(builder.mul(pitch, constant(r // 4)), constant(q // 4)))
+                d.append(load(at))
+            columns.append(_input_rows(builder, d))
+        for i in range(6):
+            outputs = _input_rows(builder, [columns[q][i] for q in range(6)])
+            for j, value in enumerate(outputs):
+                at = builder.add(builder.add(v_at, builder.mul(v_stride, constant(6 * i + j))),
+                                 t0)
+                pointer = builder.bitcast(builder.gep(v_ptr, [at]), vector.as_pointer())
+                store = builder.store(value, pointer)
+                store.align = 4
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def input_tiles(phases, phase_size, pitch, tiles, v, v_at, v_stride):
+    """:func:`input_block` for tiles ``[0, tiles)`` of one plane: blocks of 8, the last one
+    overlapping the block before where ``tiles`` is not a multiple of 8 (those tiles computed
+    twice, the same values). Fewer than 8 tiles: one block, whose lanes past ``tiles`` write
+    garbage into ``v``'s next 8 - ``tiles`` columns (the caller's next plane overwrites them, or
+    they lie past the tiles it reads)."""
+    if tiles < TILES:
+        input_block(phases, np.int64(phase_size), np.int64(pitch), np.int64(0), v,
+                    np.int64(v_at), np.int64(v_stride))
+        return
+    for t0 in range(0, tiles, TILES):
+        input_block(phases, np.int64(phase_size), np.int64(pitch),
+                    np.int64(min(t0, tiles - TILES)), v, np.int64(v_at), np.int64(v_stride))
+
+
+def _output_rows(builder, m):
+    """``Aᵀ m`` of one column ``m`` (6 vectors), factored: 4 rows."""
+    fadd = lambda a, b: builder.fadd(a, b, flags=_CONTRACT)
+    fsub = lambda a, b: builder.fsub(a, b, flags=_CONTRACT)
+    fmul = lambda a, k: builder.fmul(a, ir.Constant(a.type, [ir.Constant(ir.FloatType(), k)]
+                                                    * a.type.count), flags=_CONTRACT)
+    m0, m1, m2, m3, m4, m5 = m
+    s12, d12 = fadd(m1, m2), fsub(m1, m2)
+    s34, d34 = fadd(m3, m4), fsub(m3, m4)
+    return (fadd(fadd(m0, s12), s34),
+            fadd(d12, fmul(d34, 2.0)),
+            fadd(s12, fmul(s34, 4.0)),
+            fadd(fadd(d12, fmul(d34, 8.0)), m5))
+
+
+@intrinsic
+def output_block(typingctx, m, m_at, m_stride, t0, image, row_size):
+    """The output transform of 8 tiles of one output channel: ``image[a * row_size + 4 (t0 +
+    l) + b] = (Aᵀ M A)[a, b]`` for tiles ``t0 + l`` (``l < 8``) whose products are ``m[m_at +
+    ξ * m_stride + t0 + l]``; each output row's four columns of the 8 tiles interleaved by
+    shuffles into 32 consecutive floats."""
+    sig = types.void(m, m_at, m_stride, t0, image, row_size)
+
+    def codegen(context, builder, signature, args):
+        m_arr, m_at, m_stride, t0, image_arr, row_size = args
+        m_ptr = context.make_array(signature.args[0])(context, builder, m_arr).data
+        image_ptr = context.make_array(signature.args[4])(context, builder, image_arr).data
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vector = ir.VectorType(ir.FloatType(), TILES)
+        wide = ir.VectorType(ir.FloatType(), 4 * TILES)
+        # lane e of a row's 32 floats is tile e // 4, column e % 4; in the concatenation of
+        # the four column vectors (column b at lanes 8 b ...), that is lane 8 (e % 4) + e // 4
+        pairs = ir.Constant(ir.VectorType(i32, 2 * TILES),
+                            [ir.Constant(i32, l) for l in range(2 * TILES)])
+        order = ir.Constant(ir.VectorType(i32, 4 * TILES),
+                            [ir.Constant(i32, TILES * (e % 4) + e // 4)
+                             for e in range(4 * TILES)])
+
+        def load(xi):
+            at = builder.add(builder.add(m_at, builder.mul(m_stride, ir.Constant(i64, xi))), t0)
+            value = builder.load(builder.bitcast(builder.gep(m_ptr, [at]), vector.as_pointer()))
+            value.align = 4
+            return value
+
+        m = [load(xi) for xi in range(36)]
+        columns = [_output_rows(builder, [m[6 * i + j] for i in range(6)]) for j in range(6)]
+        for a in range(4):
+            row = _output_rows(builder, [columns[j][a] for j in range(6)])
+            first = builder.shuffle_vector(row[0], row[1], pairs)
+            second = builder.shuffle_vector(row[2], row[3], pairs)
+            values = builder.shuffle_vector(first, second, order)
+            at = builder.add(builder.mul(row_size, ir.Constant(i64, a)),
+                             builder.mul(t0, ir.Constant(i64, 4)))
+            store = builder.store(values, builder.bitcast(builder.gep(image_ptr, [at]),
+                                                          wide.as_pointer()))
+            store.align = 4
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def output_tiles(m, m_at, m_stride, tiles, image, row_size):
+    """:func:`output_block` for tiles ``[0, tiles)`` of one output channel (the last block
+    overlapping the one before; fewer than 8 tiles: one block reading ``m``'s next columns,
+    garbage whose outputs land past the tiles' in ``image``)."""
+    if tiles < TILES:
+        output_block(m, np.int64(m_at), np.int64(m_stride), np.int64(0), image,
+                     np.int64(row_size))
+        return
+    for t0 in range(0, tiles, TILES):
+        output_block(m, np.int64(m_at), np.int64(m_stride), np.int64(min(t0, tiles - TILES)),
+                     image, np.int64(row_size))
