@@ -108,16 +108,15 @@ def split_phases(planes, c, s, top, left, phases, phase_size, pitch):
     q]``. Writes only the cells that hold an input value: the others (the padding, the
     slack) must be zero before the first call and stay so."""
     height, width = planes.shape[2], planes.shape[3]
+    plane = planes[c, s]
     for h in range(height):
         row = h + top
-        src = planes[c, s, h]
         base = (row % 4) * 4 * phase_size + (row // 4) * pitch
-        for q in range(4):
-            # input columns w with (w + left) % 4 == q, from w0, at phase column (w0+left)//4
-            w0 = (q - left) % 4
-            at = base + q * phase_size + (w0 + left) // 4
-            for k in range((width - w0 + 3) // 4):
-                phases[at + k] = src[w0 + 4 * k]
+        # one pass along the row, each value to its phase (four loops over a quarter of the
+        # row each, strided reads, ran 1.2x slower on 8-wide rows and 1.3x on 32-wide ones)
+        for w in range(width):
+            column = w + left
+            phases[base + (column % 4) * phase_size + column // 4] = plane[h, w]
 
 
 def _input_rows(builder, d):
