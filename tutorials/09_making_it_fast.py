@@ -1090,7 +1090,9 @@ print(plan)
 #   cache, its bias, a batch norm folded in from its running statistics (in eval mode a batch
 #   norm is a per-channel scale and shift), the activation and the 2x2 max pooling: a whole
 #   `Conv2d -> ReLU -> MaxPool2d` block is one step. `gemm` means an unrolled matrix and a GEMM
-#   (per sample or per small group of samples), `winograd` the F(2x2, 3x3) of section 3, and
+#   (per sample or per small group of samples), `winograd` the F(2x2, 3x3) of section 3
+#   (`winograd-4x4`: its big sibling F(4x4, 3x3), 36 products per 4x4 outputs instead of
+#   144, on layers of 64 channels or more such as ResNet-20's last stage), and
 #   `blocked` a convolution with few input channels computed in place: for each tap, one
 #   multiply-add of a few input vectors into a block of 4 output channels x 24 outputs held
 #   in registers (`minicnn/kernels/direct_blocks.py`). With `K = 9` or `25` terms per
