@@ -28,6 +28,22 @@ def splat(builder, value, lanes: int):
                                               [ir.Constant(_I32, 0)] * lanes))
 
 
+def load_vector(builder, base, at, vector):
+    """The ``vector`` of floats at element ``at`` of the array whose data pointer is ``base``
+    (4-byte aligned only: the blocks' rows start anywhere)."""
+    value = builder.load(builder.bitcast(builder.gep(base, [at]), vector.as_pointer()))
+    value.align = 4
+    return value
+
+
+def store_vector(builder, value, base, at):
+    """Store the vector ``value`` at element ``at`` of the array whose data pointer is
+    ``base`` (4-byte aligned only)."""
+    store = builder.store(value, builder.bitcast(builder.gep(base, [at]),
+                                                 value.type.as_pointer()))
+    store.align = 4
+
+
 def zeroed_slots(builder, vector, count: int) -> list:
     """``count`` stack slots of type ``vector``, zeroed: the accumulators of a block, which
     LLVM's mem2reg promotes to registers."""

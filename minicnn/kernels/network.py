@@ -1168,10 +1168,11 @@ def _equal(a, b):
 def refresh_packed(program, tensors, packed):
     """Bring what the plan keeps between calls up to date with the live weights: for each
     Winograd step, ``packed[packed_at:]`` holds a copy of the filters it was made from, then
-    their transform ``U`` (16 x C_out x C_in; 36 x C_out x C_in for F(4x4, 3x3)). Comparing the copy with the live filters is a
-    few microseconds; transforming them again, 80 us on MNIST's second layer, happens only
-    when they changed (an optimiser step, an edit, ``load_state_dict``). A NaN in a filter
-    never compares equal, so such filters are simply transformed on every call."""
+    their transform ``U`` (16 x C_out x C_in; 36 x C_out x C_in for F(4x4, 3x3)). Comparing
+    the copy with the live filters is a few microseconds; transforming them again, 80 us on
+    MNIST's second layer, happens only when they changed (an optimiser step, an edit,
+    ``load_state_dict``). A NaN in a filter never compares equal, so such filters are simply
+    transformed on every call."""
     for step in range(program.shape[0]):
         p = program[step]
         if p.packed_at == NONE:
@@ -1350,9 +1351,10 @@ def canonical_signatures() -> dict:
 #: Seconds each unit takes to compile with an empty cache, alone in a new process, on a 2-core
 #: AMD EPYC (Zen 3, AVX2): how :mod:`.parallel_compile` shares a cold start's compiling out.
 COMPILE_SECONDS = {
-    "conv_winograd_step": 6.2, "conv_winograd4_step": 5.2, "conv_blocked_step": 3.6, "conv_shifted_step": 2.6,
-    "conv_gemm_step": 3.8, "conv_direct_step": 2.5, "linear_step": 1.9, "pool_step": 0.7,
-    "adaptive_avg_pool_step": 0.5, "flatten_step": 0.4, "affine_step": 1.1,
+    "conv_winograd_step": 6.2, "conv_winograd4_step": 5.2, "conv_blocked_step": 3.6,
+    "conv_shifted_step": 2.6, "conv_gemm_step": 3.8, "conv_direct_step": 2.5,
+    "linear_step": 1.9, "pool_step": 0.7, "adaptive_avg_pool_step": 0.5, "flatten_step": 0.4,
+    "affine_step": 1.1,
     "softmax_step": 0.5, "_no_step": 0.2, "refresh_packed": 1.0, "run_thread": 1.4,
     "_run_threads_jit": 0.7, "run_split": 1.7}
 

@@ -42,6 +42,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .ir_helpers import load_vector, store_vector
+
 
 #: Tiles per register block (float32 lanes of a 256-bit vector).
 TILES = 8
@@ -156,12 +158,6 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
         def constant(value):
             return ir.Constant(i64, value)
 
-        def load(at):
-            pointer = builder.bitcast(builder.gep(phases_ptr, [at]), vector.as_pointer())
-            value = builder.load(pointer)
-            value.align = 4
-            return value
-
         # Bᵀ d column by column (6 loads each), then (Bᵀ d) B row by row
         columns = []
         for q in range(6):
@@ -170,16 +166,14 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
                 at = builder.add(
                     builder.add(builder.mul(phase_size, constant(4 * (r % 4) + q % 4)), t0),
                     builder.add(builder.mul(pitch, constant(r // 4)), constant(q // 4)))
-                d.append(load(at))
+                d.append(load_vector(builder, phases_ptr, at, vector))
             columns.append(_input_rows(builder, d))
         for i in range(6):
             outputs = _input_rows(builder, [columns[q][i] for q in range(6)])
             for j, value in enumerate(outputs):
                 at = builder.add(builder.add(v_at, builder.mul(v_stride, constant(6 * i + j))),
                                  t0)
-                pointer = builder.bitcast(builder.gep(v_ptr, [at]), vector.as_pointer())
-                store = builder.store(value, pointer)
-                store.align = 4
+                store_vector(builder, value, v_ptr, at)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -230,7 +224,6 @@ def output_block(typingctx, m, m_at, m_stride, t0, image, row_size):
         image_ptr = context.make_array(signature.args[4])(context, builder, image_arr).data
         i32, i64 = ir.IntType(32), ir.IntType(64)
         vector = ir.VectorType(ir.FloatType(), TILES)
-        wide = ir.VectorType(ir.FloatType(), 4 * TILES)
         # lane e of a row's 32 floats is tile e // 4, column e % 4; in the concatenation of
         # the four column vectors (column b at lanes 8 b ...), that is lane 8 (e % 4) + e // 4
         pairs = ir.Constant(ir.VectorType(i32, 2 * TILES),
@@ -239,13 +232,10 @@ def output_block(typingctx, m, m_at, m_stride, t0, image, row_size):
                             [ir.Constant(i32, TILES * (e % 4) + e // 4)
                              for e in range(4 * TILES)])
 
-        def load(xi):
-            at = builder.add(builder.add(m_at, builder.mul(m_stride, ir.Constant(i64, xi))), t0)
-            value = builder.load(builder.bitcast(builder.gep(m_ptr, [at]), vector.as_pointer()))
-            value.align = 4
-            return value
+        def at_position(xi):
+            return builder.add(builder.add(m_at, builder.mul(m_stride, ir.Constant(i64, xi))), t0)
 
-        m = [load(xi) for xi in range(36)]
+        m = [load_vector(builder, m_ptr, at_position(xi), vector) for xi in range(36)]
         columns = [_output_rows(builder, [m[6 * i + j] for i in range(6)]) for j in range(6)]
         for a in range(4):
             row = _output_rows(builder, [columns[j][a] for j in range(6)])
@@ -254,9 +244,7 @@ def output_block(typingctx, m, m_at, m_stride, t0, image, row_size):
             values = builder.shuffle_vector(first, second, order)
             at = builder.add(builder.mul(row_size, ir.Constant(i64, a)),
                              builder.mul(t0, ir.Constant(i64, 4)))
-            store = builder.store(values, builder.bitcast(builder.gep(image_ptr, [at]),
-                                                          wide.as_pointer()))
-            store.align = 4
+            store_vector(builder, values, image_ptr, at)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .direct_blocks import CHANNELS, LANES, POSITIONS, block_1x8, block_1x24, block_4x8, block_4x24
-from .ir_helpers import python_max, splat
+from .ir_helpers import load_vector, python_max, splat, store_vector
 
 #: Tiles per block (float32 lanes of a 256-bit vector).
 TILES = 8
@@ -45,10 +45,7 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
             return ir.Constant(i64, value)
 
         def load(at):
-            pointer = builder.bitcast(builder.gep(phases_ptr, [at]), vector.as_pointer())
-            value = builder.load(pointer)
-            value.align = 4
-            return value
+            return load_vector(builder, phases_ptr, at, vector)
 
         # d[r][q]: rows of the tile (r), its columns (q)
         d = []
@@ -74,9 +71,7 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
             for j, value in enumerate(outputs):
                 at = builder.add(builder.add(v_at, builder.mul(v_stride, constant(4 * i + j))),
                                  t0)
-                pointer = builder.bitcast(builder.gep(v_ptr, [at]), vector.as_pointer())
-                store = builder.store(value, pointer)
-                store.align = 4
+                store_vector(builder, value, v_ptr, at)
         return context.get_dummy_value()
 
     return sig, codegen
