@@ -111,14 +111,27 @@ def split_phases(planes, c, s, top, left, phases, phase_size, pitch):
     slack) must be zero before the first call and stay so."""
     height, width = planes.shape[2], planes.shape[3]
     plane = planes[c, s]
+    whole = width // 4
     for h in range(height):
         row = h + top
         base = (row % 4) * 4 * phase_size + (row // 4) * pitch
-        # one pass along the row, each value to its phase (four loops over a quarter of the
-        # row each, strided reads, ran 1.2x slower on 8-wide rows and 1.3x on 32-wide ones)
-        for w in range(width):
+        src = plane[h]
+        # input column 4 b + j is padded column 4 b + j + left: phase (j + left) % 4, phase
+        # column b + (j + left) // 4. One loop over b with the four streams, which LLVM
+        # vectorises as one interleaved group (a loop per stream, or one along the row
+        # with the phase computed per value, stays scalar)
+        d0 = base + (left % 4) * phase_size + left // 4
+        d1 = base + ((1 + left) % 4) * phase_size + (1 + left) // 4
+        d2 = base + ((2 + left) % 4) * phase_size + (2 + left) // 4
+        d3 = base + ((3 + left) % 4) * phase_size + (3 + left) // 4
+        for b in range(whole):
+            phases[d0 + b] = src[4 * b]
+            phases[d1 + b] = src[4 * b + 1]
+            phases[d2 + b] = src[4 * b + 2]
+            phases[d3 + b] = src[4 * b + 3]
+        for w in range(4 * whole, width):
             column = w + left
-            phases[base + (column % 4) * phase_size + column // 4] = plane[h, w]
+            phases[base + (column % 4) * phase_size + column // 4] = src[w]
 
 
 def _input_rows(builder, d):
