@@ -47,7 +47,7 @@ def _winograd4(x, weight, pad):
     v = np.full(W.POSITIONS * c_in * capacity, np.nan, np.float32)
     for c in range(c_in):
         for s in range(g):
-            W.split_phases(planes, c, s, pad, pad, phases, phase_size, pitch)
+            W.split_phases(planes[c, s], pad, pad, phases, phase_size, pitch)
             W.input_tiles(phases, phase_size, pitch, per_sample, v,
                           c * capacity + s * per_sample, c_in * capacity)
     u = np.full(W.POSITIONS * c_out * c_in, np.nan, np.float32)
@@ -107,3 +107,80 @@ def test_a_nan_input_reaches_its_tiles_only():
     got = _winograd4(x, weight, 1)
     assert np.isnan(got[:, :, :4, :4]).all()
     assert not np.isnan(got[:, :, 4:, :]).any() and not np.isnan(got[:, :, :, 4:]).any()
+
+
+# --------------------------------------------------------------------------------------------
+# The one-pool (training) forward and input gradient
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def count_transforms(monkeypatch):
+    """How many times the F(4x4, 3x3) filters were transformed (one per forward or input
+    gradient it ran)."""
+    calls = []
+    original = W.transform_weights
+
+    def counting(weight):
+        calls.append(weight.shape)
+        return original(weight)
+
+    monkeypatch.setattr(W, "transform_weights", counting)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [
+    (5, 64, 32, 8, 8, 1),     # 6 tiles a sample: a chunk of 8 samples, the last one short
+    (3, 64, 64, 9, 13, 1),    # partial tiles on both sides
+    (2, 64, 8, 10, 12, 0),    # no padding (no Winograd input gradient then)
+])
+def test_one_pool_forward_and_input_gradient(shape, count_transforms, monkeypatch):
+    """conv2d_forward (plain and with its ReLU) and the input gradient run F(4x4, 3x3) where a
+    layer has 64 input channels (for the input gradient: 64 output channels) and an output
+    of at least 8x8, and agree with the definition in float64; the weight gradient is the
+    shift path's either way (the same bits)."""
+    from minicnn.kernels import onepool
+    n, c_in, c_out, h, w, pad = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    weight = rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    expected = _direct(x, weight, pad) + bias[None, :, None, None]
+    scale = np.abs(expected).max()
+    y, ctx = onepool.conv2d_forward(x, weight, bias, (1, 1), (pad,) * 4, (1, 1))
+    assert len(count_transforms) == 1
+    assert np.abs(y - expected).max() / scale <= RTOL
+    relu, _, _, _ = onepool.conv2d_relu_forward(x, weight, bias, (1, 1), (pad,) * 4, (1, 1))
+    assert np.abs(relu - np.maximum(expected, 0)).max() / scale <= RTOL
+    assert len(count_transforms) == 2
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, _ = onepool.conv2d_backward(dy, ctx)
+    monkeypatch.setattr(onepool, "USE_WINOGRAD4", False)
+    dx_f2, dw_f2, _ = onepool.conv2d_backward(dy, ctx)
+    np.testing.assert_array_equal(dw, dw_f2)
+    if pad == 1 and c_out >= 64:        # the input gradient through F(4x4, 3x3)
+        assert len(count_transforms) == 3
+        flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        dx_expected = _direct(dy, np.ascontiguousarray(flipped), 1)
+        assert np.abs(dx - dx_expected).max() / np.abs(dx_expected).max() <= RTOL
+    else:
+        assert len(count_transforms) == 2
+        np.testing.assert_array_equal(dx, dx_f2)
+
+
+def test_one_pool_keeps_f2x2_where_f4x4_does_not_apply(count_transforms):
+    """A pooled epilogue (F(2x2, 3x3) pools inside its transform), fewer than 64 input
+    channels, an output under 8x8 and float64 never reach F(4x4, 3x3)."""
+    from minicnn.kernels import onepool
+    rng = np.random.default_rng(5)
+    cases = [((2, 64, 8, 8), (16, 64), np.float32, True),
+             ((2, 32, 8, 8), (16, 32), np.float32, False),
+             ((2, 64, 6, 6), (16, 64), np.float32, False),
+             ((2, 64, 8, 8), (16, 64), np.float64, False)]
+    for x_shape, w_shape, dtype, pooled in cases:
+        x = rng.standard_normal(x_shape).astype(dtype)
+        weight = rng.standard_normal(w_shape + (3, 3)).astype(dtype)
+        if pooled:
+            onepool.conv2d_relu_forward(x, weight, None, (1, 1), (1,) * 4, (1, 1),
+                                        maxpool=True)
+        else:
+            onepool.conv2d_forward(x, weight, None, (1, 1), (1,) * 4, (1, 1))
+    assert count_transforms == []

@@ -380,13 +380,11 @@ class _Builder:
 
 
 #: Winograd's F(2x2, 3x3) for 3x3, stride-1 convolutions with at least this many input
-#: channels (its 16 GEMMs have ``K = C_in``; below, the direct multiply-adds win).
+#: channels (its 16 GEMMs have ``K = C_in``; below, the direct multiply-adds win); F(4x4, 3x3)
+#: instead where :func:`minicnn.kernels.winograd4.applies` (64 input channels or more, an
+#: output of at least 8x8) and no pooling follows (F(2x2, 3x3) pools inside its output
+#: transform).
 WINOGRAD_MIN_CHANNELS = 16
-
-#: Winograd's F(4x4, 3x3) instead, where no pooling follows (F(2x2, 3x3) pools inside its
-#: output transform) and the output is at least this many rows and columns.
-WINOGRAD4_MIN_SIZE = 8
-WINOGRAD4_MIN_CHANNELS = 64
 
 #: Grouped convolutions (depthwise ones included) run as direct multiply-adds
 #: (:data:`~minicnn.kernels.network.DIRECT`) where their stride is 1: a GEMM per group of a
@@ -416,8 +414,7 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size,
     stride_one = conv.stride == (1, 1)
     if (stride_one and (kh, kw) == (3, 3) and conv.groups == 1 and c_in >= WINOGRAD_MIN_CHANNELS
             and top == bottom == left == right and top in (0, 1)):
-        if (not pooled and min(out_h, out_w) >= WINOGRAD4_MIN_SIZE
-                and c_in >= WINOGRAD4_MIN_CHANNELS):
+        if not pooled and winograd4.applies(np.float32, c_in, out_h, out_w):
             tiles_h, tiles_w, pitch = winograd4.tiles_of(out_h, out_w)
             per_sample = tiles_h * pitch
             capacity = max(1, K.WINOGRAD4_TILES // per_sample) * per_sample + winograd4.TILES

@@ -782,11 +782,10 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         _max_pool_2x2(conv_out[first * plane:], y[first * pooled:], last - first, g, oh, ow)
 
 
-#: Wide-grid tiles per F(4x4, 3x3) GEMM (:func:`conv_winograd4_step`): as
-#: :data:`WINOGRAD_TILES`, fewer, since each tile carries 36 transformed values, not 16. On
-#: ResNet-20's 64-channel steps (6 tiles a sample) 48 ran as fast as 96 or faster (1 and 2
-#: threads, batch 64, on a 2-core AMD EPYC) with half the group's memory, 24 slower.
-WINOGRAD4_TILES = 48
+#: Wide-grid tiles per F(4x4, 3x3) GEMM (:func:`conv_winograd4_step`), as the one-pool
+#: forward's (:data:`minicnn.kernels.winograd4.CHUNK_TILES`): fewer than
+#: :data:`WINOGRAD_TILES`, since each tile carries 36 transformed values, not 16.
+WINOGRAD4_TILES = winograd4.CHUNK_TILES
 
 
 @njit(**_JIT)
@@ -828,7 +827,7 @@ def conv_winograd4_step(p, tensors, x, y, residual, work, conv_out, fixed, packe
         tiles = count * per_sample
         for c in range(c_in):
             for slot in range(count):
-                winograd4.split_phases(planes, c, s0 + slot, p.top, p.left, phases,
+                winograd4.split_phases(planes[c, s0 + slot], p.top, p.left, phases,
                                        phase_size, pitch)
                 winograd4.input_tiles(phases, phase_size, pitch, per_sample, v,
                                       c * capacity + slot * per_sample, c_in * capacity)

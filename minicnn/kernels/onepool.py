@@ -49,7 +49,7 @@ import numba
 import numpy as np
 from numba import njit, types
 
-from . import blas, parallel, pointwise, weight_grad, winograd
+from . import blas, parallel, pointwise, weight_grad, winograd, winograd4
 from .blas import gemm as _gemm
 from .contracts import (PLAIN, RELU, RELU_MAXPOOL, RELU_MAXPOOL_VALUES,  # noqa: F401
                         ConvPlan, conv_plan, with_stacked_layout)
@@ -104,6 +104,9 @@ WINOGRAD_MIN_CHANNELS = 16
 #: Switch the Winograd forward off (``False``) to time the shift path's forward instead; the
 #: results agree to float32 rounding, not bit for bit (tutorial 09 compares them).
 USE_WINOGRAD = True
+#: Where Winograd runs, F(4x4, 3x3) where :func:`_winograd4_applies` (tests set it to False to
+#: compare with F(2x2, 3x3)).
+USE_WINOGRAD4 = True
 
 # What the output pass does after adding the bias (``PLAIN``, ``RELU``, ``RELU_MAXPOOL``,
 # ``RELU_MAXPOOL_VALUES``: :mod:`minicnn.kernels.contracts`, imported above, so that
@@ -661,9 +664,15 @@ def _input_grad_winograd(dz, ctx, n_threads):
     # the tap-major weights (kH*kW, C_out, C_in), taps reversed, as (C_in, C_out, 3, 3)
     flipped = np.ascontiguousarray(ctx.weights[::-1].transpose(2, 1, 0)).reshape(c_in, c_out,
                                                                                    3, 3)
-    u = winograd.transform_weights(flipped)
     dx = np.empty(ctx.x.shape, dtype=dz.dtype)
     plan = conv_plan(dz.shape, flipped.shape, (1, 1), (1, 1, 1, 1), (1, 1))
+    if _winograd4_applies(dz.dtype, c_out, plan):
+        parallel.run(winograd4.forward_chunk,
+                     winograd4.ForwardArgs(dz, winograd4.transform_weights(flipped),
+                                           np.zeros(1, dtype=dz.dtype), False, dx, False),
+                     plan, n_threads, dz.dtype)
+        return dx
+    u = winograd.transform_weights(flipped)
     no_pool = np.empty((0, 0, 0, 0), dtype=dz.dtype)
     parallel.run(winograd.forward_chunk,
                  winograd.arguments(dz, u, np.zeros(1, dtype=dz.dtype), False, dx, PLAIN,
@@ -703,6 +712,14 @@ def _shift_plan(plan: ConvPlan, x_shape, padding, c_in) -> ConvPlan | None:
                                                            * plan.out_w):
         return None   # block * pitch grid positions per sample: too many wasted
     return stacked
+
+
+def _winograd4_applies(dtype, c_in, plan: ConvPlan) -> bool:
+    """Whether a layer :func:`_winograd_applies` to (or its input gradient) runs Winograd's
+    F(4x4, 3x3) (:mod:`minicnn.kernels.winograd4`: float32, 64 input channels or more, an
+    output of at least 8x8) instead of F(2x2, 3x3). The forward's pooled epilogues stay on
+    F(2x2, 3x3), which pools inside its output transform."""
+    return USE_WINOGRAD4 and winograd4.applies(dtype, c_in, plan.out_h, plan.out_w)
 
 
 def _winograd_applies(plan: ConvPlan, c_in) -> bool:
@@ -765,7 +782,13 @@ def _forward(x, weight, bias, stride, padding, dilation, epilogue):
     argmax = np.empty(pooled_shape if epilogue == RELU_MAXPOOL else (0, 0, 0, 0), dtype=np.int32)
     n_threads = threads_for(x.shape[0])
     with _threads.blas_single_threaded():
-        if _winograd_applies(plan, c_in):   # the filters transformed; backward keeps the
+        if (_winograd_applies(plan, c_in) and epilogue in (PLAIN, RELU)
+                and _winograd4_applies(x.dtype, c_in, plan)):
+            u = winograd4.transform_weights(np.ascontiguousarray(weight))
+            parallel.run(winograd4.forward_chunk,
+                         winograd4.ForwardArgs(x, u, bias_arg, has_bias, y, epilogue == RELU),
+                         plan, n_threads, x.dtype)
+        elif _winograd_applies(plan, c_in):   # the filters transformed; backward keeps the
             u = winograd.transform_weights(np.ascontiguousarray(weight))   # tap-major weights
             parallel.run(winograd.forward_chunk,
                          winograd.arguments(x, u, bias_arg, has_bias, y, epilogue, pooled,

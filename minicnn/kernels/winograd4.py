@@ -37,12 +37,16 @@ share ``m1 ± m2`` and ``m3 ± m4``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
 from .ir_helpers import load_vector, store_vector
+from .parallel import share
+from .winograd_blocks import products
 
 
 #: Tiles per register block (float32 lanes of a 256-bit vector).
@@ -104,13 +108,12 @@ def filters_into(weight, c_out, c_in, u):
 
 
 @njit(cache=True, nogil=True)
-def split_phases(planes, c, s, top, left, phases, phase_size, pitch):
-    """The zero-padded plane ``P`` of channel ``c``, sample ``s`` of ``planes`` (C, G, H, W)
-    as its 16 phases: ``phases[(4 r + q) * phase_size + a * pitch + b] = P[4 a + r, 4 b +
-    q]``. Writes only the cells that hold an input value: the others (the padding, the
-    slack) must be zero before the first call and stay so."""
-    height, width = planes.shape[2], planes.shape[3]
-    plane = planes[c, s]
+def split_phases(plane, top, left, phases, phase_size, pitch):
+    """The zero-padded plane ``P`` of one input ``plane`` (H, W) as its 16 phases:
+    ``phases[(4 r + q) * phase_size + a * pitch + b] = P[4 a + r, 4 b + q]``. Writes only the
+    cells that hold an input value: the others (the padding, the slack) must be zero before
+    the first call and stay so."""
+    height, width = plane.shape[0], plane.shape[1]
     whole = width // 4
     for h in range(height):
         row = h + top
@@ -275,3 +278,115 @@ def output_tiles(m, m_at, m_stride, tiles, image, row_size):
     for t0 in range(0, tiles, TILES):
         output_block(m, np.int64(m_at), np.int64(m_stride), np.int64(min(t0, tiles - TILES)),
                      image, np.int64(row_size))
+
+
+# --------------------------------------------------------------------------------------------
+# The one-pool forward (training): a layer's whole batch, one share of samples per thread
+# --------------------------------------------------------------------------------------------
+#: Wide-grid tiles per chunk of samples (the 36 GEMMs' width): each tile carries 36
+#: transformed values, so a chunk's ``V`` and ``M`` (36 x channels x tiles each) stay near
+#: L2's size. On ResNet-20's 64-channel steps (6 tiles a sample) 48 ran as fast as 96 or
+#: faster (1 and 2 threads, batch 64, a 2-core AMD EPYC) with half the memory, 24 slower.
+CHUNK_TILES = 48
+
+
+def transform_weights(weight):
+    """``U = G g Gᵀ`` for every (output, input) channel pair: ``(C_out, C_in, 3, 3)`` ->
+    ``(36, C_out, C_in)``, C-contiguous, position ``ξ = 6 i + j`` of the 6x6 tile first
+    (:func:`filters_into`)."""
+    c_out, c_in = weight.shape[0], weight.shape[1]
+    u = np.empty((POSITIONS, c_out, c_in), dtype=weight.dtype)
+    filters_into(np.ascontiguousarray(weight).reshape(-1), c_out, c_in, u.reshape(-1))
+    return u
+
+
+class ForwardArgs(NamedTuple):
+    """``args`` of :func:`forward_chunk` (float32 only)."""
+
+    x: np.ndarray           #: (N, C_in, H, W) input, C-contiguous
+    u: np.ndarray           #: (36, C_out, C_in) transformed filters (:func:`transform_weights`)
+    bias: np.ndarray        #: (C_out,), or (1,) unused when not ``has_bias``
+    has_bias: bool
+    y: np.ndarray           #: (N, C_out, H_out, W_out) output, written
+    rectify: bool           #: a ReLU after the bias
+
+
+@njit(cache=True, nogil=True)
+def _write_plane(image, row_size, tile0, pitch, bias, rectify, plane):
+    """One output plane ``plane (H_out, W_out)`` from the output transform's rows
+    (:func:`output_block`: output row ``oy`` of the sample whose first tile is ``tile0``
+    starts at ``image[(oy % 4) * row_size + 4 * (tile0 + (oy // 4) * pitch)]``), plus
+    ``bias``, then the ReLU where ``rectify`` (``v * 0`` below zero keeps a NaN a NaN)."""
+    zero = plane.dtype.type(0)
+    out_w = plane.shape[1]
+    for oy in range(plane.shape[0]):
+        src = image[(oy % 4) * row_size + 4 * (tile0 + (oy // 4) * pitch):]
+        row = plane[oy]
+        if rectify:
+            for ox in range(out_w):
+                v = src[ox] + bias
+                row[ox] = v if not v <= zero else zero * v
+        else:
+            for ox in range(out_w):
+                row[ox] = src[ox] + bias
+
+
+@njit(cache=True, nogil=True)
+def forward_chunk(args, plan, thread, n_threads):
+    """One thread's samples, a chunk of :data:`CHUNK_TILES` tiles at a time: each plane split
+    into its 16 phases and its tiles transformed, 36 products ``M[ξ] = U[ξ] @ V[ξ]``
+    (:func:`minicnn.kernels.winograd_blocks.products`), then per output channel the output
+    transform, the bias (and ReLU) and the rows into ``y``. ``plan`` is the layer's
+    :class:`~minicnn.kernels.contracts.ConvPlan` (only ``top`` and ``left`` are read; the
+    sizes come from the arrays)."""
+    x, u, y = args.x, args.u, args.y
+    n_samples, c_in = x.shape[0], x.shape[1]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    first, last = share(n_samples, thread, n_threads)
+    tiles_h, tiles_w = (out_h + 3) // 4, (out_w + 3) // 4
+    pitch = tiles_w + 1
+    per_sample = tiles_h * pitch
+    chunk = max(1, CHUNK_TILES // per_sample)
+    # rows of V and M: a chunk's tiles and a block's slack (a plane of fewer than 8 tiles is
+    # transformed as one whole block), rounded up to the products' blocks of 24
+    capacity = -(-(chunk * per_sample + TILES) // 24) * 24
+    phase_size = (tiles_h + 2) * pitch
+    phases = np.zeros(PHASES * phase_size + TILES + pitch, dtype=x.dtype)
+    v = np.empty(POSITIONS * c_in * capacity, dtype=x.dtype)
+    m = np.empty(POSITIONS * c_out * capacity, dtype=x.dtype)
+    image = np.empty(16 * capacity, dtype=x.dtype)
+    u_flat = u.reshape(u.size)
+    zero = x.dtype.type(0)
+    for n0 in range(first, last, chunk):
+        count = min(chunk, last - n0)
+        tiles = count * per_sample
+        for c in range(c_in):
+            for slot in range(count):
+                split_phases(x[n0 + slot, c], plan.top, plan.left, phases, phase_size, pitch)
+                input_tiles(phases, phase_size, pitch, per_sample, v,
+                            c * capacity + slot * per_sample, c_in * capacity)
+        products(v, u_flat, m, c_in, c_out, capacity, tiles, 0, c_out, POSITIONS)
+        for co in range(c_out):
+            output_tiles(m, co * capacity, c_out * capacity, tiles, image, 4 * capacity)
+            b = args.bias[co] if args.has_bias else zero
+            for slot in range(count):
+                _write_plane(image, 4 * capacity, slot * per_sample, pitch, b, args.rectify,
+                             y[n0 + slot, co])
+
+
+def applies(x_dtype, c_in: int, out_h: int, out_w: int) -> bool:
+    """Whether a 3x3, stride-1, undilated layer's forward (or its input gradient, the same
+    kind of convolution) runs here rather than as F(2x2, 3x3): float32, at least
+    :data:`MIN_CHANNELS` input channels, an output of at least :data:`MIN_SIZE` rows and
+    columns."""
+    return (np.dtype(x_dtype) == np.float32 and c_in >= MIN_CHANNELS
+            and min(out_h, out_w) >= MIN_SIZE)
+
+
+#: F(4x4, 3x3) for layers with at least this many input channels: with fewer its transforms
+#: cost more than the products it saves (ResNet-20's 16 and 32-channel steps ran slower than
+#: F(2x2, 3x3), its 64-channel ones 20 % faster).
+MIN_CHANNELS = 64
+#: ... and outputs of at least this many rows and columns (4x4 tiles on a plane of fewer
+#: waste most of their products on the garbage column and the partial tiles).
+MIN_SIZE = 8
