@@ -139,15 +139,16 @@ def test_winograd_with_a_pooling_on_even_and_odd_outputs(threads):
 def test_winograd4_steps_equal_the_layers(threads):
     """F(4x4, 3x3) where a 3x3 conv has 64 input channels and an output of at least 8x8 with
     no pooling after it: whole tiles (8x8, ReLU), partial tiles on both sides (9x13), no
-    padding (10x14 -> 8x12, no activation), a LeakyReLU (the epilogue's general loop); a
-    pooled one, or one under 8x8, stays F(2x2, 3x3). The plan's group grows to the chunk the
-    F(4x4, 3x3) steps want, and batches of 1, 3 (fewer tiles a sample than a register block:
-    one block reading past them) and 19 (groups and a part) all match."""
+    padding (10x14 -> 8x12, a LeakyReLU: the epilogue's general loop); a pooled one, or one
+    under 8x8, stays F(2x2, 3x3). The plan's group grows to the chunk the F(4x4, 3x3) steps
+    want, and batches of 1, 3 (fewer tiles a sample than a register block: one block reading
+    past them) and 19 (a group of 19 on one thread, 10 and 9 on two: octets of samples side
+    by side, then the rest on the wide grid) all match."""
     net = nn.Sequential(
         nn.Conv2d(3, 64, 3, padding=1, rng=0), nn.ReLU(),
         nn.Conv2d(64, 64, 3, padding=1, rng=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=0, rng=2),
-        nn.Conv2d(64, 64, 3, padding=1, rng=3), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=0, rng=2), nn.LeakyReLU(0.1),
+        nn.Conv2d(64, 64, 3, padding=1, rng=3), nn.MaxPool2d(2),
         nn.Flatten()).eval()
     rng = np.random.default_rng(11)
     for size in ((8, 8), (9, 13), (10, 14)):

@@ -31,15 +31,16 @@ def _direct(x, weight, pad):
     return y
 
 
-def _winograd4(x, weight, pad):
-    """The convolution through the pieces, all samples in one chunk, scratch filled with NaN
+def _winograd4(x, weight, pad, octet=False):
+    """The convolution through the pieces, all samples in one chunk (``octet``: 8 samples
+    side by side, :func:`~minicnn.kernels.winograd4.sample_tiles`), scratch filled with NaN
     where the step would leave it uninitialised (garbage lanes must never be read back)."""
     g, c_in, h, w = x.shape
     c_out = weight.shape[0]
     oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
-    tiles_h, _, pitch = W.tiles_of(oh, ow)
+    tiles_h, tiles_w, pitch = W.tiles_of(oh, ow)
     per_sample = tiles_h * pitch
-    tiles = g * per_sample
+    tiles = 8 * tiles_h * tiles_w if octet else g * per_sample
     capacity = -(-(tiles + W.TILES) // 24) * 24
     planes = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
     phase_size = (tiles_h + 2) * pitch
@@ -47,9 +48,15 @@ def _winograd4(x, weight, pad):
     v = np.full(W.POSITIONS * c_in * capacity, np.nan, np.float32)
     for c in range(c_in):
         for s in range(g):
-            W.split_phases(planes[c, s], pad, pad, phases, phase_size, pitch)
-            W.input_tiles(phases, phase_size, pitch, per_sample, v,
-                          c * capacity + s * per_sample, c_in * capacity)
+            if octet:
+                W.split_phases(planes[c, s], pad, pad, phases, phase_size, pitch, 8, s)
+            else:
+                W.split_phases(planes[c, s], pad, pad, phases, phase_size, pitch, 1, 0)
+                W.input_tiles(phases, phase_size, pitch, per_sample, v,
+                              c * capacity + s * per_sample, c_in * capacity)
+        if octet:
+            W.sample_tiles(phases, phase_size, tiles_h, tiles_w, pitch, v, c * capacity,
+                           c_in * capacity)
     u = np.full(W.POSITIONS * c_out * c_in, np.nan, np.float32)
     W.filters_into(np.ascontiguousarray(weight).reshape(-1), c_out, c_in, u)
     m = np.full(W.POSITIONS * c_out * capacity, np.nan, np.float32)
@@ -61,8 +68,13 @@ def _winograd4(x, weight, pad):
         rows = image.reshape(4, 4 * capacity)
         for s in range(g):
             for oy in range(oh):
-                at = 4 * (s * per_sample + (oy // 4) * pitch)
-                y[s, co, oy] = rows[oy % 4, at:at + ow]
+                if octet:       # tile (ty, tx) of sample s at column 8 (ty tiles_w + tx) + s
+                    for ox in range(ow):
+                        at = 4 * (8 * ((oy // 4) * tiles_w + ox // 4) + s) + ox % 4
+                        y[s, co, oy, ox] = rows[oy % 4, at]
+                else:
+                    at = 4 * (s * per_sample + (oy // 4) * pitch)
+                    y[s, co, oy] = rows[oy % 4, at:at + ow]
     return y
 
 
@@ -84,6 +96,26 @@ def test_pieces_equal_the_definition(shape):
     assert not np.isnan(got).any()
     worst = np.abs(got - expected).max() / np.abs(expected).max()
     assert worst <= RTOL, worst
+
+
+@pytest.mark.parametrize("shape", [
+    (8, 16, 8, 8, 8, 1),      # ResNet-20's last stage: 4 positions, 32 tiles, no garbage
+    (8, 5, 7, 9, 13, 1),      # partial tiles on both sides
+    (8, 4, 3, 10, 6, 0),      # no padding
+])
+def test_eight_samples_side_by_side_equal_the_definition(shape):
+    """The samples-innermost layout: each block's 8 lanes are 8 samples' tiles at one
+    position; every tile's transforms and sums are the wide grid's, so the two layouts give
+    the same bits."""
+    g, c_in, c_out, h, w, pad = shape
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = rng.standard_normal((g, c_in, h, w)).astype(np.float32)
+    weight = rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)
+    expected = _direct(x, weight, pad)
+    got = _winograd4(x, weight, pad, octet=True)
+    assert not np.isnan(got).any()
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= RTOL
+    np.testing.assert_array_equal(got, _winograd4(x, weight, pad))
 
 
 def test_filter_transform_is_g_g_gt():

@@ -417,8 +417,8 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size,
         if not pooled and winograd4.applies(np.float32, c_in, out_h, out_w):
             tiles_h, tiles_w, pitch = winograd4.tiles_of(out_h, out_w)
             per_sample = tiles_h * pitch
-            capacity = max(1, K.WINOGRAD4_TILES // per_sample) * per_sample + winograd4.TILES
-            capacity = -(-capacity // K.BLOCK_POSITIONS) * K.BLOCK_POSITIONS
+            capacity = winograd4.capacity(max(1, K.WINOGRAD4_TILES // per_sample),
+                                          per_sample, tiles_h * tiles_w)
             fixed = (winograd4.phases_size(tiles_h, pitch)
                      + (winograd4.POSITIONS * (c_in + conv.out_channels) + 16) * capacity)
             return K.WINOGRAD4, 0, fixed

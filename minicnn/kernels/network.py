@@ -361,6 +361,36 @@ def _finish_tiles4(p, affine, co, s0, count, g, image, row_size, per_sample, pit
 
 
 @njit(**_INNER)
+def _finish_samples4(p, affine, co, s0, g, image, row_size, tiles_w, target, residual):
+    """Output channel ``co`` of the 8 samples ``[s0, s0 + 8)`` from F(4x4, 3x3)'s output
+    transform of tiles with the samples innermost (:func:`minicnn.kernels.winograd4.
+    sample_tiles`: output ``(oy, ox)`` of the octet's sample ``l`` is ``image[(oy % 4) *
+    row_size + 4 * (8 * ((oy // 4) * tiles_w + ox // 4) + l) + ox % 4]``) into ``target``
+    ``(C_out, g, oh, ow)``, with the epilogue of :func:`_finish_rows`: four values at a time,
+    one tile's row."""
+    oh, ow = p.conv_h, p.conv_w
+    kind, slope = p.activation, np.float32(p.slope)
+    scale, shift = affine[0, co], affine[1, co]
+    zero = np.float32(0)
+    has_residual = residual.shape[0] > 0
+    size, width = uint64(row_size), uint64(ow)
+    for lane in range(uint64(8)):
+        dest_at = uint64((co * g + s0) * oh * ow) + lane * uint64(oh * ow)
+        for oy in range(uint64(oh)):
+            src_row = (oy % 4) * size + uint64(32) * (oy // 4) * uint64(tiles_w) + 4 * lane
+            dest = dest_at + oy * width
+            for ox in range(width):
+                src = src_row + uint64(32) * (ox // 4) + ox % 4
+                v = image[src] * scale + shift
+                if has_residual:
+                    v += residual[dest + ox]
+                if kind == RELU:
+                    target[dest + ox] = v if not v <= zero else zero * v
+                else:
+                    target[dest + ox] = _activate(v, kind, slope)
+
+
+@njit(**_INNER)
 def _unroll(x, cols, c_first, c_count, g, h, w, kh, kw, sh, sw, top, left, oh, ow):
     """im2col of channels ``[c_first, c_first + c_count)`` of ``x (C, g, h, w)`` into
     ``cols (c_count*kh*kw, g*oh*ow)``: row ``(c, i, j)``, column ``(sample, oy, ox)``.
@@ -794,7 +824,12 @@ def conv_winograd4_step(p, tensors, x, y, residual, work, conv_out, fixed, packe
     their planes split into 16 phases and every tile transformed, 36 GEMMs ``M[ξ] = U[ξ] @
     V[ξ]``, the output transform, then the epilogue into ``y``. As :func:`conv_winograd_step`,
     with 4x4 output tiles and no pooling (the plan keeps F(2x2, 3x3), which pools inside its
-    output transform, where a pooling follows)."""
+    output transform, where a pooling follows).
+
+    Eight samples at a time where the group has them, with the samples innermost
+    (:func:`~minicnn.kernels.winograd4.sample_tiles`: each register block's lanes are 8
+    samples' tiles at one position, no wide-grid garbage); the rest one sample a plane on the
+    wide grid."""
     affine = _affine_of(p, tensors, p.c_out)
     c_in, c_out = p.c_in, p.c_out
     oh, ow = p.conv_h, p.conv_w
@@ -802,14 +837,12 @@ def conv_winograd4_step(p, tensors, x, y, residual, work, conv_out, fixed, packe
     pitch = tw + 1
     per_sample = th * pitch
     chunk = max(1, WINOGRAD4_TILES // per_sample)
-    # a row of V and M holds a chunk's tiles and a block's slack (a plane of fewer than 8
-    # tiles is transformed as one whole block), rounded up to whole register blocks
-    capacity = -(-(chunk * per_sample + winograd4.TILES) // BLOCK_POSITIONS) * BLOCK_POSITIONS
+    capacity = winograd4.capacity(chunk, per_sample, th * tw)
     packed_at = p.packed_at + c_out * c_in * 9
     u = packed[packed_at:packed_at + 36 * c_out * c_in]
     phase_size = (th + 2) * pitch
     at = 0
-    n_phases = winograd4.PHASES * phase_size + winograd4.TILES + pitch   # phases_size()
+    n_phases = winograd4.phases_size(th, pitch)
     phases = fixed[at:at + n_phases]
     at += n_phases
     v = fixed[at:at + 36 * c_in * capacity]
@@ -819,16 +852,37 @@ def conv_winograd4_step(p, tensors, x, y, residual, work, conv_out, fixed, packe
     image = fixed[at:at + 16 * capacity]
     i64 = np.int64
     first, last = _out_range(p)       # the output channels computed here
+    planes = x[:c_in * g * p.h_in * p.w_in].reshape((c_in, g, p.h_in, p.w_in))
+    lanes = winograd4.TILES
+    octets = g // lanes if th * tw * lanes <= capacity else 0
+    if octets > 0:
+        tiles = th * tw * lanes
+        for k in range(lanes * winograd4.PHASES * phase_size):   # padding cells stay zero
+            phases[k] = 0
+        for octet in range(octets):
+            s0 = octet * lanes
+            for c in range(c_in):
+                for slot in range(lanes):
+                    winograd4.split_phases(planes[c, s0 + slot], p.top, p.left, phases,
+                                           phase_size, pitch, lanes, slot)
+                winograd4.sample_tiles(phases, phase_size, th, tw, pitch, v, c * capacity,
+                                       c_in * capacity)
+            products(v, u, m, c_in, c_out, capacity, tiles, first, last, 36)
+            for co in range(first, last):
+                winograd4.output_tiles(m, i64(co * capacity), i64(c_out * capacity), tiles,
+                                       image, i64(4 * capacity))
+                _finish_samples4(p, affine, co, s0, g, image, 4 * capacity, tw, y, residual)
+    if octets * lanes == g:
+        return
     for k in range(n_phases):         # the phases' padding cells stay zero
         phases[k] = 0
-    planes = x[:c_in * g * p.h_in * p.w_in].reshape((c_in, g, p.h_in, p.w_in))
-    for s0 in range(0, g, chunk):
+    for s0 in range(octets * lanes, g, chunk):
         count = min(chunk, g - s0)
         tiles = count * per_sample
         for c in range(c_in):
             for slot in range(count):
                 winograd4.split_phases(planes[c, s0 + slot], p.top, p.left, phases,
-                                       phase_size, pitch)
+                                       phase_size, pitch, 1, 0)
                 winograd4.input_tiles(phases, phase_size, pitch, per_sample, v,
                                       c * capacity + slot * per_sample, c_in * capacity)
         products(v, u, m, c_in, c_out, capacity, tiles, first, last, 36)

@@ -66,11 +66,26 @@ def tiles_of(out_h: int, out_w: int) -> tuple[int, int, int]:
     return tiles_h, tiles_w, tiles_w + 1
 
 
-def phases_size(tiles_h: int, pitch: int) -> int:
-    """Floats the 16 phases of one plane take (:func:`split_phases`): ``tiles_h + 2`` rows of
-    ``pitch`` each, and one block's slack after the last (a block of 8 tiles on a plane of
-    fewer reads past it; those lanes are garbage, never read back)."""
-    return PHASES * (tiles_h + 2) * pitch + TILES + pitch
+@njit(cache=True, nogil=True)
+def phases_size(tiles_h, pitch):
+    """Floats the phases of a step take (:func:`split_phases`): the 16 phases of one plane,
+    ``tiles_h + 2`` rows of ``pitch`` each, and one block's slack after the last (a block of 8
+    tiles on a plane of fewer reads past it; those lanes are garbage, never read back); or
+    the phases of 8 planes side by side (:func:`sample_tiles`), whichever is more."""
+    return max(PHASES * (tiles_h + 2) * pitch + TILES + pitch,
+               TILES * PHASES * (tiles_h + 2) * pitch)
+
+
+@njit(cache=True, nogil=True)
+def capacity(chunk, per_sample, positions):
+    """Columns of a row of ``V`` and ``M``: a chunk of ``chunk`` samples' wide-grid tiles
+    (``per_sample`` each) and a block's slack (a plane of fewer than 8 tiles is transformed
+    as one whole block), or 8 samples' tiles at every one of ``positions`` (:func:`
+    sample_tiles`) where they are at most :data:`OCTET_MAX_TILES`, whichever is more, rounded
+    up to the products' blocks of 24."""
+    wide = chunk * per_sample + TILES
+    octet = TILES * positions
+    return -(-max(wide, octet if octet <= OCTET_MAX_TILES else 0) // 24) * 24
 
 
 @njit(cache=True, nogil=True)
@@ -108,11 +123,12 @@ def filters_into(weight, c_out, c_in, u):
 
 
 @njit(cache=True, nogil=True)
-def split_phases(plane, top, left, phases, phase_size, pitch):
-    """The zero-padded plane ``P`` of one input ``plane`` (H, W) as its 16 phases:
-    ``phases[(4 r + q) * phase_size + a * pitch + b] = P[4 a + r, 4 b + q]``. Writes only the
-    cells that hold an input value: the others (the padding, the slack) must be zero before
-    the first call and stay so."""
+def split_phases(plane, top, left, phases, phase_size, pitch, samples, sample):
+    """The zero-padded plane ``P`` of one input ``plane`` (H, W) as its 16 phases: cell ``k =
+    (4 r + q) * phase_size + a * pitch + b`` holds ``P[4 a + r, 4 b + q]``, at
+    ``phases[samples * k + sample]`` (``samples = 1``: one plane; 8: eight samples' planes
+    side by side, :func:`sample_tiles`). Writes only the cells that hold an input value: the
+    others (the padding, the slack) must be zero before the first call and stay so."""
     height, width = plane.shape[0], plane.shape[1]
     whole = width // 4
     for h in range(height):
@@ -127,14 +143,22 @@ def split_phases(plane, top, left, phases, phase_size, pitch):
         d1 = base + ((1 + left) % 4) * phase_size + (1 + left) // 4
         d2 = base + ((2 + left) % 4) * phase_size + (2 + left) // 4
         d3 = base + ((3 + left) % 4) * phase_size + (3 + left) // 4
-        for b in range(whole):
-            phases[d0 + b] = src[4 * b]
-            phases[d1 + b] = src[4 * b + 1]
-            phases[d2 + b] = src[4 * b + 2]
-            phases[d3 + b] = src[4 * b + 3]
+        if samples == 1:
+            for b in range(whole):
+                phases[d0 + b] = src[4 * b]
+                phases[d1 + b] = src[4 * b + 1]
+                phases[d2 + b] = src[4 * b + 2]
+                phases[d3 + b] = src[4 * b + 3]
+        else:
+            for b in range(whole):
+                phases[samples * (d0 + b) + sample] = src[4 * b]
+                phases[samples * (d1 + b) + sample] = src[4 * b + 1]
+                phases[samples * (d2 + b) + sample] = src[4 * b + 2]
+                phases[samples * (d3 + b) + sample] = src[4 * b + 3]
         for w in range(4 * whole, width):
             column = w + left
-            phases[base + (column % 4) * phase_size + column // 4] = src[w]
+            at = base + (column % 4) * phase_size + column // 4
+            phases[samples * at + sample] = src[w]
 
 
 def _input_rows(builder, d):
@@ -157,17 +181,22 @@ def _input_rows(builder, d):
 
 
 @intrinsic
-def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
-    """``v[v_at + (6 i + j) * v_stride + t0 + l] = (Bᵀ d B)[i, j]`` for the 8 tiles ``t0 + l``
-    (``l < 8``), ``d`` the tile's 6x6 cells: cell ``(r, q)`` of tile ``t`` is ``phases[(4 (r %
-    4) + q % 4) * phase_size + t + (r // 4) * pitch + q // 4]`` (:func:`split_phases`).
-    ``phases`` and ``v`` are 1-D C float32 arrays, the rest int64."""
-    sig = types.void(phases, phase_size, pitch, t0, v, v_at, v_stride)
+def input_block(typingctx, phases, phase_size, row_step, column_step, src, v, v_at, v_stride,
+                dst):
+    """``v[v_at + (6 i + j) * v_stride + dst + l] = (Bᵀ d B)[i, j]`` for 8 tiles (``l < 8``),
+    ``d`` the 6x6 cells of tile ``l``: cell ``(r, q)`` is ``phases[(4 (r % 4) + q % 4) *
+    phase_size + src + l + (r // 4) * row_step + (q // 4) * column_step]``
+    (:func:`split_phases`). On the wide grid (one sample a plane) the 8 tiles are consecutive
+    tiles, ``column_step`` 1 and ``row_step`` the grid's pitch; with the samples innermost
+    (:func:`sample_tiles`) they are 8 samples' tiles at one position. ``phases`` and ``v``
+    are 1-D C float32 arrays, the rest int64."""
+    sig = types.void(phases, phase_size, row_step, column_step, src, v, v_at, v_stride, dst)
 
     def codegen(context, builder, signature, args):
-        phases_arr, phase_size, pitch, t0, v_arr, v_at, v_stride = args
+        (phases_arr, phase_size, row_step, column_step, src, v_arr, v_at, v_stride,
+         dst) = args
         phases_ptr = context.make_array(signature.args[0])(context, builder, phases_arr).data
-        v_ptr = context.make_array(signature.args[4])(context, builder, v_arr).data
+        v_ptr = context.make_array(signature.args[5])(context, builder, v_arr).data
         i64 = ir.IntType(64)
         vector = ir.VectorType(ir.FloatType(), TILES)
 
@@ -180,15 +209,16 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
             d = []
             for r in range(6):
                 at = builder.add(
-                    builder.add(builder.mul(phase_size, constant(4 * (r % 4) + q % 4)), t0),
-                    builder.add(builder.mul(pitch, constant(r // 4)), constant(q // 4)))
+                    builder.add(builder.mul(phase_size, constant(4 * (r % 4) + q % 4)), src),
+                    builder.add(builder.mul(row_step, constant(r // 4)),
+                                builder.mul(column_step, constant(q // 4))))
                 d.append(load_vector(builder, phases_ptr, at, vector))
             columns.append(_input_rows(builder, d))
         for i in range(6):
             outputs = _input_rows(builder, [columns[q][i] for q in range(6)])
             for j, value in enumerate(outputs):
                 at = builder.add(builder.add(v_at, builder.mul(v_stride, constant(6 * i + j))),
-                                 t0)
+                                 dst)
                 store_vector(builder, value, v_ptr, at)
         return context.get_dummy_value()
 
@@ -197,18 +227,36 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
 
 @njit(cache=True, nogil=True)
 def input_tiles(phases, phase_size, pitch, tiles, v, v_at, v_stride):
-    """:func:`input_block` for tiles ``[0, tiles)`` of one plane: blocks of 8, the last one
-    overlapping the block before where ``tiles`` is not a multiple of 8 (those tiles computed
-    twice, the same values). Fewer than 8 tiles: one block, whose lanes past ``tiles`` write
-    garbage into ``v``'s next 8 - ``tiles`` columns (the caller's next plane overwrites them, or
-    they lie past the tiles it reads)."""
+    """:func:`input_block` for tiles ``[0, tiles)`` of one plane on the wide grid: blocks of
+    8, the last one overlapping the block before where ``tiles`` is not a multiple of 8 (those
+    tiles computed twice, the same values). Fewer than 8 tiles: one block, whose lanes past
+    ``tiles`` write garbage into ``v``'s next 8 - ``tiles`` columns (the caller's next plane
+    overwrites them, or they lie past the tiles it reads)."""
+    i64 = np.int64
     if tiles < TILES:
-        input_block(phases, np.int64(phase_size), np.int64(pitch), np.int64(0), v,
-                    np.int64(v_at), np.int64(v_stride))
+        input_block(phases, i64(phase_size), i64(pitch), i64(1), i64(0), v, i64(v_at),
+                    i64(v_stride), i64(0))
         return
     for t0 in range(0, tiles, TILES):
-        input_block(phases, np.int64(phase_size), np.int64(pitch),
-                    np.int64(min(t0, tiles - TILES)), v, np.int64(v_at), np.int64(v_stride))
+        t = i64(min(t0, tiles - TILES))
+        input_block(phases, i64(phase_size), i64(pitch), i64(1), t, v, i64(v_at),
+                    i64(v_stride), t)
+
+
+@njit(cache=True, nogil=True)
+def sample_tiles(phases, phase_size, tiles_h, tiles_w, pitch, v, v_at, v_stride):
+    """:func:`input_block` for the tiles of 8 samples whose planes of one channel were split
+    with the samples innermost (:func:`split_phases` with ``samples = 8``: cell ``k`` of a
+    phase at ``8 k + sample``): one block per tile position ``(ty, tx)``, its 8 lanes the 8
+    samples, written to ``v`` columns ``8 (ty * tiles_w + tx) + sample``. No wide grid: every
+    lane of every block is a tile of the output, where one sample's 8x8 plane on the wide
+    grid has 6 tiles of which 4 are."""
+    i64 = np.int64
+    for ty in range(tiles_h):
+        for tx in range(tiles_w):
+            input_block(phases, i64(TILES * phase_size), i64(TILES * pitch), i64(TILES),
+                        i64(TILES * (ty * pitch + tx)), v, i64(v_at), i64(v_stride),
+                        i64(TILES * (ty * tiles_w + tx)))
 
 
 def _output_rows(builder, m):
@@ -288,6 +336,9 @@ def output_tiles(m, m_at, m_stride, tiles, image, row_size):
 #: L2's size. On ResNet-20's 64-channel steps (6 tiles a sample) 48 ran as fast as 96 or
 #: faster (1 and 2 threads, batch 64, a 2-core AMD EPYC) with half the memory, 24 slower.
 CHUNK_TILES = 48
+#: Eight samples side by side (:func:`sample_tiles`) where their tiles are at most this many
+#: (ResNet-20's 8x8 planes: 32, its 16x16 ones: 128).
+OCTET_MAX_TILES = 128
 
 
 def transform_weights(weight):
@@ -362,7 +413,8 @@ def forward_chunk(args, plan, thread, n_threads):
         tiles = count * per_sample
         for c in range(c_in):
             for slot in range(count):
-                split_phases(x[n0 + slot, c], plan.top, plan.left, phases, phase_size, pitch)
+                split_phases(x[n0 + slot, c], plan.top, plan.left, phases, phase_size, pitch,
+                             1, 0)
                 input_tiles(phases, phase_size, pitch, per_sample, v,
                             c * capacity + slot * per_sample, c_in * capacity)
         products(v, u_flat, m, c_in, c_out, capacity, tiles, 0, c_out, POSITIONS)
