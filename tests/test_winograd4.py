@@ -160,8 +160,8 @@ def count_transforms(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [
-    (5, 64, 32, 8, 8, 1),     # 6 tiles a sample: a chunk of 8 samples, the last one short
-    (3, 64, 64, 9, 13, 1),    # partial tiles on both sides
+    (19, 64, 32, 8, 8, 1),    # octets of samples side by side, then the rest on the wide grid
+    (3, 64, 64, 9, 13, 1),    # partial tiles on both sides, fewer than 8 samples
     (2, 64, 8, 10, 12, 0),    # no padding (no Winograd input gradient then)
 ])
 def test_one_pool_forward_and_input_gradient(shape, count_transforms, monkeypatch):

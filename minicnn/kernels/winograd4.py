@@ -383,11 +383,29 @@ def _write_plane(image, row_size, tile0, pitch, bias, rectify, plane):
 
 
 @njit(cache=True, nogil=True)
+def _write_plane_octet(image, row_size, tiles_w, lane, bias, rectify, plane):
+    """:func:`_write_plane` for the tiles of 8 samples side by side (:func:`sample_tiles`):
+    output ``(oy, ox)`` of the octet's sample ``lane`` is ``image[(oy % 4) * row_size + 4 * (8
+    * ((oy // 4) * tiles_w + ox // 4) + lane) + ox % 4]``."""
+    zero = plane.dtype.type(0)
+    out_w = plane.shape[1]
+    for oy in range(plane.shape[0]):
+        at = (oy % 4) * row_size + 4 * TILES * (oy // 4) * tiles_w + 4 * lane
+        row = plane[oy]
+        for ox in range(out_w):
+            v = image[at + 4 * TILES * (ox // 4) + ox % 4] + bias
+            if rectify:
+                v = v if not v <= zero else zero * v
+            row[ox] = v
+
+
+@njit(cache=True, nogil=True)
 def forward_chunk(args, plan, thread, n_threads):
-    """One thread's samples, a chunk of :data:`CHUNK_TILES` tiles at a time: each plane split
-    into its 16 phases and its tiles transformed, 36 products ``M[ξ] = U[ξ] @ V[ξ]``
-    (:func:`minicnn.kernels.winograd_blocks.products`), then per output channel the output
-    transform, the bias (and ReLU) and the rows into ``y``. ``plan`` is the layer's
+    """One thread's samples: eight at a time side by side (:func:`sample_tiles`) while it has
+    eight, the rest on the wide grid a chunk of :data:`CHUNK_TILES` tiles at a time; each
+    plane split into its 16 phases and its tiles transformed, 36 products ``M[ξ] = U[ξ] @
+    V[ξ]`` (:func:`minicnn.kernels.winograd_blocks.products`), then per output channel the
+    output transform, the bias (and ReLU) and the rows into ``y``. ``plan`` is the layer's
     :class:`~minicnn.kernels.contracts.ConvPlan` (only ``top`` and ``left`` are read; the
     sizes come from the arrays)."""
     x, u, y = args.x, args.u, args.y
@@ -397,18 +415,37 @@ def forward_chunk(args, plan, thread, n_threads):
     tiles_h, tiles_w = (out_h + 3) // 4, (out_w + 3) // 4
     pitch = tiles_w + 1
     per_sample = tiles_h * pitch
+    positions = tiles_h * tiles_w
     chunk = max(1, CHUNK_TILES // per_sample)
-    # rows of V and M: a chunk's tiles and a block's slack (a plane of fewer than 8 tiles is
-    # transformed as one whole block), rounded up to the products' blocks of 24
-    capacity = -(-(chunk * per_sample + TILES) // 24) * 24
+    columns = capacity(chunk, per_sample, positions)
     phase_size = (tiles_h + 2) * pitch
-    phases = np.zeros(PHASES * phase_size + TILES + pitch, dtype=x.dtype)
-    v = np.empty(POSITIONS * c_in * capacity, dtype=x.dtype)
-    m = np.empty(POSITIONS * c_out * capacity, dtype=x.dtype)
-    image = np.empty(16 * capacity, dtype=x.dtype)
+    phases = np.zeros(phases_size(tiles_h, pitch), dtype=x.dtype)
+    v = np.empty(POSITIONS * c_in * columns, dtype=x.dtype)
+    m = np.empty(POSITIONS * c_out * columns, dtype=x.dtype)
+    image = np.empty(16 * columns, dtype=x.dtype)
     u_flat = u.reshape(u.size)
     zero = x.dtype.type(0)
-    for n0 in range(first, last, chunk):
+    n0 = first
+    if TILES * positions <= columns:
+        tiles = TILES * positions
+        while last - n0 >= TILES:
+            for c in range(c_in):
+                for lane in range(TILES):
+                    split_phases(x[n0 + lane, c], plan.top, plan.left, phases, phase_size,
+                                 pitch, TILES, lane)
+                sample_tiles(phases, phase_size, tiles_h, tiles_w, pitch, v, c * columns,
+                             c_in * columns)
+            products(v, u_flat, m, c_in, c_out, columns, tiles, 0, c_out, POSITIONS)
+            for co in range(c_out):
+                output_tiles(m, co * columns, c_out * columns, tiles, image, 4 * columns)
+                b = args.bias[co] if args.has_bias else zero
+                for lane in range(TILES):
+                    _write_plane_octet(image, 4 * columns, tiles_w, lane, b, args.rectify,
+                                       y[n0 + lane, co])
+            n0 += TILES
+        for k in range(phases.shape[0]):      # the wide grid's padding cells: zero
+            phases[k] = 0
+    for n0 in range(n0, last, chunk):
         count = min(chunk, last - n0)
         tiles = count * per_sample
         for c in range(c_in):
@@ -416,13 +453,13 @@ def forward_chunk(args, plan, thread, n_threads):
                 split_phases(x[n0 + slot, c], plan.top, plan.left, phases, phase_size, pitch,
                              1, 0)
                 input_tiles(phases, phase_size, pitch, per_sample, v,
-                            c * capacity + slot * per_sample, c_in * capacity)
-        products(v, u_flat, m, c_in, c_out, capacity, tiles, 0, c_out, POSITIONS)
+                            c * columns + slot * per_sample, c_in * columns)
+        products(v, u_flat, m, c_in, c_out, columns, tiles, 0, c_out, POSITIONS)
         for co in range(c_out):
-            output_tiles(m, co * capacity, c_out * capacity, tiles, image, 4 * capacity)
+            output_tiles(m, co * columns, c_out * columns, tiles, image, 4 * columns)
             b = args.bias[co] if args.has_bias else zero
             for slot in range(count):
-                _write_plane(image, 4 * capacity, slot * per_sample, pitch, b, args.rectify,
+                _write_plane(image, 4 * columns, slot * per_sample, pitch, b, args.rectify,
                              y[n0 + slot, co])
 
 
