@@ -30,6 +30,12 @@ consecutive tiles as the 8 lanes of a vector. The output transform writes the fo
 each tile's output rows side by side, so that output row ``4 ty + a`` comes out in order on a
 grid of ``4 * pitch`` columns (the last four garbage).
 
+Where there are eight samples, they are laid side by side instead (:func:`sample_tiles`):
+the phases of 8 planes interleaved cell by cell, so that a block's 8 lanes are the 8
+samples' tiles at one position. There is no wide grid then: on an 8x8 output (2x2 tiles,
+ResNet-20's last stage) the wide grid has 6 tiles a sample of which 2 are garbage, a third of
+the products and transforms. Each tile's arithmetic is the same either way (the same bits).
+
 The arithmetic uses FMAs (``contract``), in the transforms' usual factored form (the rows of
 ``Bᵀ`` share ``d3 - 4 d1`` and ``d4 - 4 d2``, ``d3 - d1`` and ``d4 - d2``; those of ``Aᵀ``
 share ``m1 ± m2`` and ``m3 ± m4``).
