@@ -44,6 +44,17 @@ def store_vector(builder, value, base, at):
     store.align = 4
 
 
+def store_positions(builder, values, base, at, stride, first: int, column):
+    """Store ``values[k]`` (vectors) at element ``at + (first + k) * stride + column`` of the
+    array whose data pointer is ``base``: consecutive positions ξ of a transformed tile, each
+    in its own row of ``stride`` elements (a Winograd input transform's output)."""
+    i64 = ir.IntType(64)
+    for k, value in enumerate(values):
+        where = builder.add(builder.add(at, builder.mul(stride, ir.Constant(i64, first + k))),
+                            column)
+        store_vector(builder, value, base, where)
+
+
 def zeroed_slots(builder, vector, count: int) -> list:
     """``count`` stack slots of type ``vector``, zeroed: the accumulators of a block, which
     LLVM's mem2reg promotes to registers."""

@@ -50,7 +50,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .ir_helpers import load_vector, store_vector
+from .ir_helpers import load_vector, store_positions, store_vector
 from .parallel import share
 from .winograd_blocks import products
 
@@ -221,11 +221,8 @@ def input_block(typingctx, phases, phase_size, row_step, column_step, src, v, v_
                 d.append(load_vector(builder, phases_ptr, at, vector))
             columns.append(_input_rows(builder, d))
         for i in range(6):
-            outputs = _input_rows(builder, [columns[q][i] for q in range(6)])
-            for j, value in enumerate(outputs):
-                at = builder.add(builder.add(v_at, builder.mul(v_stride, constant(6 * i + j))),
-                                 dst)
-                store_vector(builder, value, v_ptr, at)
+            store_positions(builder, _input_rows(builder, [columns[q][i] for q in range(6)]),
+                            v_ptr, v_at, v_stride, 6 * i, dst)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .direct_blocks import CHANNELS, LANES, POSITIONS, block_1x8, block_1x24, block_4x8, block_4x24
-from .ir_helpers import load_vector, python_max, splat, store_vector
+from .ir_helpers import load_vector, python_max, splat, store_positions
 
 #: Tiles per block (float32 lanes of a 256-bit vector).
 TILES = 8
@@ -68,10 +68,7 @@ def input_block(typingctx, phases, phase_size, pitch, t0, v, v_at, v_stride):
             # (Bᵀ d) B: columns 0 - 2, 1 + 2, 2 - 1, 1 - 3
             outputs = (fsub(e[i][0], e[i][2]), fadd(e[i][1], e[i][2]),
                        fsub(e[i][2], e[i][1]), fsub(e[i][1], e[i][3]))
-            for j, value in enumerate(outputs):
-                at = builder.add(builder.add(v_at, builder.mul(v_stride, constant(4 * i + j))),
-                                 t0)
-                store_vector(builder, value, v_ptr, at)
+            store_positions(builder, outputs, v_ptr, v_at, v_stride, 4 * i, t0)
         return context.get_dummy_value()
 
     return sig, codegen
