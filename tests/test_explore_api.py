@@ -180,7 +180,9 @@ def test_every_layer_equals_the_layers_run_by_hand(served, run_folder, tmp_path)
         x = layer(x)
         status, exact = served.get(f"/api/layer?input={result['id']}&layer={index}")
         assert status == 200 and exact["kind"] == type(layer).__name__
-        np.testing.assert_allclose(encode.unexact(exact), x[0], rtol=1e-6, atol=1e-6)
+        # The server computes on its own thread, where the kernels may split the work
+        # otherwise (the detector's layers measured up to 1.4e-6 apart): 1e-5.
+        np.testing.assert_allclose(encode.unexact(exact), x[0], rtol=1e-5, atol=1e-5)
         shown = result["layers"][index]
         assert shown["shape"] == list(x.shape[1:])
         if x.ndim == 4:     # pictures: the bytes read back within half a step

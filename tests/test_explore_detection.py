@@ -121,7 +121,9 @@ def test_every_layer_equals_the_layers_run_by_hand(served, explorer, run_folder,
         x = layer(x)
         status, exact = served.get(f"/api/layer?input={result['id']}&layer={index}")
         assert status == 200 and exact["kind"] == type(layer).__name__
-        np.testing.assert_allclose(encode.unexact(exact), x[0], rtol=1e-6, atol=1e-6)
+        # The server computes on its own thread, where the kernels may split the work
+        # otherwise: measured up to 1.4e-6 apart (values up to ~1), so 1e-5.
+        np.testing.assert_allclose(encode.unexact(exact), x[0], rtol=1e-5, atol=1e-5)
         picture = result["layers"][index]["maps"]
         np.testing.assert_allclose(encode.unpicture(picture), x[0], atol=half_step(picture))
     # The boxes are the decoded grid of that last output, mapped back to the picture's pixels.

@@ -16,6 +16,7 @@ import pytest
 
 from minicnn import inference, models, nn, optim
 from minicnn.kernels import network as K
+from minicnn.kernels.threads import blas_single_threaded
 from minicnn.nn.functional import softmax
 
 RTOL = 1e-4
@@ -162,6 +163,39 @@ def test_winograd4_steps_equal_the_layers(threads):
         for n in (1, 3, 19):
             x = rng.standard_normal((n, 3) + size).astype(np.float32)
             _close(inference.forward(net, x, n_threads=threads, use_plan=True), net(x))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mnist-cnn", "resnet20", "tiny-detector"])
+def test_groups_claimed_in_any_order_give_the_same_bits(name):
+    """The threads claim groups as they go (kernels.network.run_thread), so which thread
+    computes which group changes from call to call; the result must not. Here one thread
+    takes every group (the other none), then each takes its share of the rows (LeNet-5 and
+    the MNIST CNN end in linear layers, ResNet-20 in global pooling and a linear layer, the
+    detector in a convolution), and the output equals an ordinary two-thread call's bit for
+    bit, and that of repeated calls."""
+    net, shape = _model(name)
+    n = 3 if name == "tiny-detector" else 9
+    x = np.random.default_rng(5).standard_normal((n,) + shape).astype(np.float32)
+    expected = inference.forward(net, x, n_threads=2, use_plan=True)
+    _close(expected, net(x))
+    for _ in range(5):
+        np.testing.assert_array_equal(inference.forward(net, x, n_threads=2, use_plan=True),
+                                      expected)
+    prepared = inference._prepared(net, shape, False)
+    plan = prepared.plan
+    arena, scratch, packed, claims, _, out_size = plan.__dict__["_calls"][(n, 2)]
+    assert arena.groups >= 2
+    run = inference._entries[0].one_thread
+    for greedy in (0, 1):
+        out = np.full((n, out_size), np.nan, dtype=np.float32)
+        claims[0] = 0
+        with blas_single_threaded():    # as in a two-thread call (OpenBLAS's bits may
+            for phase, thread in ((K.GROUPS, greedy), (K.GROUPS, 1 - greedy),   # depend on
+                                  (K.ROWS, 0), (K.ROWS, 1)):                   # its threads)
+                run(prepared.program, plan._kernels, prepared.tensors, arena, x, out, scratch,
+                    packed, claims, phase, thread, 2)
+        assert claims[0] == arena.groups + 2      # one thread took them all; both asked once more
+        np.testing.assert_array_equal(out.reshape(expected.shape), expected)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

@@ -135,15 +135,19 @@ def _prepared(model: nn.Module, input_shape: tuple, softmax: bool) -> _Prepared:
     return prepared
 
 
-def _scratch(prepared: _Prepared, n_threads: int, group: int, share: int):
-    """The kernel's :class:`~minicnn.kernels.network.Arena` and the threads' scratch rows
-    (kept on the plan and reused while the batch's shape stays the same)."""
+def _scratch(prepared: _Prepared, n_threads: int, n: int):
+    """The kernel's :class:`~minicnn.kernels.network.Arena` and the threads' scratch rows for
+    a batch of ``n`` on ``n_threads`` threads (kept on the plan and reused while the batch's
+    shape stays the same): one per thread, then one whose row buffers hold the batch's rows
+    after the flatten (:func:`~minicnn.kernels.network.run_thread`; what a row leaves unused
+    is never touched, and so never takes memory)."""
     plan = prepared.plan
+    groups, group = grouping(plan, n, n_threads)
     arena = _network.Arena(buffers=_plan.BUFFERS, buffer_size=plan.activation_size * group,
                            cols_size=plan.cols_size * group,
                            conv_out_size=plan.conv_out_size * group,
-                           rows_size=plan.rows_features * share,
-                           fixed_size=plan.fixed_size, group=group,
+                           rows_size=plan.rows_features * n,
+                           fixed_size=plan.fixed_size, group=group, groups=groups,
                            rows_from=plan.rows_from)
     size = (arena.buffers * (arena.buffer_size + arena.rows_size) + arena.cols_size
             + arena.conv_out_size + arena.fixed_size)
@@ -151,16 +155,18 @@ def _scratch(prepared: _Prepared, n_threads: int, group: int, share: int):
     scratch = store.get((n_threads, size))
     if scratch is None:
         store.clear()
-        scratch = store[(n_threads, size)] = np.empty((n_threads, size), dtype=np.float32)
+        scratch = store[(n_threads, size)] = np.empty((n_threads + 1, size), dtype=np.float32)
     return arena, scratch
 
 
-def group_size(plan: NetworkPlan, per_thread: int) -> int:
-    """Samples a thread carries through the spatial steps at once: as many as fit in
-    :data:`GROUP_BYTES` or the plan's ``min_group`` (the chunk an F(4x4, 3x3) step's GEMMs
-    want), whichever is more, at least one, at most its share of the batch, and the share cut
-    into groups of equal size (32 as 16 + 16, not 27 + 5: a small last group pays each step's
-    fixed costs for a few samples).
+def grouping(plan: NetworkPlan, n: int, n_threads: int) -> tuple[int, int]:
+    """``(groups, group)``: a batch of ``n`` on ``n_threads`` threads is cut into ``groups``
+    groups of at most ``group`` samples, sizes differing by at most one (27 samples as 14 +
+    13, not 16 + 11: a small group pays each step's fixed costs for a few samples), a
+    multiple of ``n_threads`` groups where the batch allows (so that threads of equal speed
+    finish together). A group is as many samples as fit in :data:`GROUP_BYTES` or the plan's
+    ``min_group`` (the chunk an F(4x4, 3x3) step's GEMMs want), whichever is more, at least
+    one and at most a thread's even share of the batch.
 
     ResNet-20's activations hold 2 samples in 1 MiB; its 64-channel F(4x4, 3x3) steps on 2
     samples' 12 tiles ran slower than F(2x2, 3x3), on 16 samples' 96 tiles 20 % faster (one
@@ -168,9 +174,10 @@ def group_size(plan: NetworkPlan, per_thread: int) -> int:
     larger group (its activations are in L3 either way); 8 samples' 48 tiles as fast again."""
     per_sample = 4 * (_plan.BUFFERS * plan.activation_size + plan.cols_size
                       + plan.conv_out_size)
-    largest = max(1, min(per_thread, max(plan.min_group, GROUP_BYTES // max(per_sample, 1))))
-    groups = -(-per_thread // largest)
-    return -(-per_thread // groups)
+    share = -(-n // n_threads)
+    largest = max(1, min(share, max(plan.min_group, GROUP_BYTES // max(per_sample, 1))))
+    groups = min(n, n_threads * -(-share // largest))
+    return groups, -(-n // groups)
 
 
 _entries: list = []
@@ -242,16 +249,16 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
     calls = plan.__dict__.setdefault("_calls", {})
     call = calls.get((n, threads))
     if call is None:
-        share = -(-n // threads)
-        arena, scratch = _scratch(prepared, threads, group_size(plan, share), share)
+        arena, scratch = _scratch(prepared, threads, n)
+        claims = np.zeros(1, dtype=np.int64)    # the next group to claim
         packed = plan.__dict__.get("_packed")
         if packed is None:  # NaN never equals a filter: the first call transforms them all
             packed = plan.__dict__["_packed"] = np.full(max(plan.packed_size, 1), np.nan,
                                                         dtype=np.float32)
         calls.clear()       # one batch shape at a time keeps one set of scratch rows
-        call = calls[(n, threads)] = (arena, scratch, packed,
+        call = calls[(n, threads)] = (arena, scratch, packed, claims,
                                       (n,) + plan.output_shape, int(np.prod(plan.output_shape)))
-    arena, scratch, packed, out_shape, out_size = call
+    arena, scratch, packed, claims, out_shape, out_size = call
     out = np.empty((n, out_size), dtype=np.float32)
     program, tensors = prepared.program, prepared.tensors
     entry = _entry_points((program, tensors, arena, x, out, scratch, packed))
@@ -267,14 +274,17 @@ def forward(model: nn.Module, x: np.ndarray, softmax: bool = False,
         with (_threads.blas_single_threaded() if hold_blas else contextlib.nullcontext()):
             entry.split()(program, parts, kernels, tensors, arena, x, out, scratch, packed,
                           threads)
-    elif threads == 1:
+        return out.reshape(out_shape)
+    claims[0] = 0           # no group taken yet
+    if threads == 1:
         # One caller of BLAS: it may use its own threads as it likes (holding it at one and
         # back costs 6-9 us, a tenth of a small network's batch of one).
-        entry.one_thread(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)
+        entry.one_thread(program, kernels, tensors, arena, x, out, scratch, packed, claims,
+                         _network.WHOLE, 0, 1)
     else:
         with _threads.blas_single_threaded():       # each Numba thread calls BLAS itself
             entry.threads(entry.thread_pointer, program, kernels, tensors, arena, x, out,
-                          scratch, packed, threads)
+                          scratch, packed, claims, threads)
     return out.reshape(out_shape)
 
 

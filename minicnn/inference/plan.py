@@ -120,7 +120,7 @@ class NetworkPlan:
     min_group : int
         The fewest samples a thread should carry through the spatial steps at once: an F(4x4,
         3x3) step's GEMMs want a chunk of :data:`~minicnn.kernels.network.WINOGRAD4_TILES`
-        tiles (:func:`minicnn.inference.group_size`).
+        tiles (:func:`minicnn.inference.grouping`).
     rows_from : int
         The first step after the flatten (the number of steps when there is none): steps
         from here on run on a thread's whole share of the batch at once.

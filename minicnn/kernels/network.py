@@ -46,6 +46,7 @@ from numba.core.types.function_type import CompileResultWAP
 from numba.extending import intrinsic
 
 from . import parallel_compile, winograd4
+from .claims import claim
 from .blas import NO_TRANS, TRANS
 from .blas import gemm as _gemm
 from .direct_blocks import CHANNELS as BLOCK_CHANNELS
@@ -121,18 +122,20 @@ STEP_DTYPE = np.dtype([(name, np.float64 if name in ("slope", "bn_eps") else np.
 class Arena(NamedTuple):
     """Where a thread's scratch row is cut up (sizes in float32 elements), and how it walks.
 
-    A thread runs the *spatial* steps (``program`` steps ``[0, rows_from)``, up to and
-    including a flatten) on ``group`` samples at a time, each group through all of them while
-    its activations are in cache; the flatten writes each group's features into a row buffer
-    that holds the thread's whole share, and the *row* steps (``[rows_from, steps)``: linear
-    layers) then run once on the whole share, so that a linear layer's weights are read once
-    per call, not once per group.
+    The batch is cut into ``groups`` groups of at most ``group`` samples (sizes differing by at
+    most one), which the threads claim one at a time (:func:`run_thread`). A thread runs the
+    *spatial* steps (``program`` steps ``[0, rows_from)``, up to and including a flatten) on a
+    group, through all of them while its activations are in cache; the flatten writes each
+    group's features into the batch's row buffers (a scratch row of their own), and the
+    *row* steps (``[rows_from,
+    steps)``: linear layers) then run once on each thread's fixed share of the rows, so that a
+    linear layer's weights are read once per thread and call, not once per group.
 
     ``buffers`` spatial buffers of ``buffer_size`` start at 0; then a convolution's working
     space for a group (``cols_size``: the unrolled matrix, the padded copy, Winograd's
     transformed tiles), its unpooled output (``conv_out_size``), ``buffers`` row buffers of
-    ``rows_size``, and working space whose size does not grow with the group
-    (``fixed_size``: Winograd's transformed filters, one output plane).
+    ``rows_size`` (room for the whole batch's rows), and working space whose size does not grow with the group (``fixed_size``: Winograd's
+    transformed filters, one output plane).
     """
 
     buffers: int
@@ -142,6 +145,7 @@ class Arena(NamedTuple):
     rows_size: int
     fixed_size: int
     group: int
+    groups: int
     rows_from: int
 
 
@@ -1167,55 +1171,86 @@ def _step_kernel_at(typingctx, address):
 # --------------------------------------------------------------------------------------------
 # One thread's share of the batch, and the entries
 # --------------------------------------------------------------------------------------------
+#: What a call of :func:`run_thread` does (its ``phase``): the spatial steps on the groups it
+#: claims; the row steps on its share of the batch's rows; or both, one after the other (a
+#: call on one thread).
+GROUPS, ROWS, WHOLE = range(3)
+
+
 @njit(**_JIT)
-def run_thread(program, kernels, tensors, arena, x, out, scratch, packed, thread, n_threads):
-    """Thread ``thread`` of ``n_threads``: its share of the batch through every step of
-    ``program`` (see :class:`Arena` for the order), each step by its step kernel, whose
-    address is ``kernels[p.kernel]`` (:meth:`Entries.kernels`); outputs into ``out (N,
-    features)``."""
+def run_thread(program, kernels, tensors, arena, x, out, scratch, packed, claims, phase,
+               thread, n_threads):
+    """Thread ``thread`` of ``n_threads``: the batch through every step of ``program`` (see
+    :class:`Arena` for the order), each step by its step kernel, whose address is
+    ``kernels[p.kernel]`` (:meth:`Entries.kernels`); outputs into ``out (N, features)``.
+
+    Phase :data:`GROUPS`: the batch is cut into ``arena.groups`` groups, group ``k`` being
+    samples ``[k*N // groups, (k+1)*N // groups)``, which the threads claim one at a time
+    (:mod:`~minicnn.kernels.claims`, on ``claims[0]``, which the caller sets to 0): a thread
+    slowed by another process on its core takes fewer of them instead of holding the call
+    up. Each group goes through the spatial steps while its activations are in this thread's
+    cache; a flatten writes its rows to their place in the batch's row buffers (those of
+    ``scratch[n_threads]``, a row after the threads' own). Phase :data:`ROWS` (after every
+    thread's groups, a parallel region later): the row steps on this thread's fixed share of
+    the rows, so that a linear layer's weights are read once per thread and call. Neither phase's result depends on which thread
+    took which group: a call gives the same bits however its groups were claimed."""
     n = x.shape[0]
-    first, last = thread * n // n_threads, (thread + 1) * n // n_threads
-    row = scratch[thread]
+    groups = arena.groups
+    own = scratch[thread]
     size, rows_size = arena.buffer_size, arena.rows_size
     cols_at = arena.buffers * size
-    cols = row[cols_at:cols_at + arena.cols_size]
+    cols = own[cols_at:cols_at + arena.cols_size]
     conv_out_at = cols_at + arena.cols_size
-    conv_out = row[conv_out_at:conv_out_at + arena.conv_out_size]
+    conv_out = own[conv_out_at:conv_out_at + arena.conv_out_size]
     rows_at = conv_out_at + arena.conv_out_size
     fixed_at = rows_at + arena.buffers * rows_size
-    fixed = row[fixed_at:fixed_at + arena.fixed_size]
-    empty = row[:0]
+    fixed = own[fixed_at:fixed_at + arena.fixed_size]
+    batch_rows = scratch[n_threads]     # the batch's row buffers (after the threads' own)
+    empty = own[:0]
     steps = program.shape[0]
     final = program[steps - 1]
-    for start in range(first, last, arena.group):
-        g = min(arena.group, last - start)
-        _load_group(x, row[:size], start, g)
-        for step in range(arena.rows_from):
-            p = program[step]
-            src = row[p.src * size:(p.src + 1) * size]
-            if p.op == FLATTEN:       # into the share's row buffer, at this group
-                at = rows_at + p.dst * rows_size
-                dst = row[at + (start - first) * p.c_out:at + rows_size]
-            else:
-                dst = row[p.dst * size:(p.dst + 1) * size]
-            residual = empty
-            if p.residual != NONE:
-                residual = row[p.residual * size:(p.residual + 1) * size]
-            kernel = _step_kernel_at(kernels[p.kernel])
-            kernel(p, tensors, src, dst, residual, cols, conv_out, fixed, packed, g)
-        if final.rows == 0:
-            _store_group(row[final.dst * size:(final.dst + 1) * size], out, start, g,
-                         final.c_out, final.h_out * final.w_out, False)
-    if final.rows == 1 and last > first:
-        share = last - first
+    if phase != ROWS:
+        while True:
+            k = claim(claims, 0)
+            if k >= groups:
+                break
+            start, stop = k * n // groups, (k + 1) * n // groups
+            g = stop - start
+            _load_group(x, own[:size], start, g)
+            for step in range(arena.rows_from):
+                p = program[step]
+                src = own[p.src * size:(p.src + 1) * size]
+                if p.op == FLATTEN:       # into the batch's row buffer, at this group's rows
+                    at = rows_at + p.dst * rows_size
+                    dst = batch_rows[at + start * p.c_out:at + rows_size]
+                else:
+                    dst = own[p.dst * size:(p.dst + 1) * size]
+                residual = empty
+                if p.residual != NONE:
+                    residual = own[p.residual * size:(p.residual + 1) * size]
+                kernel = _step_kernel_at(kernels[p.kernel])
+                kernel(p, tensors, src, dst, residual, cols, conv_out, fixed, packed, g)
+            if final.rows == 0:
+                _store_group(own[final.dst * size:(final.dst + 1) * size], out, start, g,
+                             final.c_out, final.h_out * final.w_out, False)
+    first, last = thread * n // n_threads, (thread + 1) * n // n_threads
+    if phase != GROUPS and final.rows == 1 and last > first:
+        # The first row step reads the share's rows from the batch's; from there on every
+        # step reads and writes this thread's own row buffers (the steps' row lengths
+        # differ: in a buffer both threads wrote, one's rows of 10 features would land on
+        # the other's rows of 3136).
+        source = batch_rows
+        src_at = rows_at + program[arena.rows_from - 1].dst * rows_size + first * (
+            program[arena.rows_from - 1].c_out)
         for step in range(arena.rows_from, steps):
             p = program[step]
-            src = row[rows_at + p.src * rows_size:rows_at + (p.src + 1) * rows_size]
-            dst = row[rows_at + p.dst * rows_size:rows_at + (p.dst + 1) * rows_size]
+            dst_at = rows_at + p.dst * rows_size
             kernel = _step_kernel_at(kernels[p.kernel])
-            kernel(p, tensors, src, dst, empty, cols, conv_out, fixed, packed, share)
-        _store_group(row[rows_at + final.dst * rows_size:rows_at + (final.dst + 1) * rows_size],
-                     out, first, share, final.c_out, 1, True)
+            kernel(p, tensors, source[src_at:src_at + rows_size], own[dst_at:dst_at + rows_size],
+                   empty, cols, conv_out, fixed, packed, last - first)
+            source, src_at = own, dst_at
+        _store_group(source[src_at:src_at + rows_size], out, first, last - first,
+                     final.c_out, 1, True)
 
 
 @njit(**_INNER)
@@ -1259,17 +1294,23 @@ def refresh_packed(program, tensors, packed):
 
 
 def _run_threads(thread_kernel, program, kernels, tensors, arena, x, out, scratch, packed,
-                 n_threads):
-    """:func:`run_thread` on ``n_threads`` threads, one parallel region. ``thread_kernel`` is
-    :func:`run_thread` as a function pointer (:class:`Entries`): called directly, its code
-    would be compiled again inside this loop (2.5 s more of a cold start, against 3.5 us a
-    call to pass the pointer, on calls of two samples or more)."""
+                 claims, n_threads):
+    """:func:`run_thread` on ``n_threads`` threads: one parallel region for the groups, and
+    where the program has row steps a second one for them (its start is the barrier: a share
+    of rows may come from any thread's groups). ``thread_kernel`` is :func:`run_thread` as a
+    function pointer (:class:`Entries`): called directly, its code would be compiled again
+    inside these loops (2.5 s more of a cold start, against 3.5 us a call to pass the
+    pointer, on calls of two samples or more)."""
     for thread in prange(n_threads):
-        thread_kernel(program, kernels, tensors, arena, x, out, scratch, packed,
-                      np.intp(thread), n_threads)
+        thread_kernel(program, kernels, tensors, arena, x, out, scratch, packed, claims,
+                      GROUPS, np.intp(thread), n_threads)
+    if program[program.shape[0] - 1].rows == 1:
+        for thread in prange(n_threads):
+            thread_kernel(program, kernels, tensors, arena, x, out, scratch, packed, claims,
+                          ROWS, np.intp(thread), n_threads)
 
 
-_run_threads_jit = njit(parallel=True, **_JIT)(_run_threads)
+_run_threads_jit = njit(parallel={"fusion": False}, **_JIT)(_run_threads)
 
 
 #: A step of a batch of one is split over threads (each computing a part of its output
@@ -1394,13 +1435,15 @@ def entry_signatures(arg_types: tuple) -> dict:
     :func:`run_split`."""
     program_t = arg_types[0]
     table_t = types.Array(types.int64, 1, "C")
-    thread_args = (program_t, table_t) + arg_types[1:] + (types.intp, types.intp)
+    claims_t = types.Array(types.int64, 1, "C")
+    thread_args = (program_t, table_t) + arg_types[1:] + (claims_t, types.intp, types.intp,
+                                                           types.intp)
     signatures = {kernel.__name__: STEP_KERNEL_TYPE.signature.args
                   for kernel in STEP_KERNELS + (_no_step,)}
     signatures.update(
         refresh_packed=(program_t, arg_types[1], arg_types[6]),
         run_thread=thread_args,
-        _run_threads_jit=((types.FunctionType(types.void(*thread_args)),) + thread_args[:-2]
+        _run_threads_jit=((types.FunctionType(types.void(*thread_args)),) + thread_args[:-3]
                           + (types.intp,)),
         run_split=((program_t, types.Array(program_t.dtype, 2, "C"), table_t) + arg_types[1:]
                    + (types.intp,)))
@@ -1433,9 +1476,9 @@ class Entries:
     Attributes (after :meth:`kernels`)
     ----------------------------------
     refresh : ``(program, tensors, packed)``, :func:`refresh_packed`.
-    one_thread : ``(program, kernels, tensors, arena, x, out, scratch, packed, 0, 1)``,
-        :func:`run_thread`.
-    threads : ``(thread_pointer, program, kernels, ..., packed, n_threads)``, running
+    one_thread : ``(program, kernels, tensors, arena, x, out, scratch, packed, claims,
+        WHOLE, 0, 1)``, :func:`run_thread`.
+    threads : ``(thread_pointer, program, kernels, ..., packed, claims, n_threads)``, running
         :func:`run_thread` on ``n_threads`` threads.
     thread_pointer : :func:`run_thread` as a function pointer, for ``threads``.
     """
