@@ -1098,9 +1098,8 @@ print(plan)
 #   in registers (`minicnn/kernels/direct_blocks.py`). With `K = 9` or `25` terms per
 #   output, a GEMM spends its time packing and on its edges; the block has nothing to pack.
 # - **flatten** turns each sample's maps into one row of features, the layout a linear
-#   layer's GEMM wants; from there on, the **linear** steps take the rows of all the
-#   samples a thread holds (its share of the batch) in one GEMM, with the bias and
-#   activation in the same pass.
+#   layer's GEMM wants; from there on, the **linear** steps take the rows of a thread's
+#   share of the batch in one GEMM, with the bias and activation in the same pass.
 # - The *buffers* are a few per-thread scratch arrays that the steps read and write in turn
 #   (0 -> 1 -> 0 ...): allocated once and reused from call to call, not once per layer.
 #

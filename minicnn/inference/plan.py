@@ -123,7 +123,7 @@ class NetworkPlan:
         tiles (:func:`minicnn.inference.grouping`).
     rows_from : int
         The first step after the flatten (the number of steps when there is none): steps
-        from here on run on a thread's whole share of the batch at once.
+        from here on run on a thread's share of the batch's rows at once.
     fallback : str or None
         Why this model cannot run as a plan (then ``steps`` is empty).
     warn : bool

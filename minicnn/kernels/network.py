@@ -5,11 +5,11 @@
 batch norm, residual add, activation and 2x2 max pooling; a pooling; a flatten; a linear layer
 with its epilogue; a softmax. This module runs a program: :func:`run_thread` and its parallel
 loop are the one compiled call per batch, and each step runs in its *step kernel*
-(:data:`STEP_KERNELS`), called through a function pointer. Each Numba thread takes its share
-of the batch in *groups* of a few samples and carries each group through **every** step
-before it starts the next group, so a group's activations stay in that thread's cache from
-one layer to the next and there is one parallel region per call, not one per layer, and no
-Python between layers.
+(:data:`STEP_KERNELS`), called through a function pointer. Each Numba thread claims *groups*
+of a few samples, one at a time, and carries each group through **every** spatial step
+before it claims the next, so a group's activations stay in that thread's cache from one
+layer to the next; the linear layers then take each thread's share of the rows. One or two
+parallel regions per call, not one per layer, and no Python between layers.
 
 Layout inside a thread. A group's activations live in one of a few per-thread *buffers*
 (``p.src`` and ``p.dst`` say which): spatially as ``(C, G, H, W)``
@@ -1169,7 +1169,7 @@ def _step_kernel_at(typingctx, address):
 
 
 # --------------------------------------------------------------------------------------------
-# One thread's share of the batch, and the entries
+# A thread's groups and rows of the batch, and the entries
 # --------------------------------------------------------------------------------------------
 #: What a call of :func:`run_thread` does (its ``phase``): the spatial steps on the groups it
 #: claims; the row steps on its share of the batch's rows; or both, one after the other (a
