@@ -115,11 +115,11 @@ def test_kernel_residual_and_relu_are_the_separate_passes(dtype):
     residual = rng.standard_normal(x.shape).astype(dtype)
     y, *_ = batchnorm.forward(x, gamma, beta, 1e-5)
     for res in (None, residual):
-        fused, x_hat, _, _, inv_std = batchnorm.forward(x, gamma, beta, 1e-5, res, True)
+        fused, mean, _, inv_std = batchnorm.forward(x, gamma, beta, 1e-5, res, True)
         expected = pointwise.relu_forward(y if res is None else y + res)
         np.testing.assert_array_equal(fused, expected)
         dy = rng.standard_normal(x.shape).astype(dtype)
-        got = batchnorm.backward(dy, x_hat, gamma, inv_std, relu_out=fused)
-        want = batchnorm.backward(pointwise.relu_backward(dy, fused), x_hat, gamma, inv_std)
+        got = batchnorm.backward(dy, x, mean, gamma, inv_std, relu_out=fused)
+        want = batchnorm.backward(pointwise.relu_backward(dy, fused), x, mean, gamma, inv_std)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -57,13 +57,13 @@ class _BatchNorm(Module):
                                  f"input shape {x.shape}")
             fast = self._fast(x)
             if fast is not None:
-                y, x_hat, mean, var, inv_std, gamma = fast
+                y, normalised, mean, var, inv_std, gamma = fast
             else:
                 mean = x.mean(axis=axes, dtype=x.dtype)
                 var = x.var(axis=axes, dtype=x.dtype)
             self._track(mean, var, count)
             if fast is not None:
-                self._cache = (x_hat, inv_std, gamma, use_batch_stats, axes, shape, True)
+                self._cache = (normalised, inv_std, gamma, use_batch_stats, axes, shape, True)
                 return self._output(y)
         else:
             mean = as_dtype(self.running_mean, x.dtype)
@@ -89,8 +89,11 @@ class _BatchNorm(Module):
     def _fast(self, x, residual=None, relu=False):
         """Batch statistics by :mod:`minicnn.kernels.batchnorm` (one parallel loop over the
         channels) where the numba backend is the default and ``x`` has values beyond the
-        channel axis: ``(y, x_hat, mean, var, inv_std, gamma)``; else None (NumPy above, the
-        definition). ``residual`` and ``relu``: see :meth:`_fused_forward`."""
+        channel axis: ``(y, (x, mean), mean, var, inv_std, gamma)``, ``(x, mean)`` what backward
+        recomputes ``x̂`` from (the input itself, (N, C, L), kept rather than an ``x̂`` of the
+        same size written: as PyTorch, changing the input in place before backward changes
+        the gradient); else None (NumPy above, the definition). ``residual`` and ``relu``:
+        see :meth:`_fused_forward`."""
         if (x.ndim < 3 or x.dtype not in (np.float32, np.float64)
                 or kernels.get_default_backend() != "numba"):
             return None
@@ -99,15 +102,14 @@ class _BatchNorm(Module):
                  else np.ones(x.shape[1], dtype=x.dtype))
         beta = (as_dtype(self.bias.data, x.dtype) if self.affine
                 else np.zeros(x.shape[1], dtype=x.dtype))
-        y, x_hat, mean, var, inv_std = batchnorm.forward(flat, gamma, beta, self.eps,
-                                                         residual, relu)
-        return y.reshape(x.shape), x_hat, mean, var, inv_std, gamma
+        y, mean, var, inv_std = batchnorm.forward(flat, gamma, beta, self.eps, residual, relu)
+        return y.reshape(x.shape), (flat, mean), mean, var, inv_std, gamma
 
     def _fused_forward(self, x, residual, relu) -> np.ndarray | None:
         """``relu(self(x) + residual)`` (``residual`` None: ``relu(self(x))``) in one pass of
         the fast kernel, for a block that ends in this batch norm and the :class:`ReLU`
         ``relu`` (:class:`~minicnn.nn.BasicBlock`). Each layer keeps what its own forward
-        would have kept (this one its statistics and ``x̂``, ``relu`` its output), so each
+        would have kept (this one its statistics and input, ``relu`` its output), so each
         one's ``backward`` still works on its own; the values are the same bit for bit as
         the layers one after another. Returns None, having changed nothing, where the fast
         kernel would not run this batch norm on ``x`` (not training with batch statistics,
@@ -122,10 +124,10 @@ class _BatchNorm(Module):
         fast = self._fast(x, residual, True)
         if fast is None:
             return None
-        y, x_hat, mean, var, inv_std, gamma = fast
+        y, normalised, mean, var, inv_std, gamma = fast
         self._track(mean, var, count)
         axes, shape = self._axes_and_shape(x)
-        self._cache = (x_hat, inv_std, gamma, True, axes, shape, True)
+        self._cache = (normalised, inv_std, gamma, True, axes, shape, True)
         self._output(y)         # (the shape and dtype of this layer's own output: the same)
         return relu._remember(y)
 
@@ -134,11 +136,12 @@ class _BatchNorm(Module):
         without a residual (``dy`` is the gradient at ``relu``'s output)."""
         dy = relu._check_dy(dy, relu._y)
         self._require_forward(self._cache)
-        x_hat, inv_std, gamma, _, _, _, fast = self._cache
+        normalised, inv_std, gamma, _, _, _, fast = self._cache
         if not fast:
             raise RuntimeError(f"{type(self).__name__}: backward through a ReLU needs the "
                                f"fused forward before it")
-        dx, dgamma, dbeta = batchnorm.backward(dy.reshape(x_hat.shape), x_hat, gamma, inv_std,
+        x, mean = normalised
+        dx, dgamma, dbeta = batchnorm.backward(dy.reshape(x.shape), x, mean, gamma, inv_std,
                                                relu_out=relu._y)
         if self.affine:
             self.weight.accumulate_grad(dgamma)
@@ -160,14 +163,16 @@ class _BatchNorm(Module):
         ``dx = inv_std / n * (n * dx̂ - Σ dx̂ - x̂ Σ(dx̂ x̂))`` with ``dx̂ = dy * gamma``;
         with running statistics they are constants and ``dx = dy * gamma * inv_std``."""
         dy = self._check_dy(dy, self._cache)
-        x_hat, inv_std, gamma, use_batch_stats, axes, shape, fast = self._cache
+        saved, inv_std, gamma, use_batch_stats, axes, shape, fast = self._cache
         if fast:            # forward ran minicnn.kernels.batchnorm: its backward, the same formula
-            dx, dgamma, dbeta = batchnorm.backward(dy.reshape(x_hat.shape), x_hat, gamma,
+            x, mean = saved     # (x̂ recomputed from them)
+            dx, dgamma, dbeta = batchnorm.backward(dy.reshape(x.shape), x, mean, gamma,
                                                    inv_std)
             if self.affine:
                 self.weight.accumulate_grad(dgamma)
                 self.bias.accumulate_grad(dbeta)
             return dx.reshape(dy.shape)
+        x_hat = saved
         if self.affine:
             self.weight.accumulate_grad((dy * x_hat).sum(axis=axes))
             self.bias.accumulate_grad(dy.sum(axis=axes))
