@@ -127,15 +127,15 @@ class Arena(NamedTuple):
     *spatial* steps (``program`` steps ``[0, rows_from)``, up to and including a flatten) on a
     group, through all of them while its activations are in cache; the flatten writes each
     group's features into the batch's row buffers (a scratch row of their own), and the
-    *row* steps (``[rows_from,
-    steps)``: linear layers) then run once on each thread's fixed share of the rows, so that a
-    linear layer's weights are read once per thread and call, not once per group.
+    *row* steps (``[rows_from, steps)``: linear layers) then run once on each thread's fixed
+    share of the rows, so that a linear layer's weights are read once per thread and call,
+    not once per group.
 
     ``buffers`` spatial buffers of ``buffer_size`` start at 0; then a convolution's working
     space for a group (``cols_size``: the unrolled matrix, the padded copy, Winograd's
     transformed tiles), its unpooled output (``conv_out_size``), ``buffers`` row buffers of
-    ``rows_size`` (room for the whole batch's rows), and working space whose size does not grow with the group (``fixed_size``: Winograd's
-    transformed filters, one output plane).
+    ``rows_size`` (room for the whole batch's rows), and working space whose size does not
+    grow with the group (``fixed_size``: Winograd's transformed filters, one output plane).
     """
 
     buffers: int
@@ -1192,8 +1192,9 @@ def run_thread(program, kernels, tensors, arena, x, out, scratch, packed, claims
     cache; a flatten writes its rows to their place in the batch's row buffers (those of
     ``scratch[n_threads]``, a row after the threads' own). Phase :data:`ROWS` (after every
     thread's groups, a parallel region later): the row steps on this thread's fixed share of
-    the rows, so that a linear layer's weights are read once per thread and call. Neither phase's result depends on which thread
-    took which group: a call gives the same bits however its groups were claimed."""
+    the rows, so that a linear layer's weights are read once per thread and call. Neither
+    phase's result depends on which thread took which group: a call gives the same bits
+    however its groups were claimed."""
     n = x.shape[0]
     groups = arena.groups
     own = scratch[thread]
@@ -1310,6 +1311,8 @@ def _run_threads(thread_kernel, program, kernels, tensors, arena, x, out, scratc
                           ROWS, np.intp(thread), n_threads)
 
 
+# No loop fusion: Numba sees no dependency between the two loops (the calls go through a
+# pointer), and fused they would lose the barrier the second one needs.
 _run_threads_jit = njit(parallel={"fusion": False}, **_JIT)(_run_threads)
 
 
