@@ -91,9 +91,10 @@ class _BatchNorm(Module):
         channels) where the numba backend is the default and ``x`` has values beyond the
         channel axis: ``(y, (x, mean), mean, var, inv_std, gamma)``, ``(x, mean)`` what backward
         recomputes ``x̂`` from (the input itself, (N, C, L), kept rather than an ``x̂`` of the
-        same size written: as PyTorch, changing the input in place before backward changes
-        the gradient); else None (NumPy above, the definition). ``residual`` and ``relu``:
-        see :meth:`_fused_forward`."""
+        same size written; PyTorch keeps its input too, and refuses a backward after the input
+        was changed in place, where this one would silently use the changed values); else
+        None (NumPy above, the definition). ``residual`` and ``relu``: see
+        :meth:`_fused_forward`."""
         if (x.ndim < 3 or x.dtype not in (np.float32, np.float64)
                 or kernels.get_default_backend() != "numba"):
             return None
