@@ -34,6 +34,11 @@ GRID = [
     (6, 32, 4, (0, 2, 2, 0), True, (8, 7)),        # asymmetric, left even
     (67, 32, 16, (1, 1, 1, 1), True, (4, 4)),      # many samples per group: partial groups
     (3, 32, 2, (1, 1, 1, 1), True, (1, 1)),        # one output pixel per sample
+    # 8 tiles or more a row: transformed from a padded copy (winograd.PADDED_MIN_TILES)
+    (3, 16, 8, (1, 1, 1, 1), False, (16, 16)),     # one block of 8 tiles a row
+    (2, 20, 5, (1, 2, 1, 0), True, (11, 19)),      # asymmetric, 9 tiles: overlapping blocks
+    (2, 17, 4, (2, 2, 2, 2), True, (6, 17)),       # left padding even, odd output width
+    (3, 16, 3, (0, 0, 0, 0), False, (7, 24)),      # 'valid', 11 tiles a row
 ]
 
 
@@ -249,6 +254,44 @@ def test_a_nan_reaches_at_least_the_windows_it_is_in(rng):
     # ... and only within the 2x2 output tiles whose 4x4 input block holds the NaN.
     rows, cols = np.nonzero(nan_winograd[1].any(axis=0))
     assert rows.min() >= 2 and rows.max() <= 5 and cols.min() >= 2 and cols.max() <= 5
+
+
+@pytest.mark.parametrize("pads,hw", [((1, 1, 1, 1), (32, 32)), ((1, 1, 1, 1), (16, 16)),
+                                     ((1, 2, 1, 0), (11, 19)), ((2, 2, 2, 2), (6, 17)),
+                                     ((0, 0, 0, 0), (7, 24))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_transform_from_a_padded_copy_equals_the_phases(pads, hw, dtype, rng):
+    """Planes of 8 or more tiles a row are transformed from a padded copy
+    (winograd._pad_plane, then winograd_blocks.input_tiles_padded for float32: blocks of 8
+    tiles of one row, the last overlapping where a row is not whole blocks; winograd.
+    _input_rows for float64): the same V as through the phases, bit for bit, every tile of
+    the wide grid but its garbage last column, zeros there, and nothing written outside the
+    plane's tiles."""
+    from minicnn.kernels import winograd_blocks
+    h, w = hw
+    top, bottom, left, right = pads
+    th, tw = (h + top + bottom - 1) // 2, (w + left + right - 1) // 2
+    assert tw >= winograd.PADDED_MIN_TILES
+    x = rng.standard_normal((2, 3, h, w)).astype(dtype)
+    pitch, per_sample = tw + 1, th * (tw + 1)
+    phases = np.zeros((4, th + 2, pitch), dtype)
+    rows = np.empty((8, per_sample + 1), dtype)
+    padded = np.zeros((2 * th + 2) * 2 * pitch, dtype)
+    capacity = 2 * per_sample + 5
+    expected = np.full((16, 3, capacity), 7.0, dtype)
+    got = expected.copy()
+    rows_of = winograd_blocks.input_tiles_padded if dtype == np.float32 else winograd._input_rows
+    for n in range(2):
+        for c in range(3):
+            winograd._split_phases(x, n, c, top, left, phases)
+            winograd._input_transform(phases, c, n * per_sample, rows, expected)
+            winograd._pad_plane(x, n, c, top, left, padded, 2 * pitch)
+            rows_of(padded, 2 * pitch, th, tw, pitch, got.reshape(-1),
+                    c * capacity + n * per_sample, 3 * capacity)
+    garbage = np.zeros(capacity, bool)
+    garbage[[n * per_sample + ty * pitch + tw for n in range(2) for ty in range(th)]] = True
+    np.testing.assert_array_equal(got[:, :, ~garbage], expected[:, :, ~garbage])
+    assert (got[:, :, garbage] == 0).all()
 
 
 @pytest.mark.parametrize("hw", [(14, 14), (13, 11), (8, 8), (3, 5), (3, 3)])

@@ -418,14 +418,14 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size,
             tiles_h, tiles_w, pitch = winograd4.tiles_of(out_h, out_w)
             per_sample = tiles_h * pitch
             capacity = winograd4.capacity(max(1, K.WINOGRAD4_TILES // per_sample),
-                                          per_sample, tiles_h * tiles_w)
+                                          per_sample, tiles_h * tiles_w, c_in,
+                                          conv.out_channels)
             fixed = (winograd4.phases_size(tiles_h, pitch)
                      + (winograd4.POSITIONS * (c_in + conv.out_channels) + 16) * capacity)
             return K.WINOGRAD4, 0, fixed
         tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
         per_sample = tiles_h * (tiles_w + 1)        # tiles of one sample, on the wide grid
-        capacity = max(1, K.WINOGRAD_TILES // per_sample) * per_sample
-        capacity = -(-capacity // K.BLOCK_POSITIONS) * K.BLOCK_POSITIONS   # whole blocks
+        capacity = int(K.winograd_capacity(per_sample, c_in, conv.out_channels))
         fixed = (4 * (tiles_h + 2) * (tiles_w + 1)
                  + (16 * c_in + 16 * conv.out_channels + 12) * capacity)
         return K.WINOGRAD, 0, fixed

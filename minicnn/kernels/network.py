@@ -54,9 +54,10 @@ from .direct_blocks import POSITIONS as BLOCK_POSITIONS
 from .direct_blocks import block_1x24, block_4x24
 from .direct_blocks import (POOLED_CHANNELS, POOLED_COLUMNS, pooled_1_plain, pooled_1_relu,
                             pooled_2_plain, pooled_2_relu)
-from .winograd import _split_phases, filters_into, transform_columns
+from .winograd import (PADDED_MIN_TILES, _pad_plane, _split_phases, filters_into,
+                       transform_columns)
 from .winograd_blocks import TILES as WINOGRAD_BLOCK_TILES
-from .winograd_blocks import (input_tiles, output_block, output_pooled_plain,
+from .winograd_blocks import (input_tiles, input_tiles_padded, output_block, spread_columns, output_pooled_plain,
                               output_pooled_relu, products)
 
 _JIT = dict(cache=True, nogil=True)
@@ -714,6 +715,16 @@ WINOGRAD_TILES = 196
 
 
 @njit(**_JIT)
+def winograd_capacity(per_sample, c_in, c_out):
+    """Columns of a row of :func:`conv_winograd_step`'s ``V`` and ``M`` for planes of
+    ``per_sample`` wide-grid tiles: a chunk's tiles rounded up to whole register blocks, and
+    spread over the L1 cache's sets (:func:`minicnn.kernels.winograd_blocks.spread_columns`)."""
+    chunk = max(1, WINOGRAD_TILES // per_sample)
+    return spread_columns(-(-chunk * per_sample // BLOCK_POSITIONS) * BLOCK_POSITIONS, c_in,
+                          c_out, 16)
+
+
+@njit(**_JIT)
 def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, g):
     """Winograd's F(2x2, 3x3) (:mod:`minicnn.kernels.winograd`, whose input and output
     transforms this calls), a few samples at a time: their tiles transformed, 16 GEMMs
@@ -727,11 +738,10 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     pitch = tw + 1
     per_sample = th * pitch
     chunk = max(1, WINOGRAD_TILES // per_sample)
-    # a row of V and M holds a chunk's tiles, rounded up to whole register blocks
-    capacity = -(-chunk * per_sample // BLOCK_POSITIONS) * BLOCK_POSITIONS
+    capacity = winograd_capacity(per_sample, c_in, c_out)     # a row of V and M
     # the transformed filters (kept between calls: refresh_packed); working space: the phases
-    # of one plane, then the chunk's transformed tiles V, products M, Aᵀ M sums and output
-    # rows
+    # of one plane (or its padded copy, smaller), then the chunk's transformed tiles V,
+    # products M, Aᵀ M sums and output rows
     packed_at = p.packed_at + c_out * c_in * 9
     u = packed[packed_at:packed_at + 16 * c_out * c_in]
     at = 0
@@ -754,6 +764,10 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     flat_phases = phases.reshape(4 * phase_size)
     for k in range(flat_phases.shape[0]):          # the phases' border cells stay zero
         flat_phases[k] = 0
+    # Rows of 8 tiles or more: each plane transformed from a padded copy (in the phases'
+    # space, its border zero), 2 * th + 2 rows of 2 * pitch (winograd.PADDED_MIN_TILES)
+    padded_rows = tw >= PADDED_MIN_TILES
+    padded_pitch = 2 * pitch
     planes = x[:c_in * g * h * w].reshape((c_in, g, h, w))
     zero = np.float32(0)
     for s0 in range(0, g, chunk):
@@ -761,10 +775,16 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
         tiles = count * per_sample
         for c in range(c_in):
             for slot in range(count):
-                # _split_phases reads x[n, c]: here (channel, sample) of (C, g, H, W)
-                _split_phases(planes, c, s0 + slot, top, left, phases)
-                input_tiles(flat_phases, phase_size, pitch, per_sample, v_flat,
-                            c * capacity + slot * per_sample, c_in * capacity)
+                # _pad_plane and _split_phases read x[n, c]: here (channel, sample) of (C, g,
+                # H, W)
+                if padded_rows:
+                    _pad_plane(planes, c, s0 + slot, top, left, flat_phases, padded_pitch)
+                    input_tiles_padded(flat_phases, padded_pitch, th, tw, pitch, v_flat,
+                                       c * capacity + slot * per_sample, c_in * capacity)
+                else:
+                    _split_phases(planes, c, s0 + slot, top, left, phases)
+                    input_tiles(flat_phases, phase_size, pitch, per_sample, v_flat,
+                                c * capacity + slot * per_sample, c_in * capacity)
         # M[ξ] (C_out, tiles) = U[ξ] (C_out, C_in) @ V[ξ] (C_in, tiles): register blocks of 4
         # channels x 24 tiles over K = C_in (the last block's columns past ``tiles`` are
         # garbage, never read); OpenBLAS on these short, thin products ran at a third of peak
@@ -841,7 +861,7 @@ def conv_winograd4_step(p, tensors, x, y, residual, work, conv_out, fixed, packe
     pitch = tw + 1
     per_sample = th * pitch
     chunk = max(1, WINOGRAD4_TILES // per_sample)
-    capacity = winograd4.capacity(chunk, per_sample, th * tw)
+    capacity = winograd4.capacity(chunk, per_sample, th * tw, c_in, c_out)
     packed_at = p.packed_at + c_out * c_in * 9
     u = packed[packed_at:packed_at + 36 * c_out * c_in]
     phase_size = (th + 2) * pitch

@@ -37,8 +37,12 @@ every cell of every 4x4 tile is a contiguous shift of one phase, and each step o
 transform is one long loop over all of a plane's tiles with two loads and one store, which
 LLVM vectorises. (Written as one loop with 16 loads and 16 stores per tile it vectorises
 nothing: too many possible overlaps to check at run time; written per tile row, its loops
-are 7 tiles long.) Tiles are numbered on a *wide* grid of ``tw + 1`` per row, whose last
-column is garbage, as the shift path's grid has garbage columns. ``V`` is ``(16, C_in,
+are 7 tiles long.) Planes of 8 or more tiles a row skip the phases: each is copied into a
+zero-padded plane and float32 register blocks read 8 tiles of one row of tiles from it, the
+even and odd columns taken apart by shuffles in registers (:data:`PADDED_MIN_TILES`; the
+same ``V`` bit for bit, one pass over memory fewer). Tiles are numbered on a *wide* grid of
+``tw + 1`` per row, whose last column is garbage, as the shift path's grid has garbage
+columns. ``V`` is ``(16, C_in,
 tiles)``, so the 16 GEMMs are plain ``U[ξ] @ V[ξ]``: on MNIST conv2's shape that ran at the
 core's GEMM peak, against 65 % with channels-last tiles (``V[ξ]ᵀ``). The output transform
 runs along the tiles of one output channel and writes each tile's two columns side by side,
@@ -60,7 +64,8 @@ from .contracts import PLAIN, RELU_MAXPOOL, RELU_MAXPOOL_VALUES
 from .maxpool2x2 import max_pool_plane, pool_scratch
 from . import parallel
 from .parallel import share as _share
-from .winograd_blocks import input_tiles, products
+from .winograd_blocks import TILES as BLOCK_TILES
+from .winograd_blocks import input_tiles, input_tiles_padded, products, spread_columns
 from .direct_blocks import POSITIONS as PRODUCT_TILES
 
 _JIT = dict(cache=True, nogil=True)
@@ -70,6 +75,8 @@ _JIT = dict(cache=True, nogil=True)
 #: the GEMMs are long enough. Measured on MNIST conv2 (32->64 at 14x14, 56 wide-grid tiles per
 #: sample), forward at 1 thread: 112 and 196 equally fast (4.0-4.3 ms), 392 4.4-4.8, 784 5.1.
 TILES_PER_GROUP = 196
+
+
 
 
 def transform_weights(weight):
@@ -194,6 +201,53 @@ def _input_transform_blocks(phases, c, tile0, rows, v):
                 v.reshape(16 * channels * capacity), c * capacity + tile0, channels * capacity)
 
 
+#: Planes with at least this many tiles per row (``(W_out + 1) // 2``; ResNet-20's 16x16 and
+#: 32x32 layers, not the MNIST CNN's 14x14) are transformed straight from a zero-padded copy
+#: of the plane (:func:`_pad_plane`, then :func:`_input_rows` or, for float32,
+#: :func:`minicnn.kernels.winograd_blocks.input_tiles_padded`) instead of through its phases:
+#: a register block takes 8 tiles of one row of tiles, so a row needs 8 of them.
+PADDED_MIN_TILES = BLOCK_TILES
+
+
+@njit(**_JIT)
+def _pad_plane(x, n, c, top, left, padded, pitch):
+    """Plane ``x[n, c]`` into the zero-padded plane ``padded`` (flat, rows of ``pitch``),
+    ``top`` rows down and ``left`` columns in. Only the plane's own cells are written: the
+    border, zeroed when ``padded`` was made, stays zero."""
+    height, width = x.shape[2], x.shape[3]
+    for h in range(height):
+        src, dest = x[n, c, h], padded[(h + top) * pitch + left:]
+        for w in range(width):
+            dest[w] = src[w]
+
+
+@njit(**_JIT)
+def _input_rows(padded, pitch, tiles_h, tiles_w, wide, v, v_at, v_stride):
+    """``V = Bᵀ d B`` of every tile of a zero-padded plane (``padded``, flat, rows of
+    ``pitch``), tile by tile: tile ``(ty, tx)``'s cell ``(r, q)`` is ``padded[(2 ty + r) *
+    pitch + 2 tx + q]``, and its 16 values go to column ``v_at + ty * wide + tx`` of the rows
+    ``ξ * v_stride`` of ``v`` (flat), numbered on the wide grid as :func:`_input_transform`
+    numbers them (its last column, garbage, zeros). The same operations in the same order as
+    :func:`_input_transform` (and as the float32 blocks,
+    :func:`minicnn.kernels.winograd_blocks.input_tiles_padded`, which run this for float32)."""
+    e = np.empty((4, 4), dtype=v.dtype)       # Bᵀ d of one tile
+    for ty in range(tiles_h):
+        for tx in range(tiles_w):
+            at = 2 * ty * pitch + 2 * tx
+            for q in range(4):      # Bᵀ d, column q: rows 0 - 2, 1 + 2, 2 - 1, 1 - 3
+                d0, d1 = padded[at + q], padded[at + pitch + q]
+                d2, d3 = padded[at + 2 * pitch + q], padded[at + 3 * pitch + q]
+                e[0, q], e[1, q], e[2, q], e[3, q] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+            t = v_at + ty * wide + tx
+            for i in range(4):      # (Bᵀ d) B, row i: columns 0 - 2, 1 + 2, 2 - 1, 1 - 3
+                v[t + 4 * i * v_stride] = e[i, 0] - e[i, 2]
+                v[t + (4 * i + 1) * v_stride] = e[i, 1] + e[i, 2]
+                v[t + (4 * i + 2) * v_stride] = e[i, 2] - e[i, 1]
+                v[t + (4 * i + 3) * v_stride] = e[i, 1] - e[i, 3]
+        for xi in range(16):
+            v[v_at + xi * v_stride + ty * wide + tiles_w] = 0
+
+
 @njit(**_JIT)
 def transform_columns(m, co, count, sums):
     """``Aᵀ M`` of tiles ``t < count`` of channel ``co`` (``m`` is (16, C_out, tiles)), the
@@ -267,9 +321,15 @@ class WinogradForwardArgs(NamedTuple):
     epilogue: int           #: an epilogue mode of :mod:`minicnn.kernels.contracts`
     pooled: np.ndarray      #: (N, C_out, H_out//2, W_out//2) pooled output, or empty
     argmax: np.ndarray      #: int32 winners of the pooling, or empty
+    #: whether each plane is transformed from a padded copy (:data:`PADDED_MIN_TILES`) or
+    #: through its phases
+    padded_rows: bool
     products: object        #: :func:`_products_blocks` (float32) or :func:`_products_gemm`
     split_phases: object    #: :func:`_split_phases`, a pointer
     input_transform: object     #: :func:`_input_transform`, a pointer
+    #: :func:`_input_rows`, or for float32 :func:`minicnn.kernels.winograd_blocks.
+    #: input_tiles_padded`, a pointer
+    input_rows: object
     output_transform: object    #: :func:`_output_transform`, a pointer
     write_rows: object      #: :func:`_write_rows`, a pointer
 
@@ -296,8 +356,8 @@ def _products_blocks(v, u, m, tiles):
 
 @njit(**_JIT)
 def forward_chunk(args, plan, thread, n_threads):
-    """One thread's samples, a group at a time: split each channel into its phases and
-    transform every tile, 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per output channel the output
+    """One thread's samples, a group at a time: transform every tile of each channel (from a
+    padded copy of the plane, or through its phases: ``args.padded_rows``), 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per output channel the output
     transform, the bias (and ReLU, and 2x2 max pooling) and the tiles into ``y``.
 
     ``args`` is a :class:`WinogradForwardArgs`, ``plan`` the layer's
@@ -318,13 +378,21 @@ def forward_chunk(args, plan, thread, n_threads):
     pitch = tiles_w + 1
     per_sample = tiles_h * pitch            # wide-grid tiles of one sample
     group = max(1, TILES_PER_GROUP // per_sample)
-    # rows of V and M rounded up to whole register blocks of tiles (args.products)
-    capacity = -(-group * per_sample // PRODUCT_TILES) * PRODUCT_TILES
+    # rows of V and M rounded up to whole register blocks of tiles (args.products), spread
+    # over the L1 cache's sets
+    capacity = spread_columns(-(-group * per_sample // PRODUCT_TILES) * PRODUCT_TILES,
+                              channels, c_out, 16)
     # One zero row more than the padded plane needs: the loads for the last wide-grid tile
     # (garbage) run one element past the plane's last row (:func:`_input_transform`).
     phases = np.zeros((4, tiles_h + 2, pitch), dtype=x.dtype)
     rows = np.empty((8, per_sample + 1), dtype=x.dtype)
+    # The padded copy of one plane (its border zero from here on), rows of two cells per
+    # wide-grid tile: 2 * tiles_h + 2 rows cover every tile's 4x4 cells.
+    padded_pitch = 2 * pitch
+    padded = np.zeros((2 * tiles_h + 2) * padded_pitch if args.padded_rows else 0,
+                      dtype=x.dtype)
     v = np.empty((16, channels, capacity), dtype=x.dtype)
+    v_flat = v.reshape(v.size)
     m = np.empty((16, c_out, capacity), dtype=x.dtype)
     sums = np.empty((8, capacity), dtype=x.dtype)
     image = np.empty((2, 2 * capacity), dtype=x.dtype)
@@ -335,8 +403,13 @@ def forward_chunk(args, plan, thread, n_threads):
         tiles = count * per_sample
         for slot in range(count):
             for c in range(channels):
-                args.split_phases(x, n0 + slot, c, top, left, phases)
-                args.input_transform(phases, c, slot * per_sample, rows, v)
+                if args.padded_rows:
+                    _pad_plane(x, n0 + slot, c, top, left, padded, padded_pitch)
+                    args.input_rows(padded, padded_pitch, tiles_h, tiles_w, pitch, v_flat,
+                                    c * capacity + slot * per_sample, channels * capacity)
+                else:
+                    args.split_phases(x, n0 + slot, c, top, left, phases)
+                    args.input_transform(phases, c, slot * per_sample, rows, v)
         args.products(v, u, m, tiles)       # M[ξ] (C_out, tiles) = U[ξ] @ V[ξ]
         for co in range(c_out):
             b = bias[co] if has_bias else zero
@@ -357,7 +430,8 @@ def forward_chunk(args, plan, thread, n_threads):
 
 @functools.lru_cache(maxsize=None)
 def _pointers(dtype):
-    """The five passes of :func:`forward_chunk` for ``dtype``, as function pointers."""
+    """The six passes of :func:`forward_chunk` for ``dtype``, as function pointers, in the
+    order of :class:`WinogradForwardArgs`' fields from ``products`` on."""
     real = numba.from_dtype(dtype)
     array = {ndim: types.Array(real, ndim, "C") for ndim in (1, 2, 3, 4)}
     winners = types.Array(types.int32, 2, "C")
@@ -367,11 +441,13 @@ def _pointers(dtype):
     # order than OpenBLAS's); float64, the reference dtype of the gradient checks, in the
     # loops above and OpenBLAS
     transform = _input_transform_blocks if dtype == np.float32 else _input_transform
+    rows = input_tiles_padded if dtype == np.float32 else _input_rows
     product = _products_blocks if dtype == np.float32 else _products_gemm
     return (
         parallel.pointer(product, (array[3], array[3], array[3], intp)),
         parallel.pointer(_split_phases, (array[4], intp, intp, intp, intp, array[3])),
         parallel.pointer(transform, (array[3], intp, intp, array[2], array[3])),
+        parallel.pointer(rows, (array[1], intp, intp, intp, intp, array[1], intp, intp)),
         parallel.pointer(_output_transform, (array[3], intp, intp, real, types.boolean,
                                              array[2], array[2])),
         parallel.pointer(_write_rows, (array[2], intp, intp, array[2], intp, array[2],
@@ -380,6 +456,7 @@ def _pointers(dtype):
 
 def arguments(x, u, bias, has_bias, y, epilogue, pooled, argmax) -> WinogradForwardArgs:
     """:func:`forward_chunk`'s ``args`` (for :func:`minicnn.kernels.parallel.run`), with the
-    five passes compiled for ``x``'s dtype."""
-    return WinogradForwardArgs(x, u, bias, has_bias, y, epilogue, pooled, argmax,
+    six passes compiled for ``x``'s dtype."""
+    padded_rows = (y.shape[3] + 1) // 2 >= PADDED_MIN_TILES
+    return WinogradForwardArgs(x, u, bias, has_bias, y, epilogue, pooled, argmax, padded_rows,
                                *_pointers(x.dtype))

@@ -52,7 +52,7 @@ from numba.extending import intrinsic
 
 from .ir_helpers import load_vector, store_positions, store_vector
 from .parallel import share
-from .winograd_blocks import products
+from .winograd_blocks import products, spread_columns
 
 
 #: Tiles per register block (float32 lanes of a 256-bit vector).
@@ -83,15 +83,17 @@ def phases_size(tiles_h, pitch):
 
 
 @njit(cache=True, nogil=True)
-def capacity(chunk, per_sample, positions):
+def capacity(chunk, per_sample, positions, c_in, c_out):
     """Columns of a row of ``V`` and ``M``: a chunk of ``chunk`` samples' wide-grid tiles
     (``per_sample`` each) and a block's slack (a plane of fewer than 8 tiles is transformed
     as one whole block), or 8 samples' tiles at every one of ``positions`` (:func:`
     sample_tiles`) where they are at most :data:`OCTET_MAX_TILES`, whichever is more, rounded
-    up to the products' blocks of 24."""
+    up to the products' blocks of 24, then spread over the L1 cache's sets for ``c_in`` input
+    and ``c_out`` output channels (:func:`minicnn.kernels.winograd_blocks.spread_columns`)."""
     wide = chunk * per_sample + TILES
     octet = TILES * positions
-    return -(-max(wide, octet if octet <= OCTET_MAX_TILES else 0) // 24) * 24
+    blocks = -(-max(wide, octet if octet <= OCTET_MAX_TILES else 0) // 24) * 24
+    return spread_columns(blocks, c_in, c_out, POSITIONS)
 
 
 #: ``G``'s fractions as float64 multipliers (no divisions in the filter transform; a product
@@ -434,7 +436,7 @@ def forward_chunk(args, plan, thread, n_threads):
     per_sample = tiles_h * pitch
     positions = tiles_h * tiles_w
     chunk = max(1, CHUNK_TILES // per_sample)
-    columns = capacity(chunk, per_sample, positions)
+    columns = capacity(chunk, per_sample, positions, c_in, c_out)
     phase_size = (tiles_h + 2) * pitch
     phases = np.zeros(phases_size(tiles_h, pitch), dtype=x.dtype)
     v = np.empty(POSITIONS * c_in * columns, dtype=x.dtype)
