@@ -7,8 +7,13 @@ step (19 batch norms, batch 64) that was about 40 % of the time. Here each chann
 iteration of a parallel loop that makes the passes over that channel's values alone (they are
 ``N`` runs of ``H * W`` values), summing in float64:
 
-- forward: the mean, then the (biased) variance around it, then ``y = x̂ γ + β`` with
-  ``x̂ = (x - mean) / σ`` computed on the way and not stored;
+- forward: the mean and the (biased) variance in one pass, then ``y = x̂ γ + β`` with
+  ``x̂ = (x - mean) / σ`` computed on the way and not stored. The one pass sums ``x - s``
+  and its square, ``s`` the channel's first value (the *shifted* sums: ``var = Σ(x - s)² / n
+  - (Σ(x - s) / n)²`` loses nothing worth a float32 result where ``s`` is within a few
+  standard deviations of the mean, which a value of the batch is; it is the unshifted
+  ``E[x²] - E[x]²`` that cancels, around a large mean). A second pass around the mean cost
+  ResNet-20's 16-channel forward (batch 64, one Zen 3 core) 0.1 ms of 0.58;
 - backward: ``Σ dy`` and ``Σ dy x̂`` (the bias and weight gradients), then
   ``dx = (γ dy - γ Σdy / n - x̂ γ Σ(dy x̂) / n) / σ``, the layer's formula, with ``x̂``
   recomputed from ``x`` exactly as forward computed it (:func:`_normalised`: the same two
@@ -44,20 +49,18 @@ def _forward(x, gamma, beta, eps, mean, var, inv_std, y, residual, relu):
     n, channels, length = x.shape
     count = n * length
     for c in prange(channels):
+        shift = np.float64(x[0, c, 0])      # the shifted sums (module docstring)
         total = 0.0
-        for s in range(n):
-            row = x[s, c]
-            for k in range(length):
-                total += row[k]
-        m = total / count
         squares = 0.0
         for s in range(n):
             row = x[s, c]
             for k in range(length):
-                d = row[k] - m
+                d = row[k] - shift
+                total += d
                 squares += d * d
-        mean[c] = m
-        var[c] = squares / count
+        offset = total / count
+        mean[c] = shift + offset
+        var[c] = max(squares / count - offset * offset, 0.0)
         inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
         # in x's dtype from here, as the layer computes them
         for s in range(n):
