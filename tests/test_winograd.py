@@ -218,6 +218,48 @@ def test_repeatable_bit_for_bit(rng):
     np.testing.assert_array_equal(first, again)
 
 
+@pytest.mark.parametrize("kind", ["f2x2", "f4x4"])
+@pytest.mark.parametrize("n", [9, 20])
+def test_groups_are_claimed_one_thread_may_take_them_all(kind, n, rng):
+    """The training forward (and input gradient) hands its groups of samples out as threads
+    ask (minicnn.kernels.claims): thread 1 of 2 called alone, with a fresh counter, computes
+    every group, and the output equals a normal one- and two-thread call bit for bit (with
+    fixed shares it would have filled only its half). F(4x4): 9 samples are one octet and a
+    wide-grid rest, 20 two octets and a rest; F(2x2) on 10x18 planes takes groups of 3
+    samples, the last one short."""
+    from minicnn.kernels import contracts, parallel, winograd4
+    c_in = 64 if kind == "f4x4" else 16
+    x = rng.standard_normal((n, c_in, 8, 8) if kind == "f4x4" else (n, c_in, 10, 18)
+                            ).astype(np.float32)
+    weight = (rng.standard_normal((8, c_in, 3, 3)) * 0.1).astype(np.float32)
+    bias = np.zeros(1, np.float32)
+    plan = contracts.conv_plan(x.shape, weight.shape, (1, 1), (1, 1, 1, 1), (1, 1))
+    y_shape = (n, 8) + x.shape[2:]
+    if kind == "f4x4":
+        u, chunk = winograd4.transform_weights(weight), winograd4.forward_chunk
+
+        def args(y):
+            return winograd4.arguments(x, u, bias, False, y, False)
+    else:
+        u, chunk = winograd.transform_weights(weight), winograd.forward_chunk
+        none = np.empty((0, 0, 0, 0), np.float32)
+
+        def args(y):
+            return winograd.arguments(x, u, bias, False, y, 0, none, none.astype(np.int32))
+    outputs = []
+    for n_threads in (1, 2):
+        y = np.full(y_shape, np.nan, np.float32)
+        with_threads(n_threads, parallel.run, chunk, args(y), plan, n_threads, np.float32)
+        outputs.append(y)
+    alone = np.full(y_shape, np.nan, np.float32)
+    parallel.run(chunk, args(alone), plan, 1, np.float32)   # compiled for these types
+    alone[...] = np.nan
+    chunk(args(alone), plan, 1, 2)                          # thread 1 of 2, by itself
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(alone, outputs[0])
+    assert np.isfinite(alone).all()
+
+
 def test_transformed_filters_are_g_g_gt(rng):
     """``U[4*i + j, o, c] = (G g Gᵀ)[i, j]`` for every filter, against a plain matrix product."""
     weight = rng.standard_normal((3, 2, 3, 3))

@@ -668,8 +668,8 @@ def _input_grad_winograd(dz, ctx, n_threads):
     plan = conv_plan(dz.shape, flipped.shape, (1, 1), (1, 1, 1, 1), (1, 1))
     if _winograd4_applies(dz.dtype, c_out, plan):
         parallel.run(winograd4.forward_chunk,
-                     winograd4.ForwardArgs(dz, winograd4.transform_weights(flipped),
-                                           np.zeros(1, dtype=dz.dtype), False, dx, False),
+                     winograd4.arguments(dz, winograd4.transform_weights(flipped),
+                                         np.zeros(1, dtype=dz.dtype), False, dx, False),
                      plan, n_threads, dz.dtype)
         return dx
     u = winograd.transform_weights(flipped)
@@ -786,7 +786,7 @@ def _forward(x, weight, bias, stride, padding, dilation, epilogue):
                 and _winograd4_applies(x.dtype, c_in, plan)):
             u = winograd4.transform_weights(np.ascontiguousarray(weight))
             parallel.run(winograd4.forward_chunk,
-                         winograd4.ForwardArgs(x, u, bias_arg, has_bias, y, epilogue == RELU),
+                         winograd4.arguments(x, u, bias_arg, has_bias, y, epilogue == RELU),
                          plan, n_threads, x.dtype)
         elif _winograd_applies(plan, c_in):   # the filters transformed; backward keeps the
             u = winograd.transform_weights(np.ascontiguousarray(weight))   # tap-major weights

@@ -63,7 +63,7 @@ from .blas import gemm as _gemm
 from .contracts import PLAIN, RELU_MAXPOOL, RELU_MAXPOOL_VALUES
 from .maxpool2x2 import max_pool_plane, pool_scratch
 from . import parallel
-from .parallel import share as _share
+from .claims import claim
 from .winograd_blocks import TILES as BLOCK_TILES
 from .winograd_blocks import input_tiles, input_tiles_padded, products, spread_columns
 from .direct_blocks import POSITIONS as PRODUCT_TILES
@@ -321,6 +321,9 @@ class WinogradForwardArgs(NamedTuple):
     epilogue: int           #: an epilogue mode of :mod:`minicnn.kernels.contracts`
     pooled: np.ndarray      #: (N, C_out, H_out//2, W_out//2) pooled output, or empty
     argmax: np.ndarray      #: int32 winners of the pooling, or empty
+    #: (1,) int64, zero: the counter the threads claim groups of samples from (a fresh one
+    #: each call, as :func:`arguments` makes: a used one hands out nothing)
+    claims: np.ndarray
     #: whether each plane is transformed from a padded copy (:data:`PADDED_MIN_TILES`) or
     #: through its phases
     padded_rows: bool
@@ -356,8 +359,11 @@ def _products_blocks(v, u, m, tiles):
 
 @njit(**_JIT)
 def forward_chunk(args, plan, thread, n_threads):
-    """One thread's samples, a group at a time: transform every tile of each channel (from a
-    padded copy of the plane, or through its phases: ``args.padded_rows``), 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per output channel the output
+    """One thread's groups of samples, claimed one at a time (:mod:`minicnn.kernels.claims`:
+    a thread slowed by a busy neighbour core takes fewer; each group's outputs are its own and
+    come out the same whichever thread computes them, so ``y`` is the same bit for bit at any
+    thread count): transform every tile of each channel (from a padded copy of the plane, or
+    through its phases: ``args.padded_rows``), 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per output channel the output
     transform, the bias (and ReLU, and 2x2 max pooling) and the tiles into ``y``.
 
     ``args`` is a :class:`WinogradForwardArgs`, ``plan`` the layer's
@@ -370,7 +376,6 @@ def forward_chunk(args, plan, thread, n_threads):
     top, left = plan.top, plan.left
     no_pooled = np.empty((0, 0), dtype=x.dtype)     # write_rows' pooling arrays, unused
     no_argmax = np.empty((0, 0), dtype=np.int32)
-    first, last = _share(x.shape[0], thread, n_threads)
     cells, codes = pool_scratch(y.shape[2], y.shape[3], x.dtype)
     channels = x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
@@ -398,8 +403,14 @@ def forward_chunk(args, plan, thread, n_threads):
     image = np.empty((2, 2 * capacity), dtype=x.dtype)
     zero = x.dtype.type(0)
     rectify = epilogue != PLAIN
-    for n0 in range(first, last, group):
-        count = min(group, last - n0)
+    n_samples = x.shape[0]
+    n_groups = -(-n_samples // group)
+    while True:
+        k = claim(args.claims, 0)
+        if k >= n_groups:
+            break
+        n0 = k * group
+        count = min(group, n_samples - n0)
         tiles = count * per_sample
         for slot in range(count):
             for c in range(channels):
@@ -458,5 +469,5 @@ def arguments(x, u, bias, has_bias, y, epilogue, pooled, argmax) -> WinogradForw
     """:func:`forward_chunk`'s ``args`` (for :func:`minicnn.kernels.parallel.run`), with the
     six passes compiled for ``x``'s dtype."""
     padded_rows = (y.shape[3] + 1) // 2 >= PADDED_MIN_TILES
-    return WinogradForwardArgs(x, u, bias, has_bias, y, epilogue, pooled, argmax, padded_rows,
-                               *_pointers(x.dtype))
+    return WinogradForwardArgs(x, u, bias, has_bias, y, epilogue, pooled, argmax,
+                               np.zeros(1, dtype=np.int64), padded_rows, *_pointers(x.dtype))

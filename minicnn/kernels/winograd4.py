@@ -51,7 +51,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .ir_helpers import load_vector, store_positions, store_vector
-from .parallel import share
+from .claims import claim
 from .winograd_blocks import products, spread_columns
 
 
@@ -379,6 +379,14 @@ class ForwardArgs(NamedTuple):
     has_bias: bool
     y: np.ndarray           #: (N, C_out, H_out, W_out) output, written
     rectify: bool           #: a ReLU after the bias
+    #: (1,) int64, zero: the counter the threads claim groups of samples from (a fresh one
+    #: each call, as :func:`arguments` makes: a used one hands out nothing)
+    claims: np.ndarray
+
+
+def arguments(x, u, bias, has_bias, y, rectify) -> ForwardArgs:
+    """:func:`forward_chunk`'s ``args`` for one call (a fresh counter to claim from)."""
+    return ForwardArgs(x, u, bias, has_bias, y, rectify, np.zeros(1, dtype=np.int64))
 
 
 @njit(cache=True, nogil=True)
@@ -420,17 +428,18 @@ def _write_plane_octet(image, row_size, tiles_w, lane, bias, rectify, plane):
 
 @njit(cache=True, nogil=True)
 def forward_chunk(args, plan, thread, n_threads):
-    """One thread's samples: eight at a time side by side (:func:`sample_tiles`) while it has
-    eight, the rest on the wide grid a chunk of :data:`CHUNK_TILES` tiles at a time; each
-    plane split into its 16 phases and its tiles transformed, 36 products ``M[ξ] = U[ξ] @
-    V[ξ]`` (:func:`minicnn.kernels.winograd_blocks.products`), then per output channel the
-    output transform, the bias (and ReLU) and the rows into ``y``. ``plan`` is the layer's
-    :class:`~minicnn.kernels.contracts.ConvPlan` (only ``top`` and ``left`` are read; the
-    sizes come from the arrays)."""
+    """One thread's groups of samples, claimed one at a time (:mod:`minicnn.kernels.claims`;
+    each group's outputs are its own and the same bit for bit whichever thread computes them):
+    the batch's first ``8 * (N // 8)`` samples eight at a time side by side
+    (:func:`sample_tiles`), the rest on the wide grid a chunk of :data:`CHUNK_TILES` tiles at
+    a time; each plane split into its 16 phases and its tiles transformed, 36 products ``M[ξ]
+    = U[ξ] @ V[ξ]`` (:func:`minicnn.kernels.winograd_blocks.products`), then per output
+    channel the output transform, the bias (and ReLU) and the rows into ``y``. ``plan`` is
+    the layer's :class:`~minicnn.kernels.contracts.ConvPlan` (only ``top`` and ``left`` are
+    read; the sizes come from the arrays)."""
     x, u, y = args.x, args.u, args.y
     n_samples, c_in = x.shape[0], x.shape[1]
     c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    first, last = share(n_samples, thread, n_threads)
     tiles_h, tiles_w = (out_h + 3) // 4, (out_w + 3) // 4
     pitch = tiles_w + 1
     per_sample = tiles_h * pitch
@@ -444,10 +453,18 @@ def forward_chunk(args, plan, thread, n_threads):
     image = np.empty(16 * columns, dtype=x.dtype)
     u_flat = u.reshape(u.size)
     zero = x.dtype.type(0)
-    n0 = first
-    if TILES * positions <= columns:
-        tiles = TILES * positions
-        while last - n0 >= TILES:
+    # Items: the octets (where a sample's tiles fit eight side by side), then chunks of the
+    # samples after them.
+    octets = n_samples // TILES if TILES * positions <= columns else 0
+    after = octets * TILES
+    items = octets + -(-(n_samples - after) // chunk)
+    wide = False            # the phases laid out for the wide grid yet
+    while True:
+        k = claim(args.claims, 0)
+        if k >= items:
+            break
+        if k < octets:
+            n0, tiles = k * TILES, TILES * positions
             for c in range(c_in):
                 for lane in range(TILES):
                     split_phases(x[n0 + lane, c], plan.top, plan.left, phases, phase_size,
@@ -461,11 +478,13 @@ def forward_chunk(args, plan, thread, n_threads):
                 for lane in range(TILES):
                     _write_plane_octet(image, 4 * columns, tiles_w, lane, b, args.rectify,
                                        y[n0 + lane, co])
-            n0 += TILES
-        for k in range(phases.shape[0]):      # the wide grid's padding cells: zero
-            phases[k] = 0
-    for n0 in range(n0, last, chunk):
-        count = min(chunk, last - n0)
+            continue
+        if not wide:        # (claims come in order: no octet after this)
+            for q in range(phases.shape[0]):      # the wide grid's padding cells: zero
+                phases[q] = 0
+            wide = True
+        n0 = after + (k - octets) * chunk
+        count = min(chunk, n_samples - n0)
         tiles = count * per_sample
         for c in range(c_in):
             for slot in range(count):
