@@ -87,7 +87,8 @@ class Step:
 
 #: Every field of a step, with the value a step that does not use it holds.
 _DEFAULTS = dict(residual=K.NONE, kh=1, kw=1, sh=1, sw=1, top=0, left=0, conv_h=0, conv_w=0,
-                 rows=0, algorithm=K.GEMM, packed_at=K.NONE, groups=1, pool=0, count_pad=0, activation=K.IDENTITY, slope=0.0,
+                 rows=0, algorithm=K.GEMM, packed_at=K.NONE, columns=0, groups=1, pool=0,
+                 count_pad=0, activation=K.IDENTITY, slope=0.0,
                  weight=K.NONE, bias=K.NONE, bn_weight=K.NONE, bn_bias=K.NONE,
                  bn_mean=K.NONE, bn_var=K.NONE, bn_eps=0.0, out_first=0, out_last=K.NONE)
 
@@ -245,8 +246,9 @@ class _Builder:
             names.append(f"{pool_name} MaxPool2d")
             fields["pool"] = 1
             pooled = (out_h // 2, out_w // 2)
-        algorithm, per_sample, fixed = _algorithm(conv, c, (h, w), (out_h, out_w),
-                                                  pooled=bool(fields.get("pool")))
+        algorithm, per_sample, fixed, columns = _algorithm(conv, c, (h, w), (out_h, out_w),
+                                                           pooled=bool(fields.get("pool")))
+        fields["columns"] = columns
         if fields.get("pool"):
             # the blocked step keeps its unpooled output on its wide grid (kW - 1 more columns)
             width = out_w + kw - 1 if algorithm == K.BLOCKED else out_w
@@ -403,10 +405,10 @@ BLOCKED_MAX_INPUT = 4096
 
 
 def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size,
-               pooled: bool = False) -> tuple[int, int, int]:
-    """How the plan computes ``conv`` (``pooled``: a 2x2 max pooling follows it), and its
+               pooled: bool = False) -> tuple[int, int, int, int]:
+    """How the plan computes ``conv`` (``pooled``: a 2x2 max pooling follows it), its
     working space in float32 elements: per sample (grows with the group) and fixed (per
-    thread)."""
+    thread), and a Winograd step's ``columns`` (0 for the others)."""
     h, w = size
     out_h, out_w = out_size
     kh, kw = conv.kernel_size
@@ -422,26 +424,27 @@ def _algorithm(conv: nn.Conv2d, c_in: int, size, out_size,
                                           conv.out_channels)
             fixed = (winograd4.phases_size(tiles_h, pitch)
                      + (winograd4.POSITIONS * (c_in + conv.out_channels) + 16) * capacity)
-            return K.WINOGRAD4, 0, fixed
+            return K.WINOGRAD4, 0, fixed, capacity
         tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
         per_sample = tiles_h * (tiles_w + 1)        # tiles of one sample, on the wide grid
-        capacity = int(K.winograd_capacity(per_sample, c_in, conv.out_channels))
+        capacity = K.winograd_capacity(per_sample, c_in, conv.out_channels)
         fixed = (4 * (tiles_h + 2) * (tiles_w + 1)
                  + (16 * c_in + 16 * conv.out_channels + 12) * capacity)
-        return K.WINOGRAD, 0, fixed
+        return K.WINOGRAD, 0, fixed, capacity
     pitch = out_w + kw - 1                          # the wide grid of a stride-1 convolution
     if stride_one and conv.groups > 1:
-        return K.DIRECT, c_in * (out_h + kh) * pitch, out_h * pitch
+        return K.DIRECT, c_in * (out_h + kh) * pitch, out_h * pitch, 0
     if (stride_one and c_in * kh * kw <= BLOCKED_MAX_K
             and c_in * (out_h + kh) * pitch <= BLOCKED_MAX_INPUT):
         # padded planes (and a block's slack), sums on whole blocks of the grid
         span = -(-out_h * pitch // K.BLOCK_POSITIONS) * K.BLOCK_POSITIONS
         return (K.BLOCKED, 0,
-                c_in * (out_h + kh) * pitch + K.BLOCK_POSITIONS + conv.out_channels * span)
+                c_in * (out_h + kh) * pitch + K.BLOCK_POSITIONS + conv.out_channels * span, 0)
     if stride_one:                  # one sample's padded planes, unrolled rows and sums
         wide = out_h * pitch
-        return K.GEMM, 0, c_in * (out_h + kh) * pitch + (c_in * kh * kw + conv.out_channels) * wide
-    return K.GEMM, c_in // conv.groups * kh * kw * out_h * out_w, 0
+        return (K.GEMM, 0,
+                c_in * (out_h + kh) * pitch + (c_in * kh * kw + conv.out_channels) * wide, 0)
+    return K.GEMM, c_in // conv.groups * kh * kw * out_h * out_w, 0, 0
 
 
 def _is_plain_2x2_maxpool(layer) -> bool:

@@ -57,8 +57,8 @@ from .direct_blocks import (POOLED_CHANNELS, POOLED_COLUMNS, pooled_1_plain, poo
 from .winograd import (PADDED_MIN_TILES, _pad_plane, _split_phases, filters_into,
                        transform_columns)
 from .winograd_blocks import TILES as WINOGRAD_BLOCK_TILES
-from .winograd_blocks import (input_tiles, input_tiles_padded, output_block, spread_columns, output_pooled_plain,
-                              output_pooled_relu, products)
+from .winograd_blocks import (input_tiles, input_tiles_padded, output_block, output_pooled_plain,
+                              output_pooled_relu, products, spread_columns)
 
 _JIT = dict(cache=True, nogil=True)
 #: The helpers the step kernels and entries call (``_``-named, never called from Python): no
@@ -104,8 +104,11 @@ NONE = -1
 #: is rows ``(G, features)`` (after a flatten), 0 for ``(C, G, H, W)``; ``algorithm``: how a
 #: convolution is computed (:data:`GEMM`, :data:`DIRECT`, :data:`WINOGRAD`); ``packed_at``:
 #: where a Winograd step's transformed filters live in the plan's ``packed`` array (see
-#: :func:`refresh_packed`), or :data:`NONE`; ``groups``; ``pool``: 1 where a 2x2, stride-2
-#: max pooling follows the activation (``h_out, w_out`` are then the pooled sizes);
+#: :func:`refresh_packed`), or :data:`NONE`; ``columns``: the length of each row of a Winograd
+#: step's transformed tiles and products (:func:`winograd_capacity`,
+#: :func:`minicnn.kernels.winograd4.capacity`: worked out once, in Python); ``groups``;
+#: ``pool``: 1 where a 2x2, stride-2 max pooling follows the activation (``h_out, w_out`` are
+#: then the pooled sizes);
 #: ``count_pad``: an average pooling divides by its whole window. ``activation`` (:data:`RELU`
 #: ...) and ``slope`` (``float64``, LeakyReLU's). ``weight, bias, bn_weight, bn_bias, bn_mean,
 #: bn_var``: indices into ``tensors``, or :data:`NONE`; ``bn_eps`` (``float64``).
@@ -116,7 +119,7 @@ STEP_DTYPE = np.dtype([(name, np.float64 if name in ("slope", "bn_eps") else np.
                        for name in (
     "op", "kernel", "src", "dst", "residual", "c_in", "h_in", "w_in", "c_out", "h_out", "w_out",
     "kh", "kw", "sh", "sw", "top", "left", "conv_h", "conv_w", "rows", "algorithm", "packed_at",
-    "groups", "pool", "count_pad", "activation", "slope", "weight", "bias", "bn_weight",
+    "columns", "groups", "pool", "count_pad", "activation", "slope", "weight", "bias", "bn_weight",
     "bn_bias", "bn_mean", "bn_var", "bn_eps", "out_first", "out_last")])
 
 
@@ -714,11 +717,11 @@ def conv_direct_step(p, tensors, x, y, residual, work, conv_out, fixed, packed, 
 WINOGRAD_TILES = 196
 
 
-@njit(**_JIT)
-def winograd_capacity(per_sample, c_in, c_out):
+def winograd_capacity(per_sample: int, c_in: int, c_out: int) -> int:
     """Columns of a row of :func:`conv_winograd_step`'s ``V`` and ``M`` for planes of
     ``per_sample`` wide-grid tiles: a chunk's tiles rounded up to whole register blocks, and
-    spread over the L1 cache's sets (:func:`minicnn.kernels.winograd_blocks.spread_columns`)."""
+    spread over the L1 cache's sets (:func:`minicnn.kernels.winograd_blocks.spread_columns`).
+    The plan computes it once, into the step's ``columns``."""
     chunk = max(1, WINOGRAD_TILES // per_sample)
     return spread_columns(-(-chunk * per_sample // BLOCK_POSITIONS) * BLOCK_POSITIONS, c_in,
                           c_out, 16)
@@ -738,7 +741,7 @@ def conv_winograd_step(p, tensors, x, y, residual, work, conv_out, fixed, packed
     pitch = tw + 1
     per_sample = th * pitch
     chunk = max(1, WINOGRAD_TILES // per_sample)
-    capacity = winograd_capacity(per_sample, c_in, c_out)     # a row of V and M
+    capacity = p.columns        # of a row of V and M (winograd_capacity)
     # the transformed filters (kept between calls: refresh_packed); working space: the phases
     # of one plane (or its padded copy, smaller), then the chunk's transformed tiles V,
     # products M, Aᵀ M sums and output rows
@@ -861,7 +864,7 @@ def conv_winograd4_step(p, tensors, x, y, residual, work, conv_out, fixed, packe
     pitch = tw + 1
     per_sample = th * pitch
     chunk = max(1, WINOGRAD4_TILES // per_sample)
-    capacity = winograd4.capacity(chunk, per_sample, th * tw, c_in, c_out)
+    capacity = p.columns        # of a row of V and M (winograd4.capacity)
     packed_at = p.packed_at + c_out * c_in * 9
     u = packed[packed_at:packed_at + 36 * c_out * c_in]
     phase_size = (th + 2) * pitch

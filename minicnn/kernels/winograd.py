@@ -324,6 +324,7 @@ class WinogradForwardArgs(NamedTuple):
     #: (1,) int64, zero: the counter the threads claim groups of samples from (a fresh one
     #: each call, as :func:`arguments` makes: a used one hands out nothing)
     claims: np.ndarray
+    columns: int            #: of each row of ``V`` and ``M`` (:func:`columns`)
     #: whether each plane is transformed from a padded copy (:data:`PADDED_MIN_TILES`) or
     #: through its phases
     padded_rows: bool
@@ -383,10 +384,7 @@ def forward_chunk(args, plan, thread, n_threads):
     pitch = tiles_w + 1
     per_sample = tiles_h * pitch            # wide-grid tiles of one sample
     group = max(1, TILES_PER_GROUP // per_sample)
-    # rows of V and M rounded up to whole register blocks of tiles (args.products), spread
-    # over the L1 cache's sets
-    capacity = spread_columns(-(-group * per_sample // PRODUCT_TILES) * PRODUCT_TILES,
-                              channels, c_out, 16)
+    capacity = args.columns
     # One zero row more than the padded plane needs: the loads for the last wide-grid tile
     # (garbage) run one element past the plane's last row (:func:`_input_transform`).
     phases = np.zeros((4, tiles_h + 2, pitch), dtype=x.dtype)
@@ -470,4 +468,18 @@ def arguments(x, u, bias, has_bias, y, epilogue, pooled, argmax) -> WinogradForw
     six passes compiled for ``x``'s dtype."""
     padded_rows = (y.shape[3] + 1) // 2 >= PADDED_MIN_TILES
     return WinogradForwardArgs(x, u, bias, has_bias, y, epilogue, pooled, argmax,
-                               np.zeros(1, dtype=np.int64), padded_rows, *_pointers(x.dtype))
+                               np.zeros(1, dtype=np.int64),
+                               columns(y.shape[2], y.shape[3], x.shape[1], y.shape[1]),
+                               padded_rows, *_pointers(x.dtype))
+
+
+def columns(out_h: int, out_w: int, c_in: int, c_out: int) -> int:
+    """Columns of each row of :func:`forward_chunk`'s ``V`` and ``M``: a group's wide-grid
+    tiles (:data:`TILES_PER_GROUP`, whole samples) rounded up to whole register blocks of
+    tiles (the products'), spread over the L1 cache's sets
+    (:func:`minicnn.kernels.winograd_blocks.spread_columns`)."""
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    per_sample = tiles_h * (tiles_w + 1)
+    group = max(1, TILES_PER_GROUP // per_sample)
+    return spread_columns(-(-group * per_sample // PRODUCT_TILES) * PRODUCT_TILES, c_in,
+                          c_out, 16)

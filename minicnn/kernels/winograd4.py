@@ -82,14 +82,14 @@ def phases_size(tiles_h, pitch):
                TILES * PHASES * (tiles_h + 2) * pitch)
 
 
-@njit(cache=True, nogil=True)
-def capacity(chunk, per_sample, positions, c_in, c_out):
+def capacity(chunk: int, per_sample: int, positions: int, c_in: int, c_out: int) -> int:
     """Columns of a row of ``V`` and ``M``: a chunk of ``chunk`` samples' wide-grid tiles
     (``per_sample`` each) and a block's slack (a plane of fewer than 8 tiles is transformed
     as one whole block), or 8 samples' tiles at every one of ``positions`` (:func:`
     sample_tiles`) where they are at most :data:`OCTET_MAX_TILES`, whichever is more, rounded
     up to the products' blocks of 24, then spread over the L1 cache's sets for ``c_in`` input
-    and ``c_out`` output channels (:func:`minicnn.kernels.winograd_blocks.spread_columns`)."""
+    and ``c_out`` output channels (:func:`minicnn.kernels.winograd_blocks.spread_columns`).
+    Plain Python: the kernels are handed it (:class:`ForwardArgs`, the plan's steps)."""
     wide = chunk * per_sample + TILES
     octet = TILES * positions
     blocks = -(-max(wide, octet if octet <= OCTET_MAX_TILES else 0) // 24) * 24
@@ -382,11 +382,16 @@ class ForwardArgs(NamedTuple):
     #: (1,) int64, zero: the counter the threads claim groups of samples from (a fresh one
     #: each call, as :func:`arguments` makes: a used one hands out nothing)
     claims: np.ndarray
+    columns: int            #: of each row of ``V`` and ``M`` (:func:`capacity`)
 
 
 def arguments(x, u, bias, has_bias, y, rectify) -> ForwardArgs:
     """:func:`forward_chunk`'s ``args`` for one call (a fresh counter to claim from)."""
-    return ForwardArgs(x, u, bias, has_bias, y, rectify, np.zeros(1, dtype=np.int64))
+    tiles_h, tiles_w, pitch = tiles_of(y.shape[2], y.shape[3])
+    per_sample = tiles_h * pitch
+    columns = capacity(max(1, CHUNK_TILES // per_sample), per_sample, tiles_h * tiles_w,
+                       x.shape[1], y.shape[1])
+    return ForwardArgs(x, u, bias, has_bias, y, rectify, np.zeros(1, dtype=np.int64), columns)
 
 
 @njit(cache=True, nogil=True)
@@ -445,7 +450,7 @@ def forward_chunk(args, plan, thread, n_threads):
     per_sample = tiles_h * pitch
     positions = tiles_h * tiles_w
     chunk = max(1, CHUNK_TILES // per_sample)
-    columns = capacity(chunk, per_sample, positions, c_in, c_out)
+    columns = args.columns
     phase_size = (tiles_h + 2) * pitch
     phases = np.zeros(phases_size(tiles_h, pitch), dtype=x.dtype)
     v = np.empty(POSITIONS * c_in * columns, dtype=x.dtype)

@@ -29,22 +29,21 @@ TILES = 8
 L1_SETS, LINE_BYTES = 64, 64
 
 
-@njit(cache=True, nogil=True)
-def _most_rows_in_one_set(stride, rows, item_bytes):
+def _most_rows_in_one_set(stride: int, rows: int, item_bytes: int) -> int:
     """The most of ``rows`` rows, ``stride`` items of ``item_bytes`` apart, whose starts fall
     in one L1 set."""
-    counts = np.zeros(L1_SETS, dtype=np.int64)
+    counts = [0] * L1_SETS
     for k in range(rows):
         counts[(k * stride * item_bytes // LINE_BYTES) % L1_SETS] += 1
-    return counts.max()
+    return max(counts)
 
 
-@njit(cache=True, nogil=True)
-def spread_columns(columns, channels_in, channels_out, rows):
+def spread_columns(columns: int, channels_in: int, channels_out: int, rows: int) -> int:
     """Columns for each row of a Winograd layer's ``V`` (``rows`` x ``channels_in`` x
     columns) and ``M`` (``rows`` x ``channels_out`` x columns), float32: at least
     ``columns``, and so that the ``rows`` rows ``ξ`` of one channel, ``channels * columns``
-    floats apart, spread over the L1 cache's sets.
+    floats apart, spread over the L1 cache's sets. Plain Python: a layout is decided once per
+    layer or plan, and handed to the kernels (compiling this would add to a cold start).
 
     A register block reads or writes one vector in each of those rows. An L1 set is picked by
     address bits 6-11, so rows a multiple of 4 KB apart share one set of 8 lines: ResNet-20's
