@@ -491,7 +491,15 @@ assert np.allclose(winograd_tile, direct_tile)
 #   columns) makes every cell of every tile a contiguous shift of one phase, the shift
 #   trick once more, so each transform step is one long loop over all of a plane's tiles.
 #   The output transform writes each tile's two columns side by side, so output rows come out
-#   in order, ready to copy and to pool (a fused block pools the 2x2 tiles directly).
+#   in order, ready to copy and to pool (a fused block pools the 2x2 tiles directly). On wider
+#   planes (8 tiles a row or more: ResNet-20's 32x32 and 16x16) the register blocks skip the
+#   phases: a block loads two rows' worth of floats and takes the even and odd ones apart
+#   with shuffles in registers, one trip through memory fewer.
+# - **Cache sets.** Each block touches one vector in each of the 16 rows of a channel's
+#   transformed tiles. With rows a multiple of 4 KB apart those 16 vectors compete for the same
+#   few lines of the L1 cache; a few floats of padding per row spread them out (ResNet-20's
+#   16-channel layer 10 % faster), the same trap as a power-of-two leading dimension in a
+#   GEMM.
 #
 # The additions before the multiplies round differently from the direct sum: the results agree
 # to float32 tolerance, not bit for bit. Time the forward pass of the MNIST CNN's second
