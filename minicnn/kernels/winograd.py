@@ -42,8 +42,7 @@ zero-padded plane and float32 register blocks read 8 tiles of one row of tiles f
 even and odd columns taken apart by shuffles in registers (:data:`PADDED_MIN_TILES`; the
 same ``V`` bit for bit, one pass over memory fewer). Tiles are numbered on a *wide* grid of
 ``tw + 1`` per row, whose last column is garbage, as the shift path's grid has garbage
-columns. ``V`` is ``(16, C_in,
-tiles)``, so the 16 GEMMs are plain ``U[ξ] @ V[ξ]``: on MNIST conv2's shape that ran at the
+columns. ``V`` is ``(16, C_in, tiles)``, so the 16 GEMMs are plain ``U[ξ] @ V[ξ]``: on MNIST conv2's shape that ran at the
 core's GEMM peak, against 65 % with channels-last tiles (``V[ξ]ᵀ``). The output transform
 runs along the tiles of one output channel and writes each tile's two columns side by side,
 so that output row ``2*ty + a`` comes out in order, ready to copy into ``y`` and to pool.
@@ -75,8 +74,6 @@ _JIT = dict(cache=True, nogil=True)
 #: the GEMMs are long enough. Measured on MNIST conv2 (32->64 at 14x14, 56 wide-grid tiles per
 #: sample), forward at 1 thread: 112 and 196 equally fast (4.0-4.3 ms), 392 4.4-4.8, 784 5.1.
 TILES_PER_GROUP = 196
-
-
 
 
 def transform_weights(weight):
@@ -364,8 +361,9 @@ def forward_chunk(args, plan, thread, n_threads):
     a thread slowed by a busy neighbour core takes fewer; each group's outputs are its own and
     come out the same whichever thread computes them, so ``y`` is the same bit for bit at any
     thread count): transform every tile of each channel (from a padded copy of the plane, or
-    through its phases: ``args.padded_rows``), 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per output channel the output
-    transform, the bias (and ReLU, and 2x2 max pooling) and the tiles into ``y``.
+    through its phases: ``args.padded_rows``), 16 GEMMs ``M[ξ] = U[ξ] @ V[ξ]``, then per
+    output channel the output transform, the bias (and ReLU, and 2x2 max pooling) and the
+    tiles into ``y``.
 
     ``args`` is a :class:`WinogradForwardArgs`, ``plan`` the layer's
     :class:`~minicnn.kernels.contracts.ConvPlan` (only the padding's ``top`` and ``left`` are
@@ -386,9 +384,12 @@ def forward_chunk(args, plan, thread, n_threads):
     group = max(1, TILES_PER_GROUP // per_sample)
     capacity = args.columns
     # One zero row more than the padded plane needs: the loads for the last wide-grid tile
-    # (garbage) run one element past the plane's last row (:func:`_input_transform`).
-    phases = np.zeros((4, tiles_h + 2, pitch), dtype=x.dtype)
-    rows = np.empty((8, per_sample + 1), dtype=x.dtype)
+    # (garbage) run one element past the plane's last row (:func:`_input_transform`). Only
+    # where the planes go through their phases.
+    through_phases = not args.padded_rows
+    phases = np.zeros((4, tiles_h + 2, pitch) if through_phases else (4, 0, pitch),
+                      dtype=x.dtype)
+    rows = np.empty((8, per_sample + 1 if through_phases else 0), dtype=x.dtype)
     # The padded copy of one plane (its border zero from here on), rows of two cells per
     # wide-grid tile: 2 * tiles_h + 2 rows cover every tile's 4x4 cells.
     padded_pitch = 2 * pitch
